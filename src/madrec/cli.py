@@ -1,0 +1,55 @@
+"""`madrec` command line: one verb per pipeline step, each a thin layer over the library.
+
+Verbs are imported lazily so `madrec --help` stays fast and a step's heavy dependencies
+(tensorflow, transformers, kfp) load only when that step runs.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from madrec.errors import MadrecError
+
+# verb -> ("module:function", one-line help). The function takes argv (list[str]) and
+# returns an exit code.
+VERBS: dict[str, tuple[str, str]] = {
+    "prepare-data": ("madrec.prepare:cli", "prepare ML-1M / sequences / interactions into TFRecord splits"),
+    "build-sids": ("madrec.sids:build_cli", "build semantic IDs from item text (encoder + residual k-means)"),
+    "ingest-sids": ("madrec.sids:ingest_cli", "validate and ingest a SID file made by GRID (local or gs://)"),
+    "train": ("madrec.train:cli", "train the masked-diffusion model (key=value config overrides)"),
+    "evaluate": ("madrec.evaluate:cli", "evaluate a checkpoint: metrics.json, report.html"),
+    "recommend": ("madrec.recommend:cli", "recommend the next items for a history of item ids"),
+    "run-local": ("madrec.local_run:cli", "run the whole Kubeflow pipeline locally (KFP local runner)"),
+    "submit": ("madrec.submit:cli", "upload and start the pipeline on a KFP endpoint"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = ["usage: madrec VERB [options]   (madrec VERB --help for a verb's options)", "", "verbs:"]
+    lines += [f"  {verb:<{width}}  {text}" for verb, (_, text) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"madrec: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module_name, func_name = VERBS[verb][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(rest) or 0)
+    except MadrecError as exc:
+        print(f"madrec {verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Reading a prepared dataset folder back: per-split item-index sequences and item texts.
+
+Layout (method.md §2), written by `madrec prepare-data` or by the prior research system:
+
+    DIR/dataset.json                      counts and the item-index -> original-id map
+    DIR/items/*.tfrecord.gz               id (int64), text (bytes)
+    DIR/training/*.tfrecord.gz            user_id (int64), sequence_data (int64 list)
+    DIR/evaluation/*.tfrecord.gz          ... (the prior system calls it validation/)
+    DIR/testing/*.tfrecord.gz
+
+TFRecords are decoded once into numpy arrays; nothing here is on a training hot path.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from madrec.errors import MadrecError
+from madrec.tfrecord import read_examples
+
+SPLITS = ("training", "evaluation", "testing")
+SPLIT_ALIASES = {"evaluation": ("evaluation", "validation")}
+SEQUENCE_FEATURES = frozenset({"user_id", "sequence_data"})
+ITEM_FEATURES = frozenset({"id", "text"})
+SHARD_GLOB = "*.tfrecord.gz"
+
+
+@dataclass
+class Split:
+    """One split: user ids and each user's item-index sequence (oldest first).
+
+    For `evaluation` and `testing` the last item of each sequence is the target.
+    """
+
+    name: str
+    user_ids: np.ndarray
+    sequences: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+
+@dataclass
+class PreparedDataset:
+    root: Path
+    info: dict
+    num_items: int
+    item_ids: list[str]
+    item_texts: list[str]
+    splits: dict[str, Split] = field(default_factory=dict)
+
+
+def split_dir(root: Path, split: str) -> Path:
+    """The folder of `split` under `root`, accepting the prior system's folder names."""
+    for name in SPLIT_ALIASES.get(split, (split,)):
+        if (root / name).is_dir():
+            return root / name
+    raise MadrecError(
+        f"{root}: split folder {split}/ is missing (expected {', '.join(s + '/' for s in SPLITS)} "
+        "as written by `madrec prepare-data`)"
+    )
+
+
+def shard_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob(SHARD_GLOB))
+    if not files:
+        raise MadrecError(f"{folder}: no {SHARD_GLOB} files; the split is empty or was not prepared")
+    return files
+
+
+def _check_features(path: Path, index: int, example: dict, expected: frozenset) -> None:
+    missing = expected - example.keys()
+    if missing:
+        raise MadrecError(
+            f"{path}: record {index} lacks feature(s) {sorted(missing)}; found {sorted(example)}, "
+            f"expected {sorted(expected)} (method.md §2)"
+        )
+
+
+def read_items(root: str | Path) -> tuple[list[int], list[str]]:
+    """Item indices and texts from `root/items/`, ordered by index and checked to be 0..N-1."""
+    root = Path(root)
+    rows: list[tuple[int, str]] = []
+    for path in shard_files(split_dir(root, "items")):
+        for i, ex in enumerate(read_examples(path)):
+            _check_features(path, i, ex, ITEM_FEATURES)
+            text = ex["text"][0] if ex["text"] else b""
+            rows.append((int(ex["id"][0]), bytes(text).decode("utf-8", errors="replace")))
+    rows.sort()
+    ids = [r[0] for r in rows]
+    if ids != list(range(len(ids))):
+        raise MadrecError(f"{root / 'items'}: item ids must be exactly 0..{len(ids) - 1} (found gaps or duplicates)")
+    return ids, [r[1] for r in rows]
+
+
+def read_split(root: str | Path, split: str, num_items: int) -> Split:
+    """Decode one split and check every item index is in [0, num_items)."""
+    folder = split_dir(Path(root), split)
+    user_ids: list[int] = []
+    sequences: list[np.ndarray] = []
+    for path in shard_files(folder):
+        for i, ex in enumerate(read_examples(path)):
+            _check_features(path, i, ex, SEQUENCE_FEATURES)
+            seq = np.asarray(ex["sequence_data"], dtype=np.int64)
+            if seq.size and (seq.min() < 0 or seq.max() >= num_items):
+                bad = int(seq[(seq < 0) | (seq >= num_items)][0])
+                raise MadrecError(
+                    f"{path}: record {i} (user {ex['user_id'][0]}) has item index {bad} outside "
+                    f"[0, {num_items}); the split does not belong to this item catalogue"
+                )
+            user_ids.append(int(ex["user_id"][0]))
+            sequences.append(seq)
+    if not sequences:
+        raise MadrecError(f"{folder}: the split has no records")
+    return Split(split, np.asarray(user_ids, dtype=np.int64), sequences)
+
+
+def load_info(root: str | Path) -> dict:
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MadrecError(f"{path}: not valid JSON ({exc}); re-run `madrec prepare-data`") from exc
+
+
+def load_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedDataset:
+    """Load a prepared dataset: items (texts and original ids) and the requested splits."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MadrecError(f"{root}: dataset folder not found; run `madrec prepare-data --out {root}` first")
+    info = load_info(root)
+    _, texts = read_items(root)
+    num_items = len(texts)
+    if info and info.get("num_items") != num_items:
+        raise MadrecError(
+            f"{root / 'dataset.json'}: num_items is {info.get('num_items')} but items/ holds {num_items} records"
+        )
+    item_ids = [str(x) for x in info.get("item_ids", range(num_items))]
+    data = PreparedDataset(root, info, num_items, item_ids, texts)
+    for split in splits:
+        data.splits[split] = read_split(root, split, num_items)
+    return data

@@ -1,0 +1,133 @@
+"""Files in and out: fetching local / http(s) / gs:// sources, and atomic writes.
+
+Every output of a step is written under a temporary sibling path and renamed into place,
+so a failed or interrupted step never leaves a half-written file or folder behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from madrec.errors import MadrecError
+
+
+def default_cache_dir() -> Path:
+    """Where downloads are cached: $MADREC_CACHE, else ~/.cache/madrec."""
+    return Path(os.environ.get("MADREC_CACHE", Path.home() / ".cache" / "madrec"))
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to `final`; on success replace `final` with it.
+
+    On an exception the temporary folder is removed and `final` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file next to `final` for writing; rename it into place on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "gs://"))
+
+
+def fetch(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return a local path for `uri`: a local path as is, a URL downloaded once into the cache.
+
+    Raises MadrecError naming the URI when it cannot be reached or does not exist.
+    """
+    if not is_remote(uri):
+        path = Path(uri).expanduser()
+        if not path.exists():
+            raise MadrecError(f"{uri}: no such file or folder")
+        return path
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    name = uri.rstrip("/").rsplit("/", 1)[-1] or "download"
+    dest = cache / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(dest) as fh:
+        if uri.startswith("gs://"):
+            _download_gcs(uri, fh)
+        else:
+            _download_http(uri, fh)
+    return dest
+
+
+def _download_http(url: str, fh) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            shutil.copyfileobj(resp, fh, length=1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise MadrecError(
+            f"{url}: cannot download ({exc}); check the address and the network, "
+            "or download the file yourself and pass its local path"
+        ) from exc
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    bucket, _, blob = uri[len("gs://"):].partition("/")
+    if not bucket or not blob:
+        raise MadrecError(f"{uri}: a gs:// URI needs a bucket and an object name (gs://BUCKET/PATH)")
+    return bucket, blob
+
+
+def _download_gcs(uri: str, fh) -> None:
+    from google.api_core import exceptions as gexc
+    from google.cloud import storage
+
+    bucket, blob = split_gs_uri(uri)
+    try:
+        client = storage.Client()
+    except Exception as exc:  # google.auth raises several types for missing credentials
+        raise MadrecError(
+            f"{uri}: no Google Cloud credentials ({exc}); set GOOGLE_APPLICATION_CREDENTIALS "
+            "or run `gcloud auth application-default login`"
+        ) from exc
+    try:
+        client.bucket(bucket).blob(blob).download_to_file(fh)
+    except gexc.NotFound as exc:
+        raise MadrecError(f"{uri}: object not found in bucket {bucket!r}") from exc
+    except gexc.GoogleAPIError as exc:
+        raise MadrecError(f"{uri}: download failed ({exc})") from exc
