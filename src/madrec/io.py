@@ -18,6 +18,13 @@ from typing import Iterator
 from madrec.errors import MadrecError
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` as the user's umask would have made it (mkdtemp/mkstemp use 0700/0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def default_cache_dir() -> Path:
     """Where downloads are cached: $MADREC_CACHE, else ~/.cache/madrec."""
     return Path(os.environ.get("MADREC_CACHE", Path.home() / ".cache" / "madrec"))
@@ -32,6 +39,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(_umask_mode(0o777))
     try:
         yield tmp
     except BaseException:
@@ -52,6 +60,7 @@ def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.chmod(tmp, _umask_mode(0o666))
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

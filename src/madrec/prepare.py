@@ -1,0 +1,419 @@
+"""Data preparation (method.md §2): raw interactions -> leave-one-out GZIP TFRecord splits.
+
+Three input kinds, one output layout (see `madrec.data`):
+
+- ``ml-1m``: the official GroupLens archive (``ml-1m.zip``, its extracted folder, or a URL);
+- ``sequences``: one line per user, ``user item item ...`` in chronological order, plus an
+  items file giving each item's text (JSON lines, optionally gzipped, or MovieLens ``movies.dat``);
+- ``interactions``: a CSV or Parquet table ``user_id,item_id,timestamp`` plus an items table
+  ``item_id,text`` (CSV, Parquet or JSON lines).
+
+Every path goes through the same steps: keep items with at least ``min_item_count``
+interactions (one pass, items only), drop users left with fewer than 3 items (counted),
+index items in the order of their original ids (numeric when they are all numbers), split
+leave-one-out and write the shards into a temporary folder that replaces ``out`` at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import logging
+import time
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from madrec.errors import MadrecError
+from madrec.io import atomic_dir, fetch
+from madrec.tfrecord import encode_example, write_records
+
+log = logging.getLogger(__name__)
+
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+DATASETS = ("ml-1m", "sequences", "interactions")
+MIN_USER_ITEMS = 3  # one training item, the validation target and the test target
+RECORDS_PER_SHARD = 10_000
+FORMAT = "madrec.prepared/1"
+
+
+@dataclass
+class RawData:
+    """Users' chronological item-id sequences and item texts, before filtering and indexing.
+
+    `origin[i]` tells where user i's sequence came from (``file:line``), for error messages.
+    """
+
+    users: list[str]
+    sequences: list[list[str]]
+    origin: list[str]
+    texts: dict[str, str]
+    items_source: str
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+# --- small readers -------------------------------------------------------------------
+
+def _open_text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Yield (line number, line without newline) of a text file, gzipped or not.
+
+    Decoding and decompression errors become MadrecErrors naming the file and line.
+    """
+    lineno = 0
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    yield lineno, raw.decode(encoding).rstrip("\r\n")
+                except UnicodeDecodeError as exc:
+                    raise MadrecError(
+                        f"{path}:{lineno}: not valid {encoding} ({exc.reason} at byte {exc.start}); "
+                        f"re-save the file as {encoding}"
+                    ) from exc
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise MadrecError(
+            f"{path}: corrupt or truncated gzip after line {lineno} ({exc}); re-download or re-create the file"
+        ) from exc
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def id_sort_key(ids: Iterable[str]):
+    """Sort key for original ids: numeric order when every id is an integer, else text order."""
+    ids = list(ids)
+    if ids and all(_is_int(i) for i in ids):
+        return lambda i: (0, int(i), "")
+    return lambda i: (1, 0, i)
+
+
+def _parse_movies_dat(lines: Iterable[tuple[int, str]], name: str) -> dict[str, str]:
+    """MovieLens `MovieID::Title::Genres` -> {id: "<title> (<genres>)"} (genres joined by ', ')."""
+    texts: dict[str, str] = {}
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        parts = line.split("::")
+        if len(parts) != 3 or not _is_int(parts[0]):
+            raise MadrecError(f"{name}:{lineno}: expected 'MovieID::Title::Genres', got {line[:80]!r}")
+        texts[parts[0]] = f"{parts[1]} ({parts[2].replace('|', ', ')})"
+    return texts
+
+
+def read_item_texts(path: Path) -> dict[str, str]:
+    """Item texts from JSON lines (`item_id`, `text`; .gz ok), `movies.dat`, CSV or Parquet."""
+    name = path.name.lower()
+    if name.endswith(".dat"):
+        return _parse_movies_dat(_open_text_lines(path, "iso-8859-1"), str(path))
+    if name.endswith((".csv", ".parquet", ".csv.gz")):
+        table = _read_table(path, {"item_id", "text"})
+        ids = table["item_id"]
+        texts = table["text"]
+        return {i: "" if t is None else str(t) for i, t in zip(ids, texts)}
+    if not name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        raise MadrecError(
+            f"{path}: unknown items file type; use JSON lines (.jsonl[.gz]) with item_id and text, "
+            "MovieLens movies.dat, or a CSV/Parquet table with item_id,text"
+        )
+    texts = {}
+    for lineno, line in _open_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MadrecError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from exc
+        if not isinstance(row, dict) or "item_id" not in row or "text" not in row:
+            raise MadrecError(f"{path}:{lineno}: each line needs the fields 'item_id' and 'text'")
+        texts[str(row["item_id"])] = str(row["text"])
+    return texts
+
+
+def _read_table(path: Path, required: set[str]) -> dict[str, list]:
+    """Columns of a CSV or Parquet table as python lists (ids as strings)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if path.name.lower().endswith(".parquet"):
+            table = pq.read_table(path)
+        else:
+            types = {c: pa.string() for c in ("user_id", "item_id", "text")}
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise MadrecError(f"{path}: cannot read as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({exc})") from exc
+    missing = required - set(table.column_names)
+    if missing:
+        raise MadrecError(
+            f"{path}: missing column(s) {sorted(missing)}; found {table.column_names}, need {sorted(required)}"
+        )
+    out = {}
+    for col in required:
+        arr = table[col]
+        if col != "timestamp" and not pa.types.is_string(arr.type):
+            arr = arr.cast(pa.string())
+        out[col] = arr.to_pylist()
+    return out
+
+
+# --- the three input kinds ---------------------------------------------------------
+
+def _ml1m_members(source: Path) -> tuple[str, bytes, bytes]:
+    """(label, ratings.dat bytes, movies.dat bytes) from a zip or a folder."""
+    if source.is_file():
+        try:
+            with zipfile.ZipFile(source) as zf:
+                names = {Path(n).name: n for n in zf.namelist()}
+                if "ratings.dat" not in names or "movies.dat" not in names:
+                    raise MadrecError(f"{source}: the archive has no ratings.dat and movies.dat (is it ml-1m.zip?)")
+                return str(source), zf.read(names["ratings.dat"]), zf.read(names["movies.dat"])
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise MadrecError(f"{source}: not a readable zip archive ({exc}); re-download ml-1m.zip") from exc
+    for folder in (source, source / "ml-1m"):
+        if (folder / "ratings.dat").is_file() and (folder / "movies.dat").is_file():
+            return str(folder), (folder / "ratings.dat").read_bytes(), (folder / "movies.dat").read_bytes()
+    raise MadrecError(f"{source}: no ratings.dat and movies.dat found (expected ml-1m.zip or its extracted folder)")
+
+
+def _lines_of(data: bytes, encoding: str, name: str) -> Iterator[tuple[int, str]]:
+    for lineno, raw in enumerate(io.BytesIO(data), start=1):
+        try:
+            yield lineno, raw.decode(encoding).rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise MadrecError(f"{name}:{lineno}: not valid {encoding} ({exc.reason})") from exc
+
+
+def read_ml1m(source: str) -> RawData:
+    """The official ML-1M archive: every rating is an interaction, ordered by timestamp (stable)."""
+    label, ratings, movies = _ml1m_members(fetch(source))
+    ratings_name, movies_name = f"{label}/ratings.dat", f"{label}/movies.dat"
+    per_user: dict[str, list[tuple[int, str]]] = {}
+    first_line: dict[str, int] = {}
+    for lineno, line in _lines_of(ratings, "iso-8859-1", ratings_name):
+        if not line.strip():
+            continue
+        parts = line.split("::")
+        if len(parts) != 4 or not all(_is_int(p) for p in (parts[0], parts[1], parts[3])):
+            raise MadrecError(
+                f"{ratings_name}:{lineno}: expected 'UserID::MovieID::Rating::Timestamp', got {line[:80]!r}"
+            )
+        per_user.setdefault(parts[0], []).append((int(parts[3]), parts[1]))
+        first_line.setdefault(parts[0], lineno)
+    users = sorted(per_user, key=id_sort_key(per_user))
+    # list.sort is stable: ties keep the file order
+    sequences = [[item for _, item in sorted(per_user[u], key=lambda r: r[0])] for u in users]
+    texts = _parse_movies_dat(_lines_of(movies, "iso-8859-1", movies_name), movies_name)
+    return RawData(users, sequences, [f"{ratings_name}:{first_line[u]}" for u in users], texts, movies_name)
+
+
+def read_sequences(path: Path, items_path: Path) -> RawData:
+    """One line per user: `user item item ...` (chronological)."""
+    seen: dict[str, tuple[int, list[str]]] = {}
+    skipped = Counter()
+    for lineno, line in _open_text_lines(path):
+        tokens = line.split()
+        if not tokens:
+            skipped["blank_lines"] += 1
+            continue
+        if len(tokens) < 2:
+            raise MadrecError(
+                f"{path}:{lineno}: user {tokens[0]!r} has no items; each line must be 'user item item ...'"
+            )
+        user, items = tokens[0], tokens[1:]
+        if user in seen:
+            first, previous = seen[user]
+            if previous != items:
+                raise MadrecError(
+                    f"{path}:{lineno}: user {user!r} appears again with a different sequence (first at line "
+                    f"{first}); merge the lines into one chronological sequence"
+                )
+            skipped["duplicate_lines"] += 1
+            continue
+        seen[user] = (lineno, items)
+    if not seen:
+        raise MadrecError(f"{path}: no user sequences found")
+    users = sorted(seen, key=id_sort_key(seen))
+    return RawData(
+        users,
+        [seen[u][1] for u in users],
+        [f"{path}:{seen[u][0]}" for u in users],
+        read_item_texts(items_path),
+        str(items_path),
+        dict(skipped),
+    )
+
+
+def _timestamps(values: list, path: Path) -> np.ndarray:
+    """Numeric timestamps, or ISO-8601 strings / datetimes, as float seconds."""
+    from datetime import datetime
+
+    out = np.empty(len(values), dtype=np.float64)
+    for row, v in enumerate(values):
+        try:
+            if isinstance(v, datetime):
+                out[row] = v.timestamp()
+            elif isinstance(v, str) and not v.replace(".", "", 1).lstrip("-").isdigit():
+                out[row] = datetime.fromisoformat(v).timestamp()
+            else:
+                out[row] = float(v)
+        except (TypeError, ValueError) as exc:
+            raise MadrecError(
+                f"{path}: row {row + 1} has timestamp {v!r}; use Unix seconds or ISO-8601"
+            ) from exc
+    return out
+
+
+def read_interactions(path: Path, items_path: Path) -> RawData:
+    """A `user_id,item_id,timestamp` table: ordered per user by timestamp (stable for ties)."""
+    table = _read_table(path, {"user_id", "item_id", "timestamp"})
+    users_col, items_col = table["user_id"], table["item_id"]
+    for name, col in (("user_id", users_col), ("item_id", items_col)):
+        if None in col:
+            raise MadrecError(f"{path}: row {col.index(None) + 1} has an empty {name}")
+    ts = _timestamps(table["timestamp"], path)
+    uniq = sorted(set(users_col), key=id_sort_key(set(users_col)))
+    code = {u: i for i, u in enumerate(uniq)}
+    user_codes = np.fromiter((code[u] for u in users_col), dtype=np.int64, count=len(users_col))
+    order = np.lexsort((ts, user_codes))  # stable: ties keep the table order
+    bounds = np.searchsorted(user_codes[order], np.arange(len(uniq) + 1))
+    first_row = {}
+    for row, u in enumerate(users_col):
+        first_row.setdefault(u, row + 1)
+    sequences = [[items_col[r] for r in order[bounds[i]:bounds[i + 1]]] for i in range(len(uniq))]
+    return RawData(uniq, sequences, [f"{path}: row {first_row[u]}" for u in uniq], read_item_texts(items_path), str(items_path))
+
+
+# --- filtering, indexing, splitting, writing ---------------------------------------
+
+def _filter_and_index(raw: RawData, min_item_count: int) -> tuple[list[str], list[str], list[np.ndarray], dict]:
+    """Apply the item filter, drop short users, index items; returns (item_ids, users, seqs, stats)."""
+    counts = Counter(i for seq in raw.sequences for i in seq)
+    kept = {i for i, c in counts.items() if c >= min_item_count}
+    item_ids = sorted(kept, key=id_sort_key(kept))
+    missing = [i for i in item_ids if i not in raw.texts]
+    if missing:
+        where = next(o for o, seq in zip(raw.origin, raw.sequences) if missing[0] in seq)
+        raise MadrecError(
+            f"{where}: item {missing[0]!r} has no text in {raw.items_source} ({len(missing)} such items); "
+            "add the items to the items file or remove them from the interactions"
+        )
+    index = {i: k for k, i in enumerate(item_ids)}
+    users, sequences = [], []
+    for user, seq in zip(raw.users, raw.sequences):
+        kept_seq = [index[i] for i in seq if i in index]
+        if len(kept_seq) >= MIN_USER_ITEMS:
+            users.append(user)
+            sequences.append(np.asarray(kept_seq, dtype=np.int64))
+    stats = {
+        "before_filter": {
+            "num_users": len(raw.users),
+            "num_items": len(counts),
+            "num_interactions": int(sum(counts.values())),
+        },
+        "dropped": {
+            "items_below_min_count": len(counts) - len(kept),
+            "interactions_of_dropped_items": int(sum(c for i, c in counts.items() if i not in kept)),
+            f"users_with_fewer_than_{MIN_USER_ITEMS}_items": len(raw.users) - len(users),
+            **raw.skipped,
+        },
+    }
+    if not users:
+        raise MadrecError(
+            f"{raw.origin[0].split(':')[0]}: no user has {MIN_USER_ITEMS}+ items after keeping items with "
+            f">= {min_item_count} interactions; lower --min-item-count"
+        )
+    return item_ids, users, sequences, stats
+
+
+def leave_one_out(sequences: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """training = all but the last two; evaluation = all but the last; testing = all."""
+    return {
+        "training": [s[:-2] for s in sequences],
+        "evaluation": [s[:-1] for s in sequences],
+        "testing": list(sequences),
+    }
+
+
+def _write_split(folder: Path, examples: list[bytes]) -> int:
+    folder.mkdir(parents=True)
+    shards = max(1, -(-len(examples) // RECORDS_PER_SHARD))
+    for s in range(shards):
+        chunk = examples[s * RECORDS_PER_SHARD:(s + 1) * RECORDS_PER_SHARD]
+        write_records(folder / f"part-{s:05d}-of-{shards:05d}.tfrecord.gz", chunk)
+    return shards
+
+
+def write_prepared(out: Path, item_ids, texts, users, sequences, info: dict) -> dict:
+    """Write items/, the three splits and dataset.json into `out` atomically."""
+    splits = leave_one_out(sequences)
+    with atomic_dir(out) as tmp:
+        items = [encode_example({"id": [k], "text": [texts[i].encode("utf-8")]}) for k, i in enumerate(item_ids)]
+        info["files"] = {"items": _write_split(tmp / "items", items)}
+        for name, seqs in splits.items():
+            examples = [encode_example({"user_id": [u], "sequence_data": s.tolist()}) for u, s in enumerate(seqs)]
+            info["files"][name] = _write_split(tmp / name, examples)
+            log.info("wrote %s: %d users", name, len(examples))
+        info["item_ids"] = list(item_ids)
+        info["user_ids"] = list(users)
+        (tmp / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def prepare(dataset: str, source: str | None, out: str | Path, items: str | None = None,
+            min_item_count: int = 5) -> dict:
+    """Prepare a dataset into `out`; returns the content of `out/dataset.json`."""
+    if dataset not in DATASETS:
+        raise MadrecError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if min_item_count < 1:
+        raise MadrecError(f"--min-item-count must be >= 1, got {min_item_count}")
+    start = time.perf_counter()
+    if dataset == "ml-1m":
+        source = source or ML1M_URL
+        raw = read_ml1m(source)
+    else:
+        if not source or not items:
+            raise MadrecError(f"--dataset {dataset} needs --source (the {dataset} file) and --items (item texts)")
+        reader = read_sequences if dataset == "sequences" else read_interactions
+        raw = reader(fetch(source), fetch(items))
+    item_ids, users, sequences, stats = _filter_and_index(raw, min_item_count)
+    info = {
+        "format": FORMAT,
+        "dataset": dataset,
+        "source": source,
+        "items_source": items if dataset != "ml-1m" else None,
+        "min_item_count": min_item_count,
+        "num_users": len(users),
+        "num_items": len(item_ids),
+        "num_interactions": int(sum(len(s) for s in sequences)),
+        **stats,
+    }
+    log.info(
+        "%s: %d users, %d items, %d interactions after filtering (%.1fs); writing %s",
+        dataset, info["num_users"], info["num_items"], info["num_interactions"], time.perf_counter() - start, out,
+    )
+    return write_prepared(Path(out), item_ids, raw.texts, users, sequences, info)
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="madrec prepare-data", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--source", help=f"file, folder or URL (ml-1m default: {ML1M_URL})")
+    p.add_argument("--items", help="item texts: items.jsonl[.gz], movies.dat, or CSV/Parquet item_id,text")
+    p.add_argument("--min-item-count", type=int, default=5, help="keep items with at least this many interactions")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    args = p.parse_args(argv)
+    info = prepare(args.dataset, args.source, args.out, args.items, args.min_item_count)
+    print(
+        f"{args.out}: {info['num_users']:,} users, {info['num_items']:,} items, "
+        f"{info['num_interactions']:,} interactions; dropped {info['dropped']}"
+    )
+    return 0
