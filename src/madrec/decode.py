@@ -1,0 +1,318 @@
+"""Beam decoding of the masked next-item slot (method.md §7).
+
+    histories = build_histories(vocab, sids, split.sequences, max_len)   # (B, L), left-padded
+    result = beam_search(model, vocab, sids, histories, beam_size=10, top_k=10)
+    result.items    # (B, 10) item indices, best first; result.scores: fp32 sums of log-probs
+
+H MASK tokens are appended after each history. Every step runs the model once on all beams of
+all users, picks per beam the still-masked position(s) to reveal (most confident first, or
+left-to-right, or random), expands each beam by the digits there and keeps the best
+`beam_size` distinct partial SIDs per user. With `constrained=True` a digit is only allowed if
+some catalogue item agrees with it and with every digit the beam has revealed so far, in
+whatever order they were revealed (see `SIDIndex`), so each finished beam is a real item and a
+top-K list never repeats one. `reveal_per_step=k` reveals k positions per model call
+(ceil(H/k) calls); `next_items=n` decodes n future items jointly (n*H masked positions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from madrec.errors import MadrecError
+from madrec.tokens import SIDVocab
+
+ORDERS = ("confidence", "left_to_right", "random")
+
+
+@dataclass
+class DecodeResult:
+    """`items`: (B, top_k) item indices, or (B, top_k, n) for n next items; -1 = no catalogue
+    item (unconstrained mode) or no beam left. `scores`: (B, top_k) fp32 sums of log-probs."""
+
+    items: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class _Table:
+    """For revealed positions S and a position p (see SIDIndex._build)."""
+
+    lo: torch.Tensor  # (N,) first group of the item's S-group
+    hi: torch.Tensor  # (N,) one past its last group
+    digit: torch.Tensor  # (G,) digit at p of each (S, p) group
+    first: torch.Tensor  # (G,) smallest item index of each group
+
+
+class SIDIndex:
+    """Which digits a SID position may take given the digits revealed at any subset of positions.
+
+    A partial SID is represented by its revealed-position bitmask S and a representative: the
+    smallest index among the catalogue items that agree with it. For each (S, p) a table lists
+    the items sorted by (digits at S, digit at p); the items agreeing with a partial SID then
+    form one run of (S, p) groups, at most V long, so the allowed digits and the representative
+    after revealing each of them come out in O(V) per beam. Tables are built on first use.
+    """
+
+    def __init__(self, sids: torch.Tensor, codebook_size: int):
+        if sids.dim() != 2 or sids.numel() == 0:
+            raise MadrecError(f"SID table must be a non-empty (H, N) tensor, got shape {tuple(sids.shape)}")
+        self.digits = sids.t().contiguous().long()  # (N, H)
+        self.num_items, self.sid_len = self.digits.shape
+        self.codebook_size = codebook_size
+        self._tables: dict[tuple[int, int], _Table] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.digits.device
+
+    def _build(self, revealed: int, p: int) -> _Table:
+        cols = [q for q in range(self.sid_len) if revealed >> q & 1]
+        d = self.digits
+        order = torch.arange(self.num_items, device=d.device)
+        for q in reversed(cols + [p]):  # stable sorts from the last key: lexicographic, ties by index
+            order = order[torch.argsort(d[order, q], stable=True)]
+        keys = d[order][:, cols + [p]]
+        new_group = torch.ones(self.num_items, dtype=torch.bool, device=d.device)
+        new_group[1:] = (keys[1:] != keys[:-1]).any(1)
+        new_sgroup = torch.zeros_like(new_group)
+        new_sgroup[0] = True
+        if cols:
+            new_sgroup[1:] = (keys[1:, :-1] != keys[:-1, :-1]).any(1)
+        group = torch.cumsum(new_group, 0) - 1
+        sgroup = torch.cumsum(new_sgroup, 0) - 1
+        start = group[new_sgroup]
+        end = torch.cat([start[1:], group[-1:] + 1])
+        lo = torch.empty_like(order)
+        hi = torch.empty_like(order)
+        lo[order] = start[sgroup]
+        hi[order] = end[sgroup]
+        first = order[new_group]
+        return _Table(lo, hi, d[first, p], first)
+
+    def table(self, revealed: int, p: int) -> _Table:
+        key = (revealed, p)
+        if key not in self._tables:
+            self._tables[key] = self._build(revealed, p)
+        return self._tables[key]
+
+    def next_reps(self, revealed: torch.Tensor, reps: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(M, V) representative after revealing digit v at `pos`, -1 where no item has it.
+
+        `revealed` (M,) bitmasks of revealed positions, `reps` (M,) current representatives,
+        `pos` (M,) the (unrevealed) position to reveal.
+        """
+        V = self.codebook_size
+        out = torch.full((reps.shape[0], V + 1), -1, dtype=torch.long, device=reps.device)
+        combo = revealed.long() * self.sid_len + pos.long()
+        arange_v = torch.arange(V, device=reps.device)
+        for c in torch.unique(combo).tolist():
+            rows = (combo == c).nonzero().squeeze(1)
+            t = self.table(c // self.sid_len, c % self.sid_len)
+            r = reps[rows].clamp(min=0)
+            idx = t.lo[r, None] + arange_v
+            valid = idx < t.hi[r, None]
+            idx = idx.clamp(max=t.first.shape[0] - 1)
+            col = torch.where(valid, t.digit[idx], V)
+            val = torch.where(valid, t.first[idx], -1)
+            sub = torch.full((rows.shape[0], V + 1), -1, dtype=torch.long, device=reps.device)
+            out[rows] = sub.scatter_(1, col, val)  # invalid entries all land on column V as -1
+        return out[:, :V]
+
+    def lookup(self, digits: torch.Tensor) -> torch.Tensor:
+        """(M, H) digit tuples -> (M,) item index, -1 where no catalogue item has that SID."""
+        M = digits.shape[0]
+        reps = torch.zeros(M, dtype=torch.long, device=digits.device)
+        ok = torch.ones(M, dtype=torch.bool, device=digits.device)
+        for p in range(self.sid_len):
+            d = digits[:, p]
+            ok &= (d >= 0) & (d < self.codebook_size)
+            nxt = self.next_reps(torch.full_like(reps, (1 << p) - 1), reps, torch.full_like(reps, p))
+            cand = nxt.gather(1, d.clamp(0, self.codebook_size - 1)[:, None]).squeeze(1)
+            ok &= cand >= 0
+            reps = torch.where(ok, cand, 0)
+        return torch.where(ok, reps, -1)
+
+
+def build_histories(
+    vocab: SIDVocab,
+    sids: torch.Tensor,
+    sequences: Sequence[np.ndarray],
+    max_len: int,
+    *,
+    drop_last: bool = True,
+    next_items: int = 1,
+) -> torch.LongTensor:
+    """Left-padded (B, L) history tokens: the most recent whole items that fit in
+    `max_len - next_items * H` tokens, oldest first. With `drop_last` (evaluation) the last item
+    of each sequence is the target and never enters the history."""
+    H = vocab.sid_len
+    max_items = (max_len - next_items * H) // H
+    if max_items < 1:
+        raise MadrecError(
+            f"max_len={max_len} leaves no room for a history before {next_items} x {H} masked tokens; "
+            f"use max_len >= {(next_items + 1) * H}"
+        )
+    table = vocab.item_tokens(sids.cpu()).numpy()
+    hists = []
+    for i, seq in enumerate(sequences):
+        seq = np.asarray(seq, dtype=np.int64)
+        if drop_last:
+            if seq.size == 0:
+                raise MadrecError(f"sequence {i} is empty: an evaluation sequence needs at least its target item")
+            seq = seq[:-1]
+        hists.append(seq[len(seq) - min(len(seq), max_items):])
+    width = max((len(h) for h in hists), default=0) * H
+    out = np.full((len(hists), width), vocab.pad_id, dtype=np.int64)
+    for i, h in enumerate(hists):
+        if len(h):
+            out[i, width - len(h) * H:] = table[h].reshape(-1)
+    return torch.from_numpy(out)
+
+
+def _first_occurrence(keys: torch.Tensor) -> torch.Tensor:
+    """(B, M, P) keys -> (B, M) True where no earlier row of the same user has the same key."""
+    B, M, P = keys.shape
+    perm = torch.arange(M, device=keys.device).expand(B, M)
+    for c in reversed(range(P)):  # lexicographic order, ties keep the earlier (better) row first
+        perm = perm.gather(1, torch.argsort(keys[..., c].gather(1, perm), dim=1, stable=True))
+    sk = keys.gather(1, perm[..., None].expand(B, M, P))
+    repeat = torch.zeros(B, M, dtype=torch.bool, device=keys.device)
+    repeat[:, 1:] = (sk[:, 1:] == sk[:, :-1]).all(-1)
+    return torch.empty_like(repeat).scatter_(1, perm, ~repeat)
+
+
+def _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items) -> None:
+    if top_k > beam_size:
+        raise MadrecError(
+            f"top_k={top_k} exceeds beam_size={beam_size}: a beam search returns at most beam_size items; "
+            f"widen the beam (beam_size >= {top_k})"
+        )
+    if top_k < 1 or reveal_per_step < 1 or next_items < 1:
+        raise MadrecError(f"top_k, reveal_per_step and next_items must be >= 1 "
+                          f"(got {top_k}, {reveal_per_step}, {next_items})")
+    if order not in ORDERS:
+        raise MadrecError(f"unknown unmasking order {order!r}; choose one of {', '.join(ORDERS)}")
+    if sids.dim() != 2 or sids.shape[0] != vocab.sid_len:
+        raise MadrecError(f"SID table has shape {tuple(sids.shape)}, expected ({vocab.sid_len}, N) for this vocabulary")
+    if histories.dim() != 2:
+        raise MadrecError(f"histories must be a (B, L) token tensor, got shape {tuple(histories.shape)}")
+
+
+@torch.no_grad()
+def beam_search(
+    model: torch.nn.Module,
+    vocab: SIDVocab,
+    sids: torch.Tensor,
+    histories: torch.Tensor,
+    *,
+    beam_size: int = 10,
+    top_k: int = 10,
+    order: str = "confidence",
+    reveal_per_step: int = 1,
+    constrained: bool = True,
+    next_items: int = 1,
+    generator: torch.Generator | None = None,
+    index: SIDIndex | None = None,
+) -> DecodeResult:
+    """Beam-decode the next item(s) after each left-padded history (module docstring).
+
+    `index` (a SIDIndex of `sids` on the histories' device) may be passed to reuse its tables
+    across calls. Ties are broken towards the earlier beam, then the smaller digit.
+    """
+    _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items)
+    device = histories.device
+    H, V, n = vocab.sid_len, vocab.codebook_size, next_items
+    P = n * H
+    if index is None:
+        index = SIDIndex(sids.to(device), V)
+    B = histories.shape[0]
+    W, R = 1, B  # beams per user; rows = B * W, user-major
+    digits = torch.full((R, P), -1, dtype=torch.long, device=device)  # -1 = still masked
+    reps = torch.zeros((R, n), dtype=torch.long, device=device)  # per item slot (constrained mode)
+    revealed = torch.zeros((R, n), dtype=torch.long, device=device)  # bitmask per item slot
+    scores = torch.zeros((B, W), dtype=torch.float32, device=device)
+    pos_h = torch.arange(P, device=device) % H
+    digit_tokens = pos_h[:, None] * (V + 1) + torch.arange(V, device=device)  # (P, V)
+
+    for _ in range(-(-P // reveal_per_step)):
+        slot = torch.where(digits >= 0, digits + pos_h * (V + 1), vocab.mask_id)
+        logits = model(torch.cat([histories.repeat_interleave(W, 0), slot], 1))[:, -P:, :]
+        logits = logits.gather(2, digit_tokens.expand(R, P, V)).float()  # (R, P, V) digit logits
+        steps = min(reveal_per_step, int((digits[0] < 0).sum()))
+        chosen = _choose_positions(index, logits, digits, reps, revealed, order, steps, constrained, generator)
+        for j in range(steps):
+            rows = torch.arange(R, device=device)
+            q = chosen[:, j]
+            lg = logits[rows, q]
+            if constrained:
+                nxt = index.next_reps(revealed[rows, q // H], reps[rows, q // H], q % H)
+                lg = lg.masked_fill(nxt < 0, float("-inf"))
+            lp = torch.log_softmax(lg, -1).nan_to_num(nan=float("-inf"))
+            W_new = min(beam_size, W * V)
+            parent, digit, scores = _select((scores.reshape(R, 1) + lp).view(B, W * V), digits, q, V, W, W_new)
+            src = (torch.arange(B, device=device)[:, None] * W + parent).view(-1)  # parent rows
+            digit, qs = digit.view(-1), q[src]
+            W, R = W_new, B * W_new
+            rows = torch.arange(R, device=device)
+            digits, reps, revealed = digits[src], reps[src], revealed[src]
+            digits[rows, qs] = digit
+            revealed[rows, qs // H] |= 1 << (qs % H)
+            if constrained:
+                reps[rows, qs // H] = nxt[src, digit].clamp(min=0)
+            logits, chosen = logits[src], chosen[src]
+
+    items = reps if constrained else index.lookup(digits.view(-1, H)).view(R, n)
+    items = items.view(B, W, n).masked_fill(torch.isinf(scores)[..., None], -1)
+    if W < top_k:  # a catalogue smaller than top_k: pad with "no item"
+        items = torch.cat([items, items.new_full((B, top_k - W, n), -1)], 1)
+        scores = torch.cat([scores, scores.new_full((B, top_k - W), float("-inf"))], 1)
+    items, scores = items[:, :top_k], scores[:, :top_k]
+    return DecodeResult(items.squeeze(2) if n == 1 else items, scores)
+
+
+def _choose_positions(index, logits, digits, reps, revealed, order, steps, constrained, generator):
+    """(R, steps) masked positions to reveal for each beam, in reveal order."""
+    R, P, V = logits.shape
+    H = index.sid_len
+    masked = digits < 0
+    if order == "left_to_right":
+        priority = -torch.arange(P, device=logits.device, dtype=torch.float32).expand(R, P)
+    elif order == "random":
+        gen_device = generator.device if generator is not None else "cpu"
+        priority = torch.rand((R, P), generator=generator, device=gen_device).to(logits.device)
+    else:  # most confident: highest (constrained) max probability
+        lg = logits
+        if constrained:
+            rows, q = masked.nonzero(as_tuple=True)
+            nxt = index.next_reps(revealed[rows, q // H], reps[rows, q // H], q % H)
+            lg = logits.clone()
+            lg[rows, q] = lg[rows, q].masked_fill(nxt < 0, float("-inf"))
+        priority = torch.log_softmax(lg, -1).amax(-1).nan_to_num(nan=float("-inf"))
+    priority = priority.masked_fill(~masked, float("-inf"))
+    # stable sort: equal priorities go to the smaller position; revealed positions sort last
+    ranked = torch.sort(priority, dim=1, descending=True, stable=True).indices
+    return ranked[:, :steps]
+
+
+def _select(cand: torch.Tensor, digits: torch.Tensor, q: torch.Tensor, V: int, W: int, W_new: int):
+    """Best W_new distinct partial SIDs per user among (B, W*V) candidate scores.
+
+    Two beams may reach the same partial SID through different reveal orders; only the better
+    scored copy is kept. Each distinct candidate has at most W copies (one per parent), so the
+    best W_new distinct ones are among the best W_new * W candidates.
+    """
+    B = cand.shape[0]
+    M = min(W_new * W, cand.shape[1])
+    top = torch.sort(cand, dim=1, descending=True, stable=True)
+    idx, val = top.indices[:, :M], top.values[:, :M]
+    parent, digit = idx // V, idx % V
+    src = (torch.arange(B, device=cand.device)[:, None] * W + parent)
+    keys = digits[src].clone()  # (B, M, P)
+    keys.scatter_(2, q[src][..., None], digit[..., None])
+    val = val.masked_fill(~_first_occurrence(keys), float("-inf"))
+    keep = torch.sort(val, dim=1, descending=True, stable=True)
+    sel = keep.indices[:, :W_new]
+    return parent.gather(1, sel), digit.gather(1, sel), keep.values[:, :W_new]

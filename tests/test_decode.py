@@ -1,0 +1,197 @@
+"""Beam decoding: hand-checked beams, constraint index, validity, batching, parallel decoding."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from toy_lm import FixedLM, MixLM, random_sids
+
+from madrec.decode import SIDIndex, _first_occurrence, beam_search, build_histories
+from madrec.errors import MadrecError
+from madrec.tokens import SIDVocab
+
+# Hand-checked catalogue, H = 2, V = 3: item index -> SID (d0, d1). (1, 0) is not an item.
+HAND_SIDS = torch.tensor([[0, 0], [2, 0], [0, 1], [1, 1], [1, 2]]).t()
+# position 0: p = (.5, .3, .2); position 1: p = (.9, .05, .05)
+HAND_LOGPROBS = torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]]).log()
+
+
+def hand_model():
+    vocab = SIDVocab(2, 3)
+    return vocab, FixedLM(vocab, HAND_LOGPROBS), torch.full((1, 4), vocab.pad_id)
+
+
+def test_confidence_order_hand_checked():
+    vocab, model, hist = hand_model()
+    res = beam_search(model, vocab, HAND_SIDS, hist, beam_size=2, top_k=2, order="confidence")
+    # step 1 reveals position 1 (max prob .9 > .5): beams d1=0 (.9) and d1=1 (.05, tie with d1=2 -> smaller)
+    # step 2, beam d1=0: items (0,0), (2,0) allowed -> .9 * .5/.7 and .9 * .2/.7
+    assert res.items.tolist() == [[0, 1]]
+    assert res.scores.dtype == torch.float32
+    assert res.scores[0].tolist() == pytest.approx([math.log(0.9 * 0.5 / 0.7), math.log(0.9 * 0.2 / 0.7)], abs=1e-5)
+    assert len(model.calls) == 2
+
+
+def test_left_to_right_hand_checked_and_unconstrained_reports_invalid():
+    vocab, model, hist = hand_model()
+    res = beam_search(model, vocab, HAND_SIDS, hist, beam_size=2, top_k=2, order="left_to_right")
+    # beams d0=0 (.5), d0=1 (.3); then d0=0 allows d1 in {0,1}: .5 * .9/.95; d0=1 allows {1,2}: .3 * .5 each
+    assert res.items.tolist() == [[0, 3]]  # (1,1) wins the tie with (1,2): smaller digit
+    assert res.scores[0].tolist() == pytest.approx([math.log(0.5 * 0.9 / 0.95), math.log(0.15)], abs=1e-5)
+    free = beam_search(model, vocab, HAND_SIDS, hist, beam_size=2, top_k=2, order="left_to_right", constrained=False)
+    # unconstrained: (0,0) .45 and (1,0) .27, which is no catalogue item
+    assert free.items.tolist() == [[0, -1]]
+    assert free.scores[0].tolist() == pytest.approx([math.log(0.45), math.log(0.27)], abs=1e-5)
+
+
+def test_top_k_above_beam_width_says_widen():
+    vocab, model, hist = hand_model()
+    with pytest.raises(MadrecError, match=r"widen the beam \(beam_size >= 4\)"):
+        beam_search(model, vocab, HAND_SIDS, hist, beam_size=2, top_k=4)
+    with pytest.raises(MadrecError, match="unknown unmasking order"):
+        beam_search(model, vocab, HAND_SIDS, hist, beam_size=2, top_k=2, order="backwards")
+
+
+def test_sid_index_agrees_with_brute_force_for_every_subset():
+    sids = random_sids(3, 4, 30, seed=1)
+    index, digits = SIDIndex(sids, 4), sids.t()
+    for revealed in range(8):
+        for p in [q for q in range(3) if not revealed >> q & 1]:
+            reps = torch.arange(30)
+            got = index.next_reps(torch.full((30,), revealed), reps, torch.full((30,), p))
+            same = torch.ones(30, 30, dtype=torch.bool)
+            for q in range(3):
+                if revealed >> q & 1:
+                    same &= digits[:, None, q] == digits[None, :, q]
+            for v in range(4):
+                ok = same & (digits[None, :, p] == v)  # (rep, item)
+                want = torch.where(ok.any(1), torch.where(ok, torch.arange(30), 99).amin(1), -1)
+                assert got[:, v].tolist() == want.tolist(), (revealed, p, v)
+    assert index.lookup(digits).tolist() == list(range(30))
+    missing = [t for t in np.ndindex(4, 4, 4) if not (digits == torch.tensor(t)).all(1).any()][:3]
+    assert index.lookup(torch.tensor(missing)).tolist() == [-1, -1, -1]
+    assert index.lookup(torch.tensor([[0, 0, 4], [-1, 0, 0]])).tolist() == [-1, -1]
+
+
+def brute_force_left_to_right(model, vocab, sids, hist):
+    """Exact constrained left-to-right score of every catalogue item, one model call per digit."""
+    H, V = vocab.sid_len, vocab.codebook_size
+    digits = sids.t()
+    out = []
+    for d in digits.tolist():
+        slot, score = [vocab.mask_id] * H, 0.0
+        for p in range(H):
+            logits = model(torch.cat([hist, torch.tensor([slot])], 1))[0, hist.shape[1] + p]
+            lg = logits[p * (V + 1): p * (V + 1) + V].clone()
+            agree = (digits[:, :p] == torch.tensor(d[:p])).all(1)
+            allowed = torch.zeros(V, dtype=torch.bool)
+            allowed[digits[agree, p]] = True
+            score += torch.log_softmax(lg.masked_fill(~allowed, float("-inf")), 0)[d[p]].item()
+            slot[p] = p * (V + 1) + d[p]
+        out.append(score)
+    return torch.tensor(out)
+
+
+def test_wide_beam_is_exhaustive_and_exact():
+    vocab = SIDVocab(2, 4)
+    sids = random_sids(2, 4, 11, seed=3)
+    model = MixLM(vocab, seed=3).eval()
+    hist = torch.tensor([[vocab.pad_id] * 2 + vocab.item_tokens(sids)[[4, 7]].reshape(-1).tolist()])
+    res = beam_search(model, vocab, sids, hist, beam_size=11, top_k=11, order="left_to_right")
+    want = brute_force_left_to_right(model, vocab, sids, hist)
+    assert sorted(res.items[0].tolist()) == list(range(11))
+    assert res.scores[0].tolist() == pytest.approx(want[res.items[0]].tolist(), abs=1e-5)
+    assert res.items[0].tolist() == torch.sort(want, descending=True, stable=True).indices.tolist()
+
+
+@pytest.mark.parametrize("order", ["confidence", "left_to_right", "random"])
+@pytest.mark.parametrize("reveal", [1, 2, 3])
+def test_constrained_beams_are_distinct_catalogue_items(order, reveal):
+    vocab = SIDVocab(3, 6)
+    sids = random_sids(3, 6, 40, seed=reveal)
+    model = MixLM(vocab, seed=reveal).eval()
+    seqs = [np.random.default_rng(i).integers(0, 40, size=i % 5 + 1) for i in range(12)]
+    hist = build_histories(vocab, sids, seqs, max_len=15, drop_last=False)
+    gen = torch.Generator().manual_seed(0)
+    res = beam_search(model, vocab, sids, hist, beam_size=10, top_k=10, order=order,
+                      reveal_per_step=reveal, generator=gen)
+    assert (res.items >= 0).all()
+    assert all(len(set(row)) == 10 for row in res.items.tolist())
+    assert (res.scores[:, :-1] >= res.scores[:, 1:]).all()
+    free = beam_search(model, vocab, sids, hist, beam_size=10, top_k=10, order=order,
+                       reveal_per_step=reveal, constrained=False, generator=torch.Generator().manual_seed(0))
+    valid = free.items[free.items >= 0]
+    assert (free.items < 0).any(), "a random model should propose SIDs outside a sparse catalogue"
+    assert len(valid) > 0
+
+
+@pytest.mark.parametrize("reveal,calls", [(1, 3), (2, 2), (3, 1), (5, 1)])
+def test_one_batched_forward_per_step(reveal, calls):
+    vocab = SIDVocab(3, 4)
+    sids = random_sids(3, 4, 50, seed=0)
+    model = FixedLM(vocab, torch.randn(3, 4, generator=torch.Generator().manual_seed(0)))
+    hist = torch.full((7, 6), vocab.pad_id)
+    beam_search(model, vocab, sids, hist, beam_size=5, top_k=5, reveal_per_step=reveal)
+    # every call runs all beams of all users at once: 7 users x 1 beam, then 7 x min(5, 4 * 1)...
+    assert len(model.calls) == calls
+    assert model.calls[0] == (7, 9)
+    assert all(rows % 7 == 0 and L == 9 for rows, L in model.calls)
+
+
+def test_next_items_decodes_a_joint_tuple():
+    vocab = SIDVocab(2, 4)
+    sids = random_sids(2, 4, 9, seed=5)
+    model = MixLM(vocab, seed=5).eval()
+    hist = build_histories(vocab, sids, [np.array([1, 2, 3]), np.array([4])], max_len=10, drop_last=False,
+                           next_items=2)
+    res = beam_search(model, vocab, sids, hist, beam_size=6, top_k=6, next_items=2, reveal_per_step=2)
+    assert res.items.shape == (2, 6, 2)
+    assert (res.items >= 0).all()
+    assert all(len(set(map(tuple, row))) == 6 for row in res.items.tolist())
+
+
+def test_results_do_not_depend_on_batch_composition():
+    vocab = SIDVocab(3, 5)
+    sids = random_sids(3, 5, 60, seed=2)
+    model = MixLM(vocab, seed=2).eval()
+    seqs = [np.random.default_rng(i).integers(0, 60, size=4) for i in range(9)]
+    hist = build_histories(vocab, sids, seqs, max_len=30)
+    whole = beam_search(model, vocab, sids, hist)
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(1))
+    shuffled = beam_search(model, vocab, sids, hist[perm])
+    assert torch.equal(shuffled.items, whole.items[perm])
+    one = beam_search(model, vocab, sids, hist[3:4])
+    assert torch.equal(one.items, whole.items[3:4])
+    assert torch.allclose(one.scores, whole.scores[3:4])
+
+
+def test_ties_are_broken_deterministically():
+    vocab = SIDVocab(2, 3)
+    every = torch.tensor([[a, b] for a in range(3) for b in range(3)]).t()
+    model = FixedLM(vocab, torch.zeros(2, 3))  # every SID equally likely
+    hist = torch.full((2, 2), vocab.pad_id)
+    res = beam_search(model, vocab, every, hist, beam_size=4, top_k=4)
+    # all scores equal: earlier beam then smaller digit wins, position 0 revealed first
+    assert res.items.tolist() == [[0, 1, 2, 3]] * 2
+
+
+def test_first_occurrence_keeps_the_best_copy():
+    keys = torch.tensor([[[1, -1], [2, 3], [1, -1], [2, 3], [0, 0]]])
+    assert _first_occurrence(keys).tolist() == [[True, True, False, False, True]]
+
+
+def test_build_histories_left_pads_whole_recent_items_and_drops_target():
+    vocab = SIDVocab(2, 3)
+    sids = torch.tensor([[0, 1, 2, 0], [0, 1, 2, 2]])  # item i -> tokens (d0, 4 + d1)
+    hist = build_histories(vocab, sids, [np.array([0, 1, 2, 3]), np.array([2, 1])], max_len=6)
+    pad = vocab.pad_id
+    # room for (6 - 2) / 2 = 2 items; the target (last) never enters
+    assert hist.tolist() == [[1, 5, 2, 6], [pad, pad, 2, 6]]
+    keep = build_histories(vocab, sids, [np.array([3])], max_len=6, drop_last=False)
+    assert keep.tolist() == [[0, 6]]
+    with pytest.raises(MadrecError, match="max_len=3 leaves no room"):
+        build_histories(vocab, sids, [np.array([1, 2])], max_len=3)
+    with pytest.raises(MadrecError, match="sequence 0 is empty"):
+        build_histories(vocab, sids, [np.array([], dtype=np.int64)], max_len=6)

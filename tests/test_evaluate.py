@@ -1,0 +1,103 @@
+"""evaluate_split: exact metrics independent of batch size and process count, no target leakage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from toy_lm import RecordingLM, SuccessorLM, random_sids
+
+from madrec.data import Split
+from madrec.evaluate import evaluate_split, predict_split
+from madrec.tokens import SIDVocab
+
+H, V, N = 3, 6, 50
+MAX_LEN = 18
+
+
+def synthetic(num_users: int = 40, seed: int = 0):
+    """Users whose target follows the successor rule for every other user."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for u in range(num_users):
+        hist = rng.integers(0, N, size=rng.integers(1, 8))
+        target = (hist[-1] + 1) % N if u % 2 == 0 else rng.integers(0, N)
+        seqs.append(np.append(hist, target).astype(np.int64))
+    return Split("testing", np.arange(100, 100 + num_users), seqs)
+
+
+def setup():
+    vocab = SIDVocab(H, V)
+    sids = random_sids(H, V, N, seed=4)
+    return vocab, sids, SuccessorLM(vocab, sids, seed=4).eval()
+
+
+def test_metrics_are_sane_and_independent_of_batch_size():
+    vocab, sids, model = setup()
+    split = synthetic()
+    runs = [evaluate_split(model, vocab, sids, split, MAX_LEN, batch_size=b, progress=False, prefix="test")
+            for b in (1, 7, 256)]
+    for r in runs[1:]:
+        assert {k: v for k, v in r.items() if k != "test/users_per_s"} == \
+               {k: v for k, v in runs[0].items() if k != "test/users_per_s"}
+    m = runs[0]
+    assert 0.5 <= m["test/recall@5"] <= m["test/recall@10"] <= 1.0  # half the users follow the rule
+    assert m["test/ndcg@5"] <= m["test/recall@5"]
+    assert m["test/invalid_sid_rate"] == 0 and m["test/duplicate_rate"] == 0
+    assert m["test/num_users"] == 40
+
+
+def test_predictions_keep_user_order():
+    vocab, sids, model = setup()
+    split = synthetic(12)
+    preds = predict_split(model, vocab, sids, split, MAX_LEN, top_k=5, beam_size=5, batch_size=5, progress=False)
+    assert preds.user_ids.tolist() == list(range(100, 112))
+    assert preds.targets.tolist() == [int(s[-1]) for s in split.sequences]
+    for u in range(0, 12, 2):  # rule followers: the successor is ranked first
+        assert preds.items[u, 0] == preds.targets[u]
+
+
+def test_no_target_tokens_in_model_input():
+    vocab, sids, inner = setup()
+    model = RecordingLM(inner)
+    rng = np.random.default_rng(1)
+    # histories use items 0..39 only, targets are items 40..49: any target SID in an input is a leak
+    seqs = [np.append(rng.integers(0, 40, size=rng.integers(1, 9)), 40 + u % 10) for u in range(30)]
+    split = Split("testing", np.arange(30), seqs)
+    predict_split(model, vocab, sids, split, MAX_LEN, batch_size=4, progress=False)
+    table = vocab.item_tokens(sids)
+    targets = {tuple(row) for row in table[40:].tolist()}
+    for t in model.inputs:
+        hist = t[:, :-H]
+        blocks = hist.reshape(-1, H).tolist()  # histories are whole items, right-aligned to the slot
+        assert not targets & {tuple(b) for b in blocks}
+        assert ((t[:, -H:] == vocab.mask_id) | (t[:, -H:] < vocab.mask_id)).all()
+    # the first (fully masked) call of each batch sees exactly the users' histories without targets
+    first = [t[:, :-H] for t in model.inputs if (t[:, -H:] == vocab.mask_id).all()]
+    seen = sorted(tuple(x for x in row if x != vocab.pad_id) for t in first for row in t.tolist())
+    max_items = (MAX_LEN - H) // H
+    want = sorted(tuple(table[s[:-1][-max_items:]].reshape(-1).tolist()) for s in seqs)
+    assert seen == want
+
+
+def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    vocab, sids, model = setup()
+    m = evaluate_split(model, vocab, sids, synthetic(), MAX_LEN, batch_size=6, progress=False)
+    if rank == 0:
+        with open(out_file, "w") as fh:
+            json.dump(m, fh)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_give_the_one_process_metrics(tmp_path):
+    vocab, sids, model = setup()
+    single = evaluate_split(model, vocab, sids, synthetic(), MAX_LEN, batch_size=6, progress=False)
+    out = tmp_path / "metrics.json"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    double = json.loads(out.read_text())
+    single.pop("users_per_s"), double.pop("users_per_s")
+    assert double == pytest.approx(single, abs=0)

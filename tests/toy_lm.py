@@ -1,0 +1,90 @@
+"""Small stand-ins for the masked-diffusion model in decoding / evaluation tests.
+
+Each maps tokens (B, L) -> logits (B, L, vocab.size) like MaskedDiffusionLM (contract 5).
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from madrec.tokens import SIDVocab
+
+
+def random_sids(sid_len: int, codebook_size: int, num_items: int, seed: int = 0) -> torch.Tensor:
+    """(H, N) distinct random SIDs."""
+    g = torch.Generator().manual_seed(seed)
+    every = torch.tensor(list(itertools.product(range(codebook_size), repeat=sid_len)))
+    return every[torch.randperm(len(every), generator=g)[:num_items]].t().contiguous()
+
+
+class FixedLM(torch.nn.Module):
+    """Context-free: the last P positions get fixed per-position digit log-probs (hand-checkable)."""
+
+    def __init__(self, vocab: SIDVocab, digit_logprobs: torch.Tensor):
+        super().__init__()
+        self.vocab = vocab
+        self.register_buffer("table", digit_logprobs.float())  # (P, V)
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(tokens.shape))
+        B, L = tokens.shape
+        P, V = self.table.shape
+        out = torch.full((B, L, self.vocab.size), -1e4)
+        for q in range(P):
+            base = (q % self.vocab.sid_len) * (V + 1)
+            out[:, L - P + q, base:base + V] = self.table[q]
+        return out
+
+
+class MixLM(torch.nn.Module):
+    """Random but deterministic, context-dependent: every logit depends on all non-PAD tokens."""
+
+    def __init__(self, vocab: SIDVocab, dim: int = 16, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.vocab = vocab
+        self.emb = torch.nn.Embedding(vocab.size, dim)
+        self.mix = torch.nn.Embedding(vocab.size, dim)
+        self.out = torch.nn.Linear(dim, vocab.size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        keep = (tokens != self.vocab.pad_id).float()[..., None]
+        ctx = (self.mix(tokens) * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+        return self.out(torch.tanh(self.emb(tokens) + 3 * ctx))
+
+
+class SuccessorLM(MixLM):
+    """Predicts item (last history item + 1) % N with high confidence, plus MixLM noise."""
+
+    def __init__(self, vocab: SIDVocab, sids: torch.Tensor, strength: float = 8.0, seed: int = 0):
+        super().__init__(vocab, seed=seed)
+        self.register_buffer("item_tokens", vocab.item_tokens(sids))  # (N, H)
+        self.strength = strength
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        H = self.vocab.sid_len
+        logits = super().forward(tokens).clone()
+        last = tokens[:, -2 * H:-H]  # the most recent history item
+        match = (last[:, None, :] == self.item_tokens[None]).all(-1)  # (B, N)
+        has = match.any(1)
+        succ = (match.int().argmax(1) + 1) % self.item_tokens.shape[0]
+        want = self.item_tokens[succ]  # (B, H)
+        rows = has.nonzero().squeeze(1)
+        for p in range(H):
+            logits[rows, tokens.shape[1] - H + p, want[rows, p]] += self.strength
+        return logits
+
+
+class RecordingLM(torch.nn.Module):
+    """Wraps a model and keeps every input it is given."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(tokens.clone())
+        return self.inner(tokens)
