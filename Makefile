@@ -12,7 +12,7 @@ ARGS ?=
 GPUS ?= 1
 
 .PHONY: help setup test test-fast lint-infra train train-gpu evaluate run submit compile-pipeline \
-        build-images push-images bench clean
+        build-images push-images lock-images bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -29,6 +29,32 @@ test:  ## run the whole test suite
 
 test-fast:  ## the suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
+
+# Container images (docker/): `madrec` (CPU torch) for data/SID steps and the pipeline's
+# launchers, `madrec-cuda` (CUDA torch) for train/evaluate; names as in madrec.images.
+REGISTRY ?= $(or $(MADREC_REGISTRY),ghcr.io/madrec-project)
+TAG ?= $(or $(MADREC_TAG),0.1.0)
+DOCKER ?= docker
+CPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CUDA_TORCH_INDEX ?= https://pypi.org/simple
+IMAGE_ARGS = -f docker/Dockerfile --build-arg MADREC_REGISTRY=$(REGISTRY) --build-arg MADREC_TAG=$(TAG)
+K8S_VERSION ?= 1.32
+
+build-images:  ## build $(REGISTRY)/madrec:$(TAG) and $(REGISTRY)/madrec-cuda:$(TAG)
+	$(DOCKER) build $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(CPU_TORCH_INDEX) -t $(REGISTRY)/madrec:$(TAG) .
+	$(DOCKER) build $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX) -t $(REGISTRY)/madrec-cuda:$(TAG) .
+
+push-images:  ## push both images (after build-images and `docker login`)
+	$(DOCKER) push $(REGISTRY)/madrec:$(TAG)
+	$(DOCKER) push $(REGISTRY)/madrec-cuda:$(TAG)
+
+lock-images:  ## re-pin docker/constraints.txt from .venv after changing dependencies
+	$(BIN)/python docker/freeze_constraints.py
+
+lint-infra:  ## hadolint, Compose spec, kustomize overlays vs Kubernetes and Trainer schemas
+	$(BIN)/hadolint $(wildcard docker/Dockerfile*)
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
+	$(BIN)/python manifests/validate.py --kubernetes-version $(K8S_VERSION)
 
 clean:  ## remove build and run outputs (keeps .venv)
 	rm -rf runs outputs .pytest_cache build dist

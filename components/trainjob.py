@@ -1,0 +1,62 @@
+"""Component: train on several nodes as a Kubeflow Trainer TrainJob (contract 10).
+
+Same inputs and outputs as `components.train.train`, so the pipeline can pick either behind
+`num_nodes > 1`. How data moves: the launcher pod and every TrainJob pod mount the shared PVC
+`madrec-data` at /mnt/madrec (manifests/base/storage.yaml). The launcher copies its Dataset and
+SID input artifacts (KFP has already downloaded them into the launcher pod) to
+/mnt/madrec/trainjobs/<job>/, creates the TrainJob that trains from there under torchrun, waits,
+then copies the best checkpoint into the Model artifact and the run folder into `run`, which
+KFP uploads to its artifact store. Apply `mount_shared_volume` to the task, and run the pipeline
+as a service account bound to the `madrec-trainjob-launcher` Role (manifests/).
+"""
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from madrec.images import image
+from madrec.trainjob import SHARED_MOUNT, SHARED_PVC
+
+
+@dsl.component(base_image=image("madrec"), install_kfp_package=False)
+def launch_trainjob(
+    dataset: Input[Dataset],
+    sids: Input[Artifact],
+    experiment: str,
+    overrides: str,
+    num_nodes: int,
+    gpus_per_node: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    run: Output[Artifact],
+    trainer_image: str = "",
+    runtime: str = "madrec-torch",
+    shared_dir: str = "/mnt/madrec",
+    timeout_hours: float = 48.0,
+):
+    """Train `experiment` + `overrides` (`key=value ...`) on `num_nodes` x `gpus_per_node` GPUs
+    as a TrainJob on `runtime`; `trainer_image` defaults to the madrec-cuda image of the same build
+    (MADREC_REGISTRY / MADREC_TAG set in the image)."""
+    import logging
+
+    from madrec.images import image as image_ref
+    from madrec.kfp_steps import publish_metrics, split_overrides
+    from madrec.trainjob import launch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = launch(
+        dataset.path, sids.path, model.path, run.path,
+        experiment=experiment, overrides=split_overrides(overrides),
+        num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+        image=trainer_image or image_ref("madrec-cuda"), runtime=runtime,
+        shared_dir=shared_dir, timeout_s=timeout_hours * 3600,
+    )
+    publish_metrics(metrics, summary)
+    model.metadata.update({"experiment": experiment, "overrides": overrides, "num_nodes": num_nodes,
+                           "gpus_per_node": gpus_per_node, "dataset": dataset.uri, "sids": sids.uri})
+
+
+def mount_shared_volume(task: dsl.PipelineTask, pvc_name: str = SHARED_PVC,
+                        mount_path: str = SHARED_MOUNT) -> dsl.PipelineTask:
+    """Mount the shared PVC on the launcher task where `launch_trainjob` stages its inputs."""
+    from kfp import kubernetes
+
+    return kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=mount_path)

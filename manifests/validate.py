@@ -1,0 +1,129 @@
+"""Render every overlay with `kubectl kustomize` and validate what comes out, offline.
+
+- Kubernetes kinds: the official OpenAPI schemas of --kubernetes-version (kubernetes-validate,
+  strict: unknown fields are errors).
+- Kubeflow Trainer kinds (TrainingRuntime, and the TrainJob that madrec.trainjob builds): the
+  Trainer v2.3 API models of the `kubeflow-trainer-api` package (madrec.trainjob.validate_trainer_object).
+- References between them: the TrainJob's runtime, and the volume claim, config map and service
+  account the runtime's pods use, exist in the same overlay; the shared volume is mounted where
+  the launcher stages inputs.
+
+Usage: python manifests/validate.py [--kubernetes-version 1.32] [OVERLAY_DIR ...]
+Exit status 1 with one line per problem.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+def render(overlay: Path) -> list[dict]:
+    """The overlay's resources as `kubectl kustomize` renders them."""
+    proc = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{overlay}: kubectl kustomize failed: {proc.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def check_schemas(docs: list[dict], k8s_version: str) -> list[str]:
+    """Schema problems, one line each, of every rendered object."""
+    import kubernetes_validate
+
+    from madrec.errors import MadrecError
+    from madrec.trainjob import GROUP, validate_trainer_object
+
+    problems = []
+    for doc in docs:
+        label = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+        if str(doc.get("apiVersion", "")).startswith(GROUP + "/"):
+            try:
+                validate_trainer_object(doc)
+            except MadrecError as exc:
+                problems.append(str(exc))
+            continue
+        try:
+            kubernetes_validate.validate(doc, k8s_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(map(str, exc.path)) or "(top)"
+            problems.append(f"{label}: {where}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            problems.append(f"{label}: no schema for {doc.get('apiVersion')} in Kubernetes {k8s_version}")
+    return problems
+
+
+def check_references(docs: list[dict]) -> list[str]:
+    """The sample TrainJob's runtime and the runtime pods' claim/config map/account are defined."""
+    from madrec.errors import MadrecError
+    from madrec.trainjob import SHARED_MOUNT, SHARED_PVC, build_trainjob, validate_trainer_object
+
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    job = build_trainjob("madrec-train-check", ["experiment=tiny"], num_nodes=2, gpus_per_node=4)
+    problems = []
+    try:
+        validate_trainer_object(job, "madrec.trainjob.build_trainjob")
+    except MadrecError as exc:
+        problems.append(str(exc))
+    runtime_name = job["spec"]["runtimeRef"]["name"]
+    runtimes = [d for d in docs if d["kind"] == "TrainingRuntime" and d["metadata"]["name"] == runtime_name]
+    if not runtimes:
+        return problems + [f"TrainingRuntime {runtime_name} (the TrainJob's runtimeRef) is not defined"]
+    jobs = runtimes[0]["spec"]["template"]["spec"]["replicatedJobs"]
+    nodes = [j for j in jobs if j["name"] == "node"]
+    if not nodes:
+        return problems + [f"TrainingRuntime {runtime_name}: no replicatedJob 'node' (the one the torch plugin configures)"]
+    pod = nodes[0]["template"]["spec"]["template"]["spec"]
+    containers = [c for c in pod["containers"] if c["name"] == "node"]
+    if not containers:
+        return problems + [f"TrainingRuntime {runtime_name}: no container 'node' in replicatedJob 'node'"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
+              if "persistentVolumeClaim" in v}
+    for claim in claims.values():
+        if ("PersistentVolumeClaim", claim) not in names:
+            problems.append(f"TrainingRuntime {runtime_name}: PersistentVolumeClaim {claim} is not defined")
+    mounts = {m["mountPath"]: m["name"] for m in containers[0].get("volumeMounts", [])}
+    if claims.get(mounts.get(SHARED_MOUNT)) != SHARED_PVC:
+        problems.append(f"TrainingRuntime {runtime_name}: container 'node' must mount PVC {SHARED_PVC} at "
+                        f"{SHARED_MOUNT}, where the launcher stages the inputs")
+    for source in containers[0].get("envFrom", []):
+        ref = source.get("configMapRef", {}).get("name")
+        if ref and ("ConfigMap", ref) not in names:
+            problems.append(f"TrainingRuntime {runtime_name}: ConfigMap {ref} is not defined")
+    account = pod.get("serviceAccountName")
+    if account and ("ServiceAccount", account) not in names:
+        problems.append(f"TrainingRuntime {runtime_name}: ServiceAccount {account} is not defined")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kubernetes-version", default="1.32")
+    parser.add_argument("overlays", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    overlays = args.overlays or sorted(p for p in (HERE / "overlays").iterdir() if p.is_dir())
+    failed = False
+    for overlay in overlays:
+        try:
+            docs = render(overlay)
+        except RuntimeError as exc:
+            print(exc)
+            failed = True
+            continue
+        problems = check_schemas(docs, args.kubernetes_version) + check_references(docs)
+        for problem in problems:
+            print(f"{overlay}: {problem}")
+        failed |= bool(problems)
+        if not problems:
+            kinds = ", ".join(sorted({d["kind"] for d in docs}))
+            print(f"{overlay}: {len(docs)} objects valid for Kubernetes {args.kubernetes_version} "
+                  f"and Kubeflow Trainer v1alpha1 ({kinds})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
