@@ -110,8 +110,9 @@ def load_encoder(spec: EncoderSpec, device: torch.device):
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise MadrecError(
-            f"--encoder {spec.name}: cannot load the encoder ({exc}); pass a local Hugging Face model folder "
-            "or a model name reachable from this machine, or leave --encoder out for the packaged default"
+            f"--encoder {spec.name}: cannot load the encoder ({str(exc).splitlines()[0]}); pass a local "
+            "Hugging Face model folder or a model name reachable from this machine, or leave --encoder out "
+            "for the packaged default"
         ) from exc
     return tokenizer, model.to(device).eval()
 
