@@ -58,3 +58,20 @@ lint-infra:  ## hadolint, Compose spec, kustomize overlays vs Kubernetes and Tra
 
 clean:  ## remove build and run outputs (keeps .venv)
 	rm -rf runs outputs .pytest_cache build dist
+
+# The Kubeflow pipeline (pipelines/, components/). `make run` runs it locally on CPU with the
+# tiny experiment: MovieLens-1M from GroupLens by default, or DATA=folder (SEQUENCES=/ITEMS=
+# pick files when the folder has several); ARGS are training overrides.
+DATA ?=
+SEQUENCES ?=
+ITEMS ?=
+
+run:  ## run the whole pipeline locally (KFP SubprocessRunner, CPU, experiment tiny); DATA=, SEQUENCES=, ITEMS=
+	$(BIN)/madrec run-local $(if $(DATA),--data "$(DATA)") $(if $(SEQUENCES),--sequences "$(SEQUENCES)") \
+		$(if $(ITEMS),--items "$(ITEMS)") $(ARGS)
+
+submit:  ## upload pipelines/madrec_pipeline.yaml and start a run on $$KFP_HOST (token: $$KFP_TOKEN); ARGS="--param k=v"
+	$(BIN)/madrec submit $(ARGS)
+
+compile-pipeline:  ## recompile pipelines/madrec_pipeline.yaml (images from REGISTRY / TAG)
+	MADREC_REGISTRY=$(REGISTRY) MADREC_TAG=$(TAG) $(BIN)/python -m pipelines.madrec_pipeline --out pipelines/madrec_pipeline.yaml

@@ -1,0 +1,141 @@
+"""The madrec Kubeflow pipeline: prepare data -> semantic IDs -> train -> evaluate.
+
+    python -m pipelines.madrec_pipeline [--out pipelines/madrec_pipeline.yaml]
+
+compiles the IR YAML (`make compile-pipeline`; the result is committed). The same YAML runs
+on a cluster (`madrec submit`, or upload it in the KFP UI) and on a laptop (`madrec
+run-local`, kfp's SubprocessRunner). Images follow `madrec.images` (MADREC_REGISTRY /
+MADREC_TAG at compile time); the `image_tag` run parameter switches the tag per run.
+
+kfp's local runner cannot resolve `dsl.OneOf` over artifacts (kfp 2.17), so instead of
+joining the branches, each branch calls the downstream steps as a sub-pipeline.
+"""
+import argparse
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Artifact, Dataset, Input
+
+from components.evaluate import evaluate
+from components.prepare_data import prepare_data
+from components.sids import build_sids, ingest_sids
+from components.train import train
+from madrec.images import image
+from madrec.prepare import ML1M_URL
+
+PIPELINE_FILE = Path(__file__).with_name("madrec_pipeline.yaml")
+GPU_RESOURCE = "nvidia.com/gpu"
+# Labels and taints of a typical GPU node pool: the NVIDIA GPU operator labels its nodes
+# nvidia.com/gpu.present=true; GKE, AKS and EKS GPU pools carry the nvidia.com/gpu taint.
+GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+# Requests sized from the 2-core / 24 GB development machine runs (ML-1M, Beauty).
+CPU_STEP_RESOURCES = {"cpu": "2", "memory": "8Gi"}
+GPU_STEP_RESOURCES = {"cpu": "8", "memory": "32Gi"}
+
+
+def _use_image(task, name: str, tag):
+    """Run `task` on image `name` with the run's `tag` (registry from madrec.images)."""
+    return task.set_container_image(f"{image(name).rsplit(':', 1)[0]}:{tag}")
+
+
+def _requests(task, resources: dict):
+    return task.set_cpu_request(resources["cpu"]).set_memory_request(resources["memory"])
+
+
+def _on_gpu_pool(task, num_gpus, node_selector, tolerations):
+    """Ask for `num_gpus` GPUs on the GPU node pool, with a memory-backed /dev/shm."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(num_gpus)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    # DataLoader workers and NCCL pass tensors through /dev/shm; a container gets 64 MiB.
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    return _requests(task, GPU_STEP_RESOURCES)
+
+
+def _evaluate(model, dataset, eval_overrides, num_gpus, image_tag, node_selector, tolerations):
+    task = evaluate(model=model, dataset=dataset, split="test", overrides=eval_overrides, num_gpus=num_gpus)
+    # Always runs, so every run ends with its own report (and local runs can find it).
+    task.set_caching_options(False).set_display_name("evaluate")
+    _use_image(task, "madrec-cuda", image_tag)
+    return _on_gpu_pool(task, num_gpus, node_selector, tolerations)
+
+
+@dsl.pipeline(name="madrec-train-evaluate", description="Train on prepared data and SIDs, then evaluate on the test split.")
+def train_and_evaluate(
+    dataset: Input[Dataset],
+    sids: Input[Artifact],
+    experiment: str,
+    train_overrides: str,
+    eval_overrides: str,
+    num_gpus: int,
+    image_tag: str,
+    gpu_node_selector: dict,
+    gpu_tolerations: list,
+):
+    """Train on one node (DDP through torchrun for several GPUs), then evaluate."""
+    trained = train(dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_gpus=num_gpus)
+    trained.set_display_name("train")
+    _use_image(trained, "madrec-cuda", image_tag)
+    _on_gpu_pool(trained, num_gpus, gpu_node_selector, gpu_tolerations)
+    _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, image_tag, gpu_node_selector, gpu_tolerations)
+
+
+@dsl.pipeline(
+    name="madrec",
+    description="Masked-diffusion recommender on semantic IDs: prepare data, semantic IDs "
+    "(ingest a GRID file when sid_uri is set, else build them), train, evaluate.",
+)
+def madrec_pipeline(
+    dataset: str = "ml-1m",
+    source: str = ML1M_URL,
+    items: str = "",
+    min_item_count: int = 5,
+    sid_uri: str = "",
+    sid_encoder: str = "",
+    sid_levels: int = 3,
+    sid_codebook_size: int = 256,
+    sid_seed: int = 42,
+    experiment: str = "discrete_diffusion_train",
+    train_overrides: str = "",
+    eval_overrides: str = "",
+    num_gpus: int = 1,
+    image_tag: str = image("madrec").rsplit(":", 1)[1],
+    gpu_node_selector: dict = GPU_NODE_SELECTOR,
+    gpu_tolerations: list = GPU_TOLERATIONS,
+):
+    """Parameters: `dataset` (ml-1m | sequences | interactions) read from `source` (+ `items`
+    for the item texts); `sid_uri` a GRID SID file to ingest instead of building SIDs with
+    `sid_*`; `experiment` and `train_overrides` (`key=value ...`) for `madrec train`,
+    `eval_overrides` for `madrec evaluate`; `num_gpus` per training node; `image_tag` of the
+    madrec images; `gpu_node_selector` / `gpu_tolerations` place GPU steps on the GPU pool."""
+    prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
+    prepared.set_display_name("prepare-data")
+    _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)
+    data = prepared.outputs["dataset"]
+    downstream = dict(
+        dataset=data, experiment=experiment, train_overrides=train_overrides, eval_overrides=eval_overrides,
+        num_gpus=num_gpus, image_tag=image_tag, gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations,
+    )
+    with dsl.If(sid_uri != "", name="sids-from-uri"):
+        ingested = ingest_sids(source=sid_uri, dataset=data)
+        ingested.set_display_name("ingest-sids")
+        _requests(_use_image(ingested, "madrec", image_tag), CPU_STEP_RESOURCES)
+        train_and_evaluate(sids=ingested.outputs["sids"], **downstream).set_display_name("train-and-evaluate")
+    with dsl.Else(name="sids-from-text"):
+        built = build_sids(dataset=data, encoder=sid_encoder, levels=sid_levels, codebook_size=sid_codebook_size, seed=sid_seed)
+        built.set_display_name("build-sids")
+        _requests(_use_image(built, "madrec", image_tag), CPU_STEP_RESOURCES)
+        train_and_evaluate(sids=built.outputs["sids"], **downstream).set_display_name("train-and-evaluate")
+
+
+def compile_pipeline(out: Path = PIPELINE_FILE) -> Path:
+    """Write the pipeline's IR YAML to `out`."""
+    compiler.Compiler().compile(madrec_pipeline, str(out))
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Compile the madrec pipeline to KFP IR YAML.")
+    parser.add_argument("--out", type=Path, default=PIPELINE_FILE)
+    print(compile_pipeline(parser.parse_args().out))

@@ -1,0 +1,260 @@
+"""`madrec run-local`: the whole Kubeflow pipeline on this machine (the embedded default).
+
+Runs the committed pipeline YAML with kfp's local SubprocessRunner (no Docker, no
+Kubernetes), on CPU, with the `tiny` experiment. Data: MovieLens-1M from GroupLens by default
+(downloaded once into the madrec cache), or a local folder whose layout `find_data`
+recognises. Finished runs are linked under OUT/latest with plain file names (dataset/,
+sids.pt, model.ckpt, metrics.json, report.html, ...), and the metrics table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from madrec.errors import MadrecError
+from madrec.prepare import ML1M_URL
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINE_FILE = REPO / "pipelines" / "madrec_pipeline.yaml"
+ITEM_PATTERNS = ("*.jsonl", "*.jsonl.gz", "movies.dat")
+# Artifacts of a finished run, linked under OUT/latest: link name -> (lineage key, output name).
+RESULT_LINKS = {
+    "dataset": "dataset", "sids.pt": "sids", "sid_report.html": "sid_report", "model.ckpt": "model",
+    "train_run": "run", "metrics.json": "metrics", "report.html": "report",
+    "predictions.parquet": "predictions", "summary.md": "summary",
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What `madrec prepare-data` reads: --dataset KIND --source SOURCE [--items ITEMS]."""
+
+    kind: str
+    source: str
+    items: str = ""
+    files: tuple[Path, ...] = field(default=(), compare=False)  # local inputs, for the cache key
+
+    def describe(self) -> str:
+        return f"{self.kind}: {self.source}" + (f" + items {self.items}" if self.items else "")
+
+
+def _looks_like_sequences(path: Path, lines: int = 5) -> bool:
+    """True when the first lines are `user item item ...` with integer ids."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            head = [line.split() for line, _ in zip(fh, range(lines * 4)) if line.strip()][:lines]
+    except OSError:
+        return False
+    return bool(head) and all(len(t) >= 2 and all(x.isdigit() for x in t) for t in head)
+
+
+def _listing(paths) -> str:
+    return ", ".join(sorted(p.name for p in paths))
+
+
+def _pick_items(folder: Path, items: str | None) -> Path:
+    if items:
+        return _existing(items, "--items")
+    found = sorted({p for pattern in ITEM_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    if not found:
+        raise MadrecError(
+            f"{folder}: no items file (items.jsonl, items.jsonl.gz or movies.dat) next to the sequences; "
+            "pass --items FILE (make run ITEMS=...)"
+        )
+    if len(found) > 1:
+        raise MadrecError(f"{folder}: several items files ({_listing(found)}); pick one with --items FILE (make run ITEMS=...)")
+    return found[0]
+
+
+def _existing(path: str, flag: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MadrecError(f"{flag} {path}: no such file or folder")
+    return p.resolve()
+
+
+def _sequences(seq: Path, items: str | None) -> DataSpec:
+    item_file = _pick_items(seq.parent, items)
+    return DataSpec("sequences", str(seq), str(item_file), (seq, item_file))
+
+
+def find_data(data: str | None = None, sequences: str | None = None, items: str | None = None) -> DataSpec:
+    """Recognise the input layout.
+
+    - nothing given: MovieLens-1M from GroupLens;
+    - `ml-1m.zip`, or a folder with `ml-1m.zip` or `ratings.dat` + `movies.dat`: ML-1M;
+    - a sequences file (`*.txt`, `user item item ...` per line, integer ids) with an items file
+      (`items.jsonl[.gz]` or `movies.dat`) in the same folder.
+    Several candidates are an error that lists them; `sequences` / `items` pick.
+    """
+    if sequences:
+        return _sequences(_existing(sequences, "--sequences"), items or None)
+    if data is None:
+        if items:
+            raise MadrecError("--items needs --sequences or --data (the folder or file of the sequences)")
+        return DataSpec("ml-1m", ML1M_URL)
+    path = _existing(data, "--data")
+    if path.is_file():
+        if path.suffix == ".zip":
+            return DataSpec("ml-1m", str(path), files=(path,))
+        return _sequences(path, items)
+    ml1m = [p for p in (path / "ml-1m.zip",) if p.is_file()]
+    for folder in (path, path / "ml-1m"):
+        if (folder / "ratings.dat").is_file() and (folder / "movies.dat").is_file():
+            ml1m.append(folder / "ratings.dat")
+    texts = sorted(p for p in path.glob("*.txt") if p.is_file())
+    seqs = [p for p in texts if _looks_like_sequences(p)]
+    if ml1m and (seqs or items):
+        raise MadrecError(
+            f"{path}: both MovieLens-1M files ({_listing(ml1m)}) and sequences ({_listing(seqs) or 'with --items'}); "
+            f"use --data {ml1m[0]} for the ratings, or --sequences FILE (make run SEQUENCES=...)"
+        )
+    if len(ml1m) > 1:
+        raise MadrecError(f"{path}: several MovieLens-1M sources ({_listing(ml1m)}); pick one with --data FILE_OR_FOLDER")
+    if ml1m:
+        source = ml1m[0] if ml1m[0].suffix == ".zip" else ml1m[0].parent
+        files = (source,) if source.is_file() else (source / "ratings.dat", source / "movies.dat")
+        return DataSpec("ml-1m", str(source), files=files)
+    if len(seqs) > 1:
+        raise MadrecError(
+            f"{path}: several sequences files ({_listing(seqs)}); pick one with --sequences FILE (make run SEQUENCES=...)"
+        )
+    if not seqs:
+        found = f"; its .txt files ({_listing(texts)}) are not 'user item item ...' lines of integer ids" if texts else ""
+        raise MadrecError(
+            f"{path}: no recognised data: expected ml-1m.zip, ratings.dat + movies.dat, or a sequences "
+            f"*.txt with an items file{found}; pass --sequences FILE --items FILE"
+        )
+    return _sequences(seqs[0], items)
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """Content hash of the run's inputs: data files, the madrec library and configs."""
+    import madrec
+
+    code = sorted(Path(madrec.__file__).parent.rglob("*.py")) + sorted((REPO / "configs").rglob("*.yaml"))
+    digest = hashlib.sha256()
+    for path in [*paths, *code]:
+        digest.update(str(path.name).encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def run_pipeline(arguments: dict, out: Path, cache_root: Path | None, pipeline_file: Path = PIPELINE_FILE) -> Path:
+    """Run the compiled pipeline locally under `out`; returns the run's folder."""
+    from kfp import components, local
+
+    if not pipeline_file.is_file():
+        raise MadrecError(f"{pipeline_file}: no compiled pipeline; run `make compile-pipeline` in a source checkout")
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(out),
+        enable_caching=cache_root is not None,
+        cache_root=str(cache_root) if cache_root else None,
+    )
+    pipeline = components.load_component_from_file(str(pipeline_file))
+    with warnings.catch_warnings():
+        # Expected locally: our images are not python:* ones, and GPU / node-pool settings are
+        # cluster-only (the local runner ignores them).
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        try:
+            pipeline(**arguments)
+        except RuntimeError as exc:
+            raise MadrecError(f"{_strip_ansi(str(exc))} (that step's log is above)") from None
+    runs = [p for p in out.iterdir() if p not in before and p.is_dir()]
+    if len(runs) != 1:
+        raise MadrecError(f"{out}: expected one new run folder, found {_listing(runs) or 'none'}")
+    return runs[0]
+
+
+def collect_results(run_dir: Path) -> dict[str, str]:
+    """Output name -> local path of a finished run: the evaluate step's outputs plus the
+    lineage it records (dataset, SIDs, model, ...; these may come from cached earlier runs)."""
+    outputs = sorted(run_dir.glob("evaluate*/executor_output.json"))
+    if len(outputs) != 1:
+        raise MadrecError(f"{run_dir}: expected one evaluate step, found {len(outputs)}")
+    artifacts = json.loads(outputs[0].read_text())["artifacts"]
+    found = {name: entry["artifacts"][0]["uri"] for name, entry in artifacts.items()}
+    lineage = artifacts["summary"]["artifacts"][0].get("metadata", {})
+    found.update({k: v for k, v in lineage.items() if k in RESULT_LINKS.values() and v})
+    return found
+
+
+def link_results(results: dict[str, str], folder: Path) -> Path:
+    """Symlink every result under `folder` with a conventional file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for link_name, key in RESULT_LINKS.items():
+        if key in results:
+            link = folder / link_name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(results[key])
+    return folder
+
+
+def _point_latest(out: Path, target: Path) -> None:
+    latest = out / "latest"
+    tmp = out / f".latest-{os.getpid()}"
+    tmp.symlink_to(target.relative_to(out))
+    os.replace(tmp, latest)
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="madrec run-local",
+        description="Run the whole madrec pipeline locally with kfp's SubprocessRunner (CPU).",
+        epilog="Default data: MovieLens-1M downloaded from GroupLens. Extra KEY=VALUE arguments are "
+        "`madrec train` overrides, e.g. trainer.max_steps=200.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
+    p.add_argument("--data", help="folder (ml-1m.zip, ratings.dat + movies.dat, or sequences *.txt + items) or file")
+    p.add_argument("--sequences", help="the sequences file, when the folder has several")
+    p.add_argument("--items", help="the items file (items.jsonl[.gz] or movies.dat), when the folder has several")
+    p.add_argument("--sid-uri", default="", help="a GRID SID file to ingest instead of building SIDs")
+    p.add_argument("--experiment", default="tiny", help="training experiment (configs/experiment/NAME.yaml)")
+    p.add_argument("--eval-overrides", default="", help="`madrec evaluate` overrides, e.g. 'beam_size=20'")
+    p.add_argument("--min-item-count", type=int, default=5)
+    p.add_argument("--out", type=Path, default=Path("runs/local"), help="pipeline root (default runs/local)")
+    p.add_argument("--no-cache", action="store_true", help="rerun every step instead of reusing earlier outputs")
+    p.add_argument("--pipeline-file", type=Path, default=PIPELINE_FILE, help="compiled pipeline YAML")
+    args = p.parse_args(argv)
+
+    spec = find_data(args.data, args.sequences, args.items)
+    sid_files = [Path(args.sid_uri)] if args.sid_uri and Path(args.sid_uri).is_file() else []
+    out = args.out.resolve()
+    cache_root = None if args.no_cache else out / ".cache" / _fingerprint([*spec.files, *sid_files, args.pipeline_file])
+    arguments = {
+        "dataset": spec.kind, "source": spec.source, "items": spec.items, "min_item_count": args.min_item_count,
+        "sid_uri": args.sid_uri, "experiment": args.experiment, "train_overrides": " ".join(args.overrides),
+        "eval_overrides": args.eval_overrides, "num_gpus": 0,
+    }
+    print(f"madrec run-local: {spec.describe()} | experiment {args.experiment} | outputs under {out}", flush=True)
+    start = time.perf_counter()
+    run_dir = run_pipeline(arguments, out, cache_root, args.pipeline_file)
+    results = collect_results(run_dir)
+    folder = link_results(results, run_dir / "results")
+    _point_latest(out, folder)
+    minutes, seconds = divmod(int(time.perf_counter() - start), 60)
+    print(f"\nmadrec run-local: finished in {minutes}m{seconds:02d}s; artifacts in {out / 'latest'} -> {folder}")
+    for link_name in RESULT_LINKS:
+        if (folder / link_name).is_symlink():
+            print(f"  {link_name:<20} {os.readlink(folder / link_name)}")
+    print()
+    print(Path(results["summary"]).read_text())
+    return 0

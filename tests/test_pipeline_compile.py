@@ -1,0 +1,116 @@
+"""The committed pipeline YAML is what the code compiles to, and carries the cluster settings."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+from madrec.images import DEFAULT_REGISTRY, DEFAULT_TAG
+
+PIPELINE_YAML = REPO / "pipelines" / "madrec_pipeline.yaml"
+CPU_STEPS = ("prepare-data", "ingest-sids", "build-sids")
+GPU_STEPS = ("train", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(pipeline spec, kubernetes platform spec) of the committed YAML."""
+    docs = list(yaml.safe_load_all(PIPELINE_YAML.read_text()))
+    assert len(docs) == 2, "expected the pipeline spec and the kubernetes platform spec"
+    return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _executors(spec, step: str) -> dict:
+    """Executors of `step` (a sub-pipeline used twice compiles to exec-train and exec-train-2)."""
+    found = {name: ex for name, ex in spec["deploymentSpec"]["executors"].items()
+             if name == f"exec-{step}" or name.startswith(f"exec-{step}-") and name[len(step) + 6:].isdigit()}
+    assert found, f"no executor for {step}"
+    return found
+
+
+def _tasks(spec):
+    """Every task of every DAG: (dag name, task name, task spec)."""
+    dags = [("root", spec["root"]["dag"])] + [(n, c["dag"]) for n, c in spec["components"].items() if "dag" in c]
+    return [(dag_name, name, task) for dag_name, dag in dags for name, task in dag["tasks"].items()]
+
+
+def test_committed_yaml_is_current(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in ("MADREC_REGISTRY", "MADREC_TAG")}
+    subprocess.run([sys.executable, "-m", "pipelines.madrec_pipeline", "--out", str(out)],
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    assert out.read_text() == PIPELINE_YAML.read_text(), (
+        "pipelines/madrec_pipeline.yaml is out of date: run `make compile-pipeline` and commit it"
+    )
+
+
+def test_gpu_steps_request_gpus_on_the_gpu_pool(compiled):
+    spec, k8s = compiled
+    for step in GPU_STEPS:
+        for name, executor in _executors(spec, step).items():
+            accel = executor["container"]["resources"]["accelerator"]
+            assert accel["resourceType"] == "nvidia.com/gpu"
+            assert accel["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--num_gpus']}}"
+            platform = k8s[name]
+            assert platform["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "gpu_node_selector"}}
+            assert platform["tolerations"] == [{"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}]
+            assert platform["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
+    for step in CPU_STEPS:
+        for name, executor in _executors(spec, step).items():
+            assert "accelerator" not in executor["container"]["resources"]
+            assert name not in k8s, f"{name} must not be pinned to the GPU pool"
+
+
+def test_gpu_pool_names_are_run_parameters(compiled):
+    spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["gpu_node_selector"]["parameterType"] == "STRUCT"
+    assert params["gpu_node_selector"]["defaultValue"] == {"nvidia.com/gpu.present": "true"}
+    assert params["gpu_tolerations"]["parameterType"] == "LIST"
+    assert params["gpu_tolerations"]["defaultValue"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    for name in ("dataset", "source", "sid_uri", "experiment", "train_overrides", "num_gpus", "image_tag"):
+        assert name in params
+    assert params["image_tag"]["defaultValue"] == DEFAULT_TAG
+    assert params["num_gpus"]["parameterType"] == "NUMBER_INTEGER"
+
+
+def test_images_and_no_install_at_run_time(compiled):
+    spec, _ = compiled
+    for steps, image in ((CPU_STEPS, "madrec"), (GPU_STEPS, "madrec-cuda")):
+        for step in steps:
+            for executor in _executors(spec, step).values():
+                container = executor["container"]
+                assert container["image"] == (
+                    f"{DEFAULT_REGISTRY}/{image}:{{{{$.inputs.parameters['pipelinechannel--image_tag']}}}}"
+                )
+                command = " ".join(container["command"])
+                assert "pip install" not in command and "kfp.dsl.executor_main" in command
+
+
+def test_caching(compiled):
+    spec, _ = compiled
+    caching = {}
+    for _, name, task in _tasks(spec):
+        if task["componentRef"]["name"].startswith(tuple(f"comp-{s}" for s in CPU_STEPS + GPU_STEPS)):
+            caching.setdefault(task["taskInfo"]["name"], set()).add(task.get("cachingOptions", {}).get("enableCache", False))
+    assert caching == {"prepare-data": {True}, "ingest-sids": {True}, "build-sids": {True},
+                       "train": {True}, "evaluate": {False}}
+
+
+def test_sids_branch_on_sid_uri(compiled):
+    spec, _ = compiled
+    conditions = {task["taskInfo"]["name"]: task["triggerPolicy"]["condition"]
+                  for _, _, task in _tasks(spec) if "triggerPolicy" in task}
+    assert conditions["sids-from-uri"] == "inputs.parameter_values['pipelinechannel--sid_uri'] != ''"
+    assert conditions["sids-from-text"] == "!(inputs.parameter_values['pipelinechannel--sid_uri'] != '')"
+    # each branch trains and evaluates on the SIDs it produced
+    dags = {n: c["dag"]["tasks"] for n, c in spec["components"].items() if "dag" in c}
+    for branch, producer in (("comp-condition-2", "ingest-sids"), ("comp-condition-3", "build-sids")):
+        (downstream,) = [t for t in dags[branch].values() if t["taskInfo"]["name"] == "train-and-evaluate"]
+        assert downstream["inputs"]["artifacts"]["sids"]["taskOutputArtifact"]["producerTask"] == producer
