@@ -121,7 +121,7 @@ def bad_cases() -> dict[str, tuple[object, str]]:
     big = good.clone()
     big[0, 5] = 256
     return {
-        "dict": ({"sids": good}, r"holds a dict, not a tensor"),
+        "dict": ({"sids": good}, r"holds a dict with keys \[.sids.\], not a tensor"),
         "1-D": (good[0], r"a 1-D tensor of shape \(300,\)"),
         "3-D": (good.unsqueeze(0), r"a 3-D tensor"),
         "fraction": (frac, r"float tensor with non-integral values \(e\.g\. 3\.5 at row 1, column 7\)"),
