@@ -11,6 +11,9 @@ kfp's local runner cannot resolve `dsl.OneOf` over artifacts (kfp 2.17), so inst
 joining the branches, each branch calls the downstream steps as a sub-pipeline.
 """
 import argparse
+import ast
+import re
+import tempfile
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
@@ -20,7 +23,9 @@ from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.sids import build_sids, ingest_sids
 from components.train import train
+from components.trainjob import launch_trainjob, mount_shared_volume
 from madrec.images import image
+from madrec.io import write_text_atomic
 from madrec.prepare import ML1M_URL
 
 PIPELINE_FILE = Path(__file__).with_name("madrec_pipeline.yaml")
@@ -32,6 +37,7 @@ GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "No
 # Requests sized from the 2-core / 24 GB development machine runs (ML-1M, Beauty).
 CPU_STEP_RESOURCES = {"cpu": "2", "memory": "8Gi"}
 GPU_STEP_RESOURCES = {"cpu": "8", "memory": "32Gi"}
+LAUNCHER_RESOURCES = {"cpu": "1", "memory": "4Gi"}  # copies the inputs to the shared volume, then waits
 
 
 def _use_image(task, name: str, tag):
@@ -69,16 +75,30 @@ def train_and_evaluate(
     train_overrides: str,
     eval_overrides: str,
     num_gpus: int,
+    num_nodes: int,
+    gpus_per_node: int,
     image_tag: str,
     gpu_node_selector: dict,
     gpu_tolerations: list,
 ):
-    """Train on one node (DDP through torchrun for several GPUs), then evaluate."""
-    trained = train(dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_gpus=num_gpus)
-    trained.set_display_name("train")
-    _use_image(trained, "madrec-cuda", image_tag)
-    _on_gpu_pool(trained, num_gpus, gpu_node_selector, gpu_tolerations)
-    _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, image_tag, gpu_node_selector, gpu_tolerations)
+    """Train on one node (DDP through torchrun for several GPUs) or, with num_nodes > 1, as a
+    Kubeflow Trainer TrainJob on num_nodes x gpus_per_node GPUs; then evaluate."""
+    pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+    with dsl.If(num_nodes > 1, name="multi-node"):
+        job = launch_trainjob(
+            dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node, trainer_image=f"{image('madrec-cuda').rsplit(':', 1)[0]}:{image_tag}",
+        )
+        job.set_display_name("train (TrainJob)")
+        _requests(_use_image(job, "madrec", image_tag), LAUNCHER_RESOURCES)
+        mount_shared_volume(job)
+        _evaluate(job.outputs["model"], dataset, eval_overrides, gpus_per_node, **pool)
+    with dsl.Else(name="single-node"):
+        trained = train(dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_gpus=num_gpus)
+        trained.set_display_name("train")
+        _use_image(trained, "madrec-cuda", image_tag)
+        _on_gpu_pool(trained, num_gpus, gpu_node_selector, gpu_tolerations)
+        _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, **pool)
 
 
 @dsl.pipeline(
@@ -100,6 +120,8 @@ def madrec_pipeline(
     train_overrides: str = "",
     eval_overrides: str = "",
     num_gpus: int = 1,
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
     image_tag: str = image("madrec").rsplit(":", 1)[1],
     gpu_node_selector: dict = GPU_NODE_SELECTOR,
     gpu_tolerations: list = GPU_TOLERATIONS,
@@ -107,15 +129,17 @@ def madrec_pipeline(
     """Parameters: `dataset` (ml-1m | sequences | interactions) read from `source` (+ `items`
     for the item texts); `sid_uri` a GRID SID file to ingest instead of building SIDs with
     `sid_*`; `experiment` and `train_overrides` (`key=value ...`) for `madrec train`,
-    `eval_overrides` for `madrec evaluate`; `num_gpus` per training node; `image_tag` of the
-    madrec images; `gpu_node_selector` / `gpu_tolerations` place GPU steps on the GPU pool."""
+    `eval_overrides` for `madrec evaluate`; `num_gpus` on one node, or `num_nodes` > 1 nodes
+    with `gpus_per_node` each (Kubeflow Trainer); `image_tag` of the madrec images;
+    `gpu_node_selector` / `gpu_tolerations` place the GPU steps on the GPU node pool."""
     prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
     prepared.set_display_name("prepare-data")
     _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)
     data = prepared.outputs["dataset"]
     downstream = dict(
         dataset=data, experiment=experiment, train_overrides=train_overrides, eval_overrides=eval_overrides,
-        num_gpus=num_gpus, image_tag=image_tag, gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations,
+        num_gpus=num_gpus, num_nodes=num_nodes, gpus_per_node=gpus_per_node, image_tag=image_tag,
+        gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations,
     )
     with dsl.If(sid_uri != "", name="sids-from-uri"):
         ingested = ingest_sids(source=sid_uri, dataset=data)
@@ -123,15 +147,35 @@ def madrec_pipeline(
         _requests(_use_image(ingested, "madrec", image_tag), CPU_STEP_RESOURCES)
         train_and_evaluate(sids=ingested.outputs["sids"], **downstream).set_display_name("train-and-evaluate")
     with dsl.Else(name="sids-from-text"):
-        built = build_sids(dataset=data, encoder=sid_encoder, levels=sid_levels, codebook_size=sid_codebook_size, seed=sid_seed)
+        built = build_sids(
+            dataset=data, encoder=sid_encoder, levels=sid_levels, codebook_size=sid_codebook_size, seed=sid_seed
+        )
         built.set_display_name("build-sids")
         _requests(_use_image(built, "madrec", image_tag), CPU_STEP_RESOURCES)
         train_and_evaluate(sids=built.outputs["sids"], **downstream).set_display_name("train-and-evaluate")
 
 
+def _sorted_keys(value):
+    if isinstance(value, dict):
+        return {k: _sorted_keys(value[k]) for k in sorted(value)}
+    return [_sorted_keys(v) for v in value] if isinstance(value, list) else value
+
+
+def _stable_header(text: str) -> str:
+    """Sort the dict keys of defaults in the YAML's header comment: kfp prints them in
+    protobuf map order, which changes from run to run, and the committed file must not."""
+    def fix(m: re.Match) -> str:
+        return f"{m[1]}{_sorted_keys(ast.literal_eval(m[2]))!r}]"
+
+    return re.sub(r"^(#    \w+: \w+ \[Default: )(.*)\]$", fix, text, flags=re.M)
+
+
 def compile_pipeline(out: Path = PIPELINE_FILE) -> Path:
     """Write the pipeline's IR YAML to `out`."""
-    compiler.Compiler().compile(madrec_pipeline, str(out))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(madrec_pipeline, str(raw))
+        write_text_atomic(out, _stable_header(raw.read_text()))
     return out
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from conftest import REPO
 from madrec.images import DEFAULT_REGISTRY, DEFAULT_TAG
 
 PIPELINE_YAML = REPO / "pipelines" / "madrec_pipeline.yaml"
-CPU_STEPS = ("prepare-data", "ingest-sids", "build-sids")
+CPU_STEPS = ("prepare-data", "ingest-sids", "build-sids", "launch-trainjob")
 GPU_STEPS = ("train", "evaluate")
 
 
@@ -27,7 +28,7 @@ def compiled():
 def _executors(spec, step: str) -> dict:
     """Executors of `step` (a sub-pipeline used twice compiles to exec-train and exec-train-2)."""
     found = {name: ex for name, ex in spec["deploymentSpec"]["executors"].items()
-             if name == f"exec-{step}" or name.startswith(f"exec-{step}-") and name[len(step) + 6:].isdigit()}
+             if re.fullmatch(rf"exec-{step}(-\d+)*", name)}
     assert found, f"no executor for {step}"
     return found
 
@@ -54,15 +55,21 @@ def test_gpu_steps_request_gpus_on_the_gpu_pool(compiled):
         for name, executor in _executors(spec, step).items():
             accel = executor["container"]["resources"]["accelerator"]
             assert accel["resourceType"] == "nvidia.com/gpu"
-            assert accel["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--num_gpus']}}"
+            # evaluation after a TrainJob runs on one node with gpus_per_node GPUs
+            counts = ("num_gpus",) if step == "train" else ("num_gpus", "gpus_per_node")
+            assert accel["resourceCount"] in [f"{{{{$.inputs.parameters['pipelinechannel--{c}']}}}}" for c in counts]
             platform = k8s[name]
-            assert platform["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "gpu_node_selector"}}
-            assert platform["tolerations"] == [{"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}]
+            # inside a condition the run parameter arrives as pipelinechannel--NAME
+            selector = platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+            assert selector in ("gpu_node_selector", "pipelinechannel--gpu_node_selector")
+            (toleration,) = platform["tolerations"]
+            assert toleration["tolerationJson"]["componentInputParameter"] in (
+                "gpu_tolerations", "pipelinechannel--gpu_tolerations")
             assert platform["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
     for step in CPU_STEPS:
         for name, executor in _executors(spec, step).items():
             assert "accelerator" not in executor["container"]["resources"]
-            assert name not in k8s, f"{name} must not be pinned to the GPU pool"
+            assert "nodeSelector" not in k8s.get(name, {}), f"{name} must not be pinned to the GPU pool"
 
 
 def test_gpu_pool_names_are_run_parameters(compiled):
@@ -100,7 +107,7 @@ def test_caching(compiled):
         if task["componentRef"]["name"].startswith(tuple(f"comp-{s}" for s in CPU_STEPS + GPU_STEPS)):
             caching.setdefault(task["taskInfo"]["name"], set()).add(task.get("cachingOptions", {}).get("enableCache", False))
     assert caching == {"prepare-data": {True}, "ingest-sids": {True}, "build-sids": {True},
-                       "train": {True}, "evaluate": {False}}
+                       "train": {True}, "train (TrainJob)": {True}, "evaluate": {False}}
 
 
 def test_sids_branch_on_sid_uri(compiled):
@@ -114,3 +121,21 @@ def test_sids_branch_on_sid_uri(compiled):
     for branch, producer in (("comp-condition-2", "ingest-sids"), ("comp-condition-3", "build-sids")):
         (downstream,) = [t for t in dags[branch].values() if t["taskInfo"]["name"] == "train-and-evaluate"]
         assert downstream["inputs"]["artifacts"]["sids"]["taskOutputArtifact"]["producerTask"] == producer
+
+
+def test_multi_node_branch_launches_a_trainjob(compiled):
+    spec, k8s = compiled
+    conditions = [task["triggerPolicy"]["condition"] for _, _, task in _tasks(spec) if "triggerPolicy" in task]
+    assert "int(inputs.parameter_values['pipelinechannel--num_nodes']) > 1" in conditions
+    for name in _executors(spec, "launch-trainjob"):
+        # the launcher stages inputs on the shared volume that the TrainJob's pods mount too
+        assert k8s[name]["pvcMount"] == [{"constant": "madrec-data", "mountPath": "/mnt/madrec",
+                                          "pvcNameParameter": {"runtimeValue": {"constant": "madrec-data"}}}]
+    launches = [task for _, _, task in _tasks(spec) if task["taskInfo"]["name"] == "train (TrainJob)"]
+    assert len(launches) == 2  # one per SID branch
+    for task in launches:
+        params = task["inputs"]["parameters"]
+        assert params["trainer_image"]["runtimeValue"]["constant"] == (
+            f"{DEFAULT_REGISTRY}/madrec-cuda:{{{{$.inputs.parameters['pipelinechannel--image_tag']}}}}"
+        )
+        assert params["num_nodes"] == {"componentInputParameter": "pipelinechannel--num_nodes"}
