@@ -1,0 +1,156 @@
+"""`madrec run-local` / `make run DATA=...` recognise the input folder's layout."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import zipfile
+
+import pytest
+
+from conftest import REPO
+from madrec.errors import MadrecError
+from madrec.local_run import find_data
+from madrec.prepare import ML1M_URL
+
+SEQUENCES = "1 10 11 12\n2 11 12 13 10\n"
+MOVIES = "10::Toy Story (1995)::Animation\n11::Heat (1995)::Action\n"
+
+
+def _write(path, text=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _items_jsonl_gz(path):
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps({"item_id": 10, "text": "a"}) + "\n")
+    return path
+
+
+def _ml1m_zip(path):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ml-1m/ratings.dat", "1::10::5::978300760\n")
+        zf.writestr("ml-1m/movies.dat", MOVIES)
+    return path
+
+
+# --- the real folders the README names -------------------------------------------------
+
+def test_amazon_beauty_folder(shared_data):
+    # Beauty.txt is the only *.txt of integer sequences; the phrase / keyword .txt files are not
+    folder = shared_data / "amazon_beauty"
+    spec = find_data(str(folder))
+    assert (spec.kind, spec.source, spec.items) == ("sequences", str(folder / "Beauty.txt"), str(folder / "items.jsonl.gz"))
+
+
+def test_movielens_folder_uses_sequences_chrono(shared_data):
+    folder = shared_data / "movielens_1m"
+    spec = find_data(str(folder))
+    assert (spec.kind, spec.source, spec.items) == (
+        "sequences", str(folder / "sequences_chrono.txt"), str(folder / "movies.dat"))
+
+
+def test_toys_folder_is_ambiguous_and_sequences_picks(shared_data):
+    folder = shared_data / "amazon_toys"
+    with pytest.raises(MadrecError) as err:
+        find_data(str(folder))
+    message = str(err.value)
+    assert "Toys_and_Games.txt" in message and "Toys_p5_sequential.txt" in message and "SEQUENCES=" in message
+    spec = find_data(str(folder), sequences=str(folder / "Toys_p5_sequential.txt"))
+    assert (spec.source, spec.items) == (str(folder / "Toys_p5_sequential.txt"), str(folder / "items.jsonl.gz"))
+
+
+# --- MovieLens-1M layouts ----------------------------------------------------------------
+
+def test_default_is_movielens_download():
+    assert find_data() == find_data(None, None, None)
+    spec = find_data()
+    assert (spec.kind, spec.source, spec.files) == ("ml-1m", ML1M_URL, ())
+
+
+def test_ml1m_zip_in_folder_and_as_file(tmp_path):
+    archive = _ml1m_zip(tmp_path / "ml-1m.zip")
+    for data in (tmp_path, archive):
+        spec = find_data(str(data))
+        assert (spec.kind, spec.source, spec.files) == ("ml-1m", str(archive), (archive,))
+
+
+def test_extracted_ml1m_folder(tmp_path):
+    for folder in (tmp_path, tmp_path / "ml-1m"):
+        _write(folder / "ratings.dat", "1::10::5::978300760\n")
+        _write(folder / "movies.dat", MOVIES)
+    (tmp_path / "ratings.dat").unlink()
+    spec = find_data(str(tmp_path))  # the archive's own ml-1m/ subfolder
+    assert (spec.kind, spec.source) == ("ml-1m", str(tmp_path / "ml-1m"))
+    _write(tmp_path / "ratings.dat", "1::10::5::978300760\n")
+    with pytest.raises(MadrecError, match="several MovieLens-1M sources"):
+        find_data(str(tmp_path))
+
+
+def test_zip_plus_ratings_is_ambiguous(tmp_path):
+    _ml1m_zip(tmp_path / "ml-1m.zip")
+    _write(tmp_path / "ratings.dat", "1::10::5::978300760\n")
+    _write(tmp_path / "movies.dat", MOVIES)
+    with pytest.raises(MadrecError, match=r"several MovieLens-1M sources \(ml-1m.zip, ratings.dat\)"):
+        find_data(str(tmp_path))
+
+
+def test_ratings_and_sequences_together_is_ambiguous(tmp_path):
+    _write(tmp_path / "ratings.dat", "1::10::5::978300760\n")
+    _write(tmp_path / "movies.dat", MOVIES)
+    seq = _write(tmp_path / "seq.txt", SEQUENCES)
+    with pytest.raises(MadrecError, match=r"both MovieLens-1M files \(ratings.dat\) and sequences \(seq.txt\)"):
+        find_data(str(tmp_path))
+    spec = find_data(str(tmp_path), sequences=str(seq))
+    assert (spec.kind, spec.source, spec.items) == ("sequences", str(seq), str(tmp_path / "movies.dat"))
+
+
+# --- sequences layouts ---------------------------------------------------------------------
+
+def test_sequences_file_given_as_data(tmp_path):
+    seq = _write(tmp_path / "s.txt", SEQUENCES)
+    items = _items_jsonl_gz(tmp_path / "items.jsonl.gz")
+    spec = find_data(str(seq))
+    assert (spec.kind, spec.source, spec.items, spec.files) == ("sequences", str(seq), str(items), (seq, items))
+
+
+def test_several_items_files_are_ambiguous_and_items_picks(tmp_path):
+    _write(tmp_path / "s.txt", SEQUENCES)
+    _items_jsonl_gz(tmp_path / "items.jsonl.gz")
+    movies = _write(tmp_path / "movies.dat", MOVIES)
+    with pytest.raises(MadrecError, match=r"several items files \(items.jsonl.gz, movies.dat\).*ITEMS="):
+        find_data(str(tmp_path))
+    assert find_data(str(tmp_path), items=str(movies)).items == str(movies)
+
+
+def test_missing_items_file(tmp_path):
+    _write(tmp_path / "s.txt", SEQUENCES)
+    with pytest.raises(MadrecError, match="no items file.*--items FILE"):
+        find_data(str(tmp_path))
+
+
+def test_text_files_that_are_not_sequences(tmp_path):
+    _write(tmp_path / "notes.txt", "B00ABC nail polish\nB00XYZ lip gloss\n")
+    with pytest.raises(MadrecError, match=r"notes.txt\) are not 'user item item \.\.\.' lines"):
+        find_data(str(tmp_path))
+
+
+def test_empty_folder_and_missing_paths(tmp_path):
+    with pytest.raises(MadrecError, match="no recognised data: expected ml-1m.zip"):
+        find_data(str(tmp_path))
+    with pytest.raises(MadrecError, match=r"--data .*nowhere: no such file"):
+        find_data(str(tmp_path / "nowhere"))
+    with pytest.raises(MadrecError, match="--items needs --sequences or --data"):
+        find_data(items=str(tmp_path / "items.jsonl"))
+
+
+def test_make_run_passes_data_sequences_items():
+    out = subprocess.run(
+        ["make", "-n", "run", "DATA=d i r", "SEQUENCES=s.txt", "ITEMS=i.jsonl", "ARGS=trainer.max_steps=5"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout
+    command = " ".join(out.replace("\\\n", " ").split())
+    assert command == ('.venv/bin/madrec run-local --data "d i r" --sequences "s.txt" --items "i.jsonl" '
+                       "trainer.max_steps=5")
