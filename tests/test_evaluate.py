@@ -101,3 +101,60 @@ def test_two_gloo_processes_give_the_one_process_metrics(tmp_path):
     double = json.loads(out.read_text())
     single.pop("users_per_s"), double.pop("users_per_s")
     assert double == pytest.approx(single, abs=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A prepared dataset (madrec.prepare.write_prepared) and a random real checkpoint on it."""
+    from toy_lm import write_checkpoint
+
+    from madrec.prepare import write_prepared
+
+    root = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, N, size=rng.integers(3, 9)).astype(np.int64) for _ in range(45)]
+    ids = [f"B{i:03d}" for i in range(N)]
+    write_prepared(root / "data", ids, {k: k for k in ids}, list(range(45)), seqs, {"num_items": N})
+    write_checkpoint(root / "model.ckpt", random_sids(H, V, N, seed=4), ids, MAX_LEN, V)
+    return root
+
+
+def test_evaluate_cli_writes_metrics_report_and_predictions(prepared):
+    from madrec.cli import main
+
+    out = prepared / "out"
+    code = main(["evaluate", f"ckpt_path={prepared / 'model.ckpt'}", f"data_dir={prepared / 'data'}", "split=test",
+                 f"output_dir={out}", "predictions=true", "ks=[1,5,10]", "batch_size=8"])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("test/recall@1", "test/ndcg@5", "test/recall@10", "test/most_popular/recall@10",
+                "test/unconstrained/invalid_sid_rate", "test/steps_1/recall@10", "test/steps_3/ndcg@10"):
+        assert key in m
+    assert m["test/invalid_sid_rate"] == 0 and m["test/duplicate_rate"] == 0
+    assert m["test/num_users"] == 45
+    assert m["test/steps_3/recall@10"] == m["test/recall@10"]  # H calls = the main run
+    html = (out / "report.html").read_text()
+    for heading in ("Recall@K and NDCG@K", "Quality vs number of decoding steps", "most popular", "<svg"):
+        assert heading in html
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert len(rows) == 45 * 10
+    assert rows[0]["user"] == 0 and [r["rank"] for r in rows[:10]] == list(range(1, 11))
+    assert all(r["item_id"] == f"B{r['item']:03d}" for r in rows)
+    for u in range(45):  # every top-10 list: catalogue items, no repeats
+        assert len({r["item"] for r in rows[u * 10:(u + 1) * 10]}) == 10
+
+
+def test_evaluate_cli_rejects_bad_arguments(prepared, capsys):
+    from madrec.cli import main
+
+    base = [f"ckpt_path={prepared / 'model.ckpt'}", f"data_dir={prepared / 'data'}", f"output_dir={prepared / 'x'}"]
+    assert main(["evaluate", *base, "ks=[5,20]"]) == 2
+    assert "widen the beam (beam_size=20)" in capsys.readouterr().err
+    assert main(["evaluate", *base, "beams=3"]) == 2
+    assert "expected key=value with key one of ckpt_path" in capsys.readouterr().err
+    assert main(["evaluate", *base, "split=train"]) == 2
+    assert main(["evaluate", f"data_dir={prepared / 'data'}"]) == 2
+    assert "missing ckpt_path=..., output_dir=..." in capsys.readouterr().err
+    assert not (prepared / "x").exists()

@@ -49,10 +49,11 @@ class MixLM(torch.nn.Module):
         self.mix = torch.nn.Embedding(vocab.size, dim)
         self.out = torch.nn.Linear(dim, vocab.size)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         keep = (tokens != self.vocab.pad_id).float()[..., None]
         ctx = (self.mix(tokens) * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
-        return self.out(torch.tanh(self.emb(tokens) + 3 * ctx))
+        logits = self.out(torch.tanh(self.emb(tokens) + 3 * ctx))
+        return logits if select is None else logits[select]
 
 
 class SuccessorLM(MixLM):
@@ -88,3 +89,19 @@ class RecordingLM(torch.nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         self.inputs.append(tokens.clone())
         return self.inner(tokens)
+
+
+def write_checkpoint(path, sids: torch.Tensor, item_ids: list[str], max_len: int, codebook_size: int, seed: int = 0):
+    """A real (randomly initialised) MaskedDiffusionLM saved as a madrec checkpoint (contract 4)."""
+    from madrec.checkpoint import WEIGHTS_PREFIX, payload
+    from madrec.config import Config
+    from madrec.model import MaskedDiffusionLM, ModelConfig
+
+    torch.manual_seed(seed)
+    cfg = Config(max_len=max_len, codebook_size=codebook_size,
+                 model=ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, dropout=0.0))
+    vocab = SIDVocab(sids.shape[0], codebook_size)
+    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id)
+    torch.save({"state_dict": {WEIGHTS_PREFIX + k: v for k, v in model.state_dict().items()},
+                "madrec": payload(cfg, vocab, sids, item_ids, max_len), "global_step": 7}, path)
+    return model.eval()

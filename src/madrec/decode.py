@@ -15,6 +15,7 @@ top-K list never repeats one. `reveal_per_step=k` reveals k positions per model 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -239,7 +240,7 @@ def beam_search(
 
     for _ in range(-(-P // reveal_per_step)):
         slot = torch.where(digits >= 0, digits + pos_h * (V + 1), vocab.mask_id)
-        logits = model(torch.cat([histories.repeat_interleave(W, 0), slot], 1))[:, -P:, :]
+        logits = _slot_logits(model, torch.cat([histories.repeat_interleave(W, 0), slot], 1), P)
         logits = logits.gather(2, digit_tokens.expand(R, P, V)).float()  # (R, P, V) digit logits
         steps = min(reveal_per_step, int((digits[0] < 0).sum()))
         chosen = _choose_positions(index, logits, digits, reps, revealed, order, steps, constrained, generator)
@@ -271,6 +272,16 @@ def beam_search(
         scores = torch.cat([scores, scores.new_full((B, top_k - W), float("-inf"))], 1)
     items, scores = items[:, :top_k], scores[:, :top_k]
     return DecodeResult(items.squeeze(2) if n == 1 else items, scores)
+
+
+def _slot_logits(model: torch.nn.Module, tokens: torch.Tensor, P: int) -> torch.Tensor:
+    """(R, P, vocab) logits at the last P positions; asks only for those when the model's
+    forward takes a `select` mask (MaskedDiffusionLM does), sparing the full output layer."""
+    if "select" in inspect.signature(model.forward).parameters:
+        select = torch.zeros_like(tokens, dtype=torch.bool)
+        select[:, -P:] = True
+        return model(tokens, select=select).view(tokens.shape[0], P, -1)
+    return model(tokens)[:, -P:]
 
 
 def _choose_positions(index, logits, digits, reps, revealed, order, steps, constrained, generator):
