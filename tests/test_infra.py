@@ -217,3 +217,17 @@ def test_gpu_pool_scheduling_and_secret_references(rendered):
     assert env["GOOGLE_APPLICATION_CREDENTIALS"]["value"].startswith("/var/secrets/google/")
     pvc = next(d for d in rendered["gke"] if d["kind"] == "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_an_overlay_can_point_the_runtime_at_another_registry(tmp_path):
+    """What the README tells a cluster admin: `kustomize edit set image` reaches the runtime."""
+    shutil.copytree(REPO / "manifests", tmp_path / "manifests", ignore=shutil.ignore_patterns("*.py"))
+    mine = tmp_path / "manifests" / "overlays" / "mine"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": ["../gke"],
+        "images": [{"name": f"{DEFAULT_REGISTRY}/madrec-cuda", "newName": "registry.example/team/madrec-cuda",
+                    "newTag": "1.2.3"}]}))
+    (runtime,) = [d for d in manifests.render(mine) if d["kind"] == "TrainingRuntime"]
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example/team/madrec-cuda:1.2.3"
