@@ -271,7 +271,7 @@ def test_failed_launch_keeps_the_run_and_drops_staged_inputs(tmp_path):
     shared = tmp_path / "pvc"
     shared.mkdir()
     fake = TrainingCluster(fail=True)
-    with pytest.raises(MadrecError, match="failed: node 0 exited 1"):
+    with pytest.raises(MadrecError, match="(?s)failed: node 0 exited 1.*run folder .* stays in .*on PVC madrec-data"):
         trainjob.launch(data, sids / "sids.pt", tmp_path / "model", tmp_path / "run", experiment="tiny",
                         num_nodes=2, gpus_per_node=1, shared_dir=shared, client=_client(fake))
     (stage,) = (shared / "trainjobs").iterdir()
@@ -368,3 +368,21 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
             dataset=dsl.Dataset(uri=str(data)), sids=dsl.Artifact(uri=str(sids)), experiment="tiny",
             overrides="output_dir=/x", num_nodes=2, gpus_per_node=2, model=model, metrics=metrics,
             run=dsl.Artifact(uri=str(out / "run2")), shared_dir=str(shared))
+
+
+def test_rejected_job_leaves_nothing_on_the_shared_volume(tmp_path):
+    data, sids = _inputs(tmp_path)
+    fake = FakeCluster([([], [])], create_error=ApiException(status=403, reason="Forbidden"))
+    with pytest.raises(MadrecError, match="may not do this in namespace 'team'"):
+        trainjob.launch(data, sids, tmp_path / "m", experiment="tiny", num_nodes=2, gpus_per_node=1,
+                        shared_dir=tmp_path, client=_client(fake))
+    assert list((tmp_path / "trainjobs").iterdir()) == []
+
+
+def test_quiet_job_still_logs_a_heartbeat(caplog):
+    fake = FakeCluster([([], [_pod("j-node-0-0", "Running")])] * 12 + [([("Complete", "")], [])],
+                       logs={"j-node-0-0": "step 7/100"})
+    with caplog.at_level(logging.INFO, logger="madrec.trainjob"):
+        _client(fake).wait("j", timeout_s=3600, poll_s=60)
+    beats = [r.getMessage() for r in caplog.records if "node 0: step 7/100" in r.getMessage()]
+    assert beats[0].startswith("TrainJob j [0h00m00s]") and len(beats) == 3  # at 0, 5 and 10 minutes

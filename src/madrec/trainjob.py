@@ -40,6 +40,8 @@ COMMAND = ("torchrun", "-m", "madrec.cli", "train")
 # Config keys the launcher sets itself from the staged inputs.
 STAGED_KEYS = ("data_dir", "sid_data_path", "output_dir")
 # Waiting reasons that never resolve on their own: fail now instead of at the timeout.
+# A progress line at least this often, even when nothing changed.
+HEARTBEAT_S = 300.0
 FATAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError", "ErrImageNeverPull"}
 TRAINER_MODELS = {
     "TrainJob": "TrainerV1alpha1TrainJob",
@@ -220,6 +222,7 @@ class TrainJobClient:
 
         start = self.clock()
         last_status = last_line = None
+        last_logged = -HEARTBEAT_S
         while True:
             try:
                 job = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
@@ -239,15 +242,15 @@ class TrainJobClient:
             status = _pods_summary(pods)
             line = self._node0_last_line(pods)
             elapsed = self.clock() - start
-            if status != last_status or line != last_line:
+            if status != last_status or line != last_line or elapsed - last_logged >= HEARTBEAT_S:
                 log.info("TrainJob %s [%s]: %s%s", name, _duration(elapsed), status,
                          f" | node 0: {line}" if line else "")
-                last_status, last_line = status, line
+                last_status, last_line, last_logged = status, line, elapsed
             if elapsed > timeout_s:
                 self.delete(name)
                 raise MadrecError(self._failure_report(
                     name, f"TrainJob {name} did not finish within {_duration(timeout_s)}; deleted it "
-                          "(raise the launcher's timeout_hours, or resume with ckpt_path=.../last.ckpt)", pods))
+                          "to free its GPUs (raise the launcher's timeout_hours)", pods))
             self.sleep(poll_s)
 
     def _pods(self, name: str) -> list:
@@ -394,12 +397,19 @@ def launch(
             f"output_dir={stage / 'run'}", *overrides]
     job = build_trainjob(name, args, num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
                          runtime=runtime, namespace=client.namespace)
+    log.info("staging inputs in %s", stage)
     try:
-        log.info("staging inputs in %s", stage)
         shutil.copytree(data_dir, stage / "data")
         shutil.copyfile(sid_path, stage / "sids.pt")
         client.create(job)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    try:
         client.wait(name, timeout_s=timeout_s, poll_s=poll_s)
+    except MadrecError as exc:
+        raise MadrecError(f"{exc}\nthe job's run folder (metrics.csv, last.ckpt) stays in {stage / 'run'} "
+                          f"on PVC {SHARED_PVC}") from exc
     finally:
         # The staged copies are only the job's inputs; the run folder stays for inspection.
         shutil.rmtree(stage / "data", ignore_errors=True)
