@@ -59,8 +59,8 @@ def test_sid_index_agrees_with_brute_force_for_every_subset():
     index, digits = SIDIndex(sids, 4), sids.t()
     for revealed in range(8):
         for p in [q for q in range(3) if not revealed >> q & 1]:
-            reps = torch.arange(30)
-            got = index.next_reps(torch.full((30,), revealed), reps, torch.full((30,), p))
+            reps, S, pos = torch.arange(30), torch.full((30,), revealed), torch.full((30,), p)
+            allowed = index.allowed(S, reps, pos)
             same = torch.ones(30, 30, dtype=torch.bool)
             for q in range(3):
                 if revealed >> q & 1:
@@ -68,7 +68,8 @@ def test_sid_index_agrees_with_brute_force_for_every_subset():
             for v in range(4):
                 ok = same & (digits[None, :, p] == v)  # (rep, item)
                 want = torch.where(ok.any(1), torch.where(ok, torch.arange(30), 99).amin(1), -1)
-                assert got[:, v].tolist() == want.tolist(), (revealed, p, v)
+                assert allowed[:, v].tolist() == ok.any(1).tolist(), (revealed, p, v)
+                assert index.child(S, reps, pos, torch.full((30,), v)).tolist() == want.tolist(), (revealed, p, v)
     assert index.lookup(digits).tolist() == list(range(30))
     missing = [t for t in np.ndindex(4, 4, 4) if not (digits == torch.tensor(t)).all(1).any()][:3]
     assert index.lookup(torch.tensor(missing)).tolist() == [-1, -1, -1]

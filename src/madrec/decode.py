@@ -41,20 +41,21 @@ class DecodeResult:
 class _Table:
     """For revealed positions S and a position p (see SIDIndex._build)."""
 
-    lo: torch.Tensor  # (N,) first group of the item's S-group
-    hi: torch.Tensor  # (N,) one past its last group
-    digit: torch.Tensor  # (G,) digit at p of each (S, p) group
-    first: torch.Tensor  # (G,) smallest item index of each group
+    sgroup: torch.Tensor  # (N,) the item's S-group: the items agreeing with it at S
+    bits: torch.Tensor  # (S-groups, ceil(V/8)) uint8: digits at p present in each S-group
+    start: torch.Tensor  # (S-groups,) first (S, p) group of each S-group
+    first: torch.Tensor  # (G,) smallest item index of each (S, p) group, groups by digit
 
 
 class SIDIndex:
     """Which digits a SID position may take given the digits revealed at any subset of positions.
 
     A partial SID is represented by its revealed-position bitmask S and a representative: the
-    smallest index among the catalogue items that agree with it. For each (S, p) a table lists
-    the items sorted by (digits at S, digit at p); the items agreeing with a partial SID then
-    form one run of (S, p) groups, at most V long, so the allowed digits and the representative
-    after revealing each of them come out in O(V) per beam. Tables are built on first use.
+    smallest index among the catalogue items that agree with it. For each (S, p) a table groups
+    the items by their digits at S (S-groups) and keeps, per S-group, a bitmask of the digits
+    present at p and the smallest item of each (S-group, digit) pair; a beam's allowed digits
+    are then one row lookup, whatever order its digits were revealed in. Tables are built on
+    first use and cost ceil(V/8) bytes per S-group.
     """
 
     def __init__(self, sids: torch.Tensor, codebook_size: int):
@@ -63,20 +64,17 @@ class SIDIndex:
         self.digits = sids.t().contiguous().long()  # (N, H)
         self.num_items, self.sid_len = self.digits.shape
         self.codebook_size = codebook_size
+        self._bit = 1 << torch.arange(8, device=self.digits.device, dtype=torch.uint8)
         self._tables: dict[tuple[int, int], _Table] = {}
-
-    @property
-    def device(self) -> torch.device:
-        return self.digits.device
 
     def _build(self, revealed: int, p: int) -> _Table:
         cols = [q for q in range(self.sid_len) if revealed >> q & 1]
-        d = self.digits
-        order = torch.arange(self.num_items, device=d.device)
+        d, N, V = self.digits, self.num_items, self.codebook_size
+        order = torch.arange(N, device=d.device)
         for q in reversed(cols + [p]):  # stable sorts from the last key: lexicographic, ties by index
             order = order[torch.argsort(d[order, q], stable=True)]
         keys = d[order][:, cols + [p]]
-        new_group = torch.ones(self.num_items, dtype=torch.bool, device=d.device)
+        new_group = torch.ones(N, dtype=torch.bool, device=d.device)
         new_group[1:] = (keys[1:] != keys[:-1]).any(1)
         new_sgroup = torch.zeros_like(new_group)
         new_sgroup[0] = True
@@ -84,14 +82,12 @@ class SIDIndex:
             new_sgroup[1:] = (keys[1:, :-1] != keys[:-1, :-1]).any(1)
         group = torch.cumsum(new_group, 0) - 1
         sgroup = torch.cumsum(new_sgroup, 0) - 1
-        start = group[new_sgroup]
-        end = torch.cat([start[1:], group[-1:] + 1])
-        lo = torch.empty_like(order)
-        hi = torch.empty_like(order)
-        lo[order] = start[sgroup]
-        hi[order] = end[sgroup]
-        first = order[new_group]
-        return _Table(lo, hi, d[first, p], first)
+        dense = torch.zeros(int(sgroup[-1]) + 1, -(-V // 8) * 8, dtype=torch.uint8, device=d.device)
+        dense[sgroup[new_group], keys[new_group, -1]] = 1
+        bits = (dense.view(dense.shape[0], -1, 8) * self._bit).sum(-1, dtype=torch.uint8)
+        item_sgroup = torch.empty_like(order)
+        item_sgroup[order] = sgroup
+        return _Table(item_sgroup, bits, group[new_sgroup], order[new_group])
 
     def table(self, revealed: int, p: int) -> _Table:
         key = (revealed, p)
@@ -99,41 +95,48 @@ class SIDIndex:
             self._tables[key] = self._build(revealed, p)
         return self._tables[key]
 
-    def next_reps(self, revealed: torch.Tensor, reps: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """(M, V) representative after revealing digit v at `pos`, -1 where no item has it.
-
-        `revealed` (M,) bitmasks of revealed positions, `reps` (M,) current representatives,
-        `pos` (M,) the (unrevealed) position to reveal.
-        """
-        V = self.codebook_size
-        out = torch.full((reps.shape[0], V + 1), -1, dtype=torch.long, device=reps.device)
+    def _rows(self, revealed: torch.Tensor, pos: torch.Tensor):
+        """Yield (row indices, table) for each distinct (revealed set, position) among the rows."""
         combo = revealed.long() * self.sid_len + pos.long()
-        arange_v = torch.arange(V, device=reps.device)
         for c in torch.unique(combo).tolist():
-            rows = (combo == c).nonzero().squeeze(1)
-            t = self.table(c // self.sid_len, c % self.sid_len)
-            r = reps[rows].clamp(min=0)
-            idx = t.lo[r, None] + arange_v
-            valid = idx < t.hi[r, None]
-            idx = idx.clamp(max=t.first.shape[0] - 1)
-            col = torch.where(valid, t.digit[idx], V)
-            val = torch.where(valid, t.first[idx], -1)
-            sub = torch.full((rows.shape[0], V + 1), -1, dtype=torch.long, device=reps.device)
-            out[rows] = sub.scatter_(1, col, val)  # invalid entries all land on column V as -1
-        return out[:, :V]
+            yield (combo == c).nonzero().squeeze(1), self.table(c // self.sid_len, c % self.sid_len)
+
+    def _unpack(self, bits: torch.Tensor) -> torch.Tensor:
+        return (bits[..., None] & self._bit).ne(0).flatten(-2)[..., :self.codebook_size]
+
+    def allowed(self, revealed: torch.Tensor, reps: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(M, V) bool: digits that some catalogue item agreeing with each partial SID has at `pos`.
+
+        `revealed` (M,) bitmasks of revealed positions, `reps` (M,) representatives, `pos` (M,)
+        unrevealed positions.
+        """
+        out = torch.empty((reps.shape[0], -(-self.codebook_size // 8)), dtype=torch.uint8, device=reps.device)
+        for rows, t in self._rows(revealed, pos):
+            out[rows] = t.bits[t.sgroup[reps[rows]]]
+        return self._unpack(out)
+
+    def child(self, revealed: torch.Tensor, reps: torch.Tensor, pos: torch.Tensor, digit: torch.Tensor):
+        """(M,) representative after revealing an allowed `digit` at `pos` (-1 if not allowed)."""
+        out = torch.full_like(reps, -1)
+        for rows, t in self._rows(revealed, pos):
+            sg = t.sgroup[reps[rows]]
+            present = self._unpack(t.bits[sg])
+            d = digit[rows]
+            rank = present.long().cumsum(1).gather(1, d[:, None]).squeeze(1) - 1  # groups sorted by digit
+            ok = present.gather(1, d[:, None]).squeeze(1)
+            out[rows] = torch.where(ok, t.first[(t.start[sg] + rank).clamp(min=0)], -1)
+        return out
 
     def lookup(self, digits: torch.Tensor) -> torch.Tensor:
         """(M, H) digit tuples -> (M,) item index, -1 where no catalogue item has that SID."""
         M = digits.shape[0]
         reps = torch.zeros(M, dtype=torch.long, device=digits.device)
-        ok = torch.ones(M, dtype=torch.bool, device=digits.device)
+        ok = ((digits >= 0) & (digits < self.codebook_size)).all(1)
         for p in range(self.sid_len):
-            d = digits[:, p]
-            ok &= (d >= 0) & (d < self.codebook_size)
-            nxt = self.next_reps(torch.full_like(reps, (1 << p) - 1), reps, torch.full_like(reps, p))
-            cand = nxt.gather(1, d.clamp(0, self.codebook_size - 1)[:, None]).squeeze(1)
-            ok &= cand >= 0
-            reps = torch.where(ok, cand, 0)
+            nxt = self.child(torch.full_like(reps, (1 << p) - 1), reps, torch.full_like(reps, p),
+                             digits[:, p].clamp(0, self.codebook_size - 1))
+            ok &= nxt >= 0
+            reps = torch.where(ok, nxt, 0)
         return torch.where(ok, reps, -1)
 
 
@@ -249,8 +252,7 @@ def beam_search(
             q = chosen[:, j]
             lg = logits[rows, q]
             if constrained:
-                nxt = index.next_reps(revealed[rows, q // H], reps[rows, q // H], q % H)
-                lg = lg.masked_fill(nxt < 0, float("-inf"))
+                lg = lg.masked_fill(~index.allowed(revealed[rows, q // H], reps[rows, q // H], q % H), float("-inf"))
             lp = torch.log_softmax(lg, -1).nan_to_num(nan=float("-inf"))
             W_new = min(beam_size, W * V)
             parent, digit, scores = _select((scores.reshape(R, 1) + lp).view(B, W * V), digits, q, V, W, W_new)
@@ -260,9 +262,10 @@ def beam_search(
             rows = torch.arange(R, device=device)
             digits, reps, revealed = digits[src], reps[src], revealed[src]
             digits[rows, qs] = digit
-            revealed[rows, qs // H] |= 1 << (qs % H)
             if constrained:
-                reps[rows, qs // H] = nxt[src, digit].clamp(min=0)
+                child = index.child(revealed[rows, qs // H], reps[rows, qs // H], qs % H, digit)
+                reps[rows, qs // H] = child.clamp(min=0)  # -1: a dead beam's impossible digit
+            revealed[rows, qs // H] |= 1 << (qs % H)
             logits, chosen = logits[src], chosen[src]
 
     items = reps if constrained else index.lookup(digits.view(-1, H)).view(R, n)
@@ -298,9 +301,9 @@ def _choose_positions(index, logits, digits, reps, revealed, order, steps, const
         lg = logits
         if constrained:
             rows, q = masked.nonzero(as_tuple=True)
-            nxt = index.next_reps(revealed[rows, q // H], reps[rows, q // H], q % H)
+            ok = index.allowed(revealed[rows, q // H], reps[rows, q // H], q % H)
             lg = logits.clone()
-            lg[rows, q] = lg[rows, q].masked_fill(nxt < 0, float("-inf"))
+            lg[rows, q] = lg[rows, q].masked_fill(~ok, float("-inf"))
         priority = torch.log_softmax(lg, -1).amax(-1).nan_to_num(nan=float("-inf"))
     priority = priority.masked_fill(~masked, float("-inf"))
     # stable sort: equal priorities go to the smaller position; revealed positions sort last
