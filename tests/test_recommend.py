@@ -62,3 +62,12 @@ def test_cli_prints_a_ranked_table(ckpt, capsys):
     assert all(ln.split()[1] in IDS for ln in lines[1:])
     assert main(["recommend", "--ckpt", str(ckpt[0]), "--history", "A0007,zzz"]) == 2
     assert "zzz" in capsys.readouterr().err
+
+
+def test_next_items_are_decoded_jointly(ckpt, capsys):
+    rec = Recommender.from_checkpoint(str(ckpt[0]), device="cpu")
+    pairs = rec.recommend(["A0007", "A0014"], k=6, next_items=2)
+    assert len(pairs) == 6 and len({p for p, _ in pairs}) == 6
+    assert all(len(p) == 2 and set(p) <= set(IDS) for p, _ in pairs)
+    assert main(["recommend", "--ckpt", str(ckpt[0]), "--history", "A0007", "-k", "2", "--next-items", "2"]) == 0
+    assert " -> " in capsys.readouterr().out

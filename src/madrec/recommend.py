@@ -62,21 +62,26 @@ class Recommender:
         return np.asarray(out, dtype=np.int64)
 
     def recommend_many(self, histories: Sequence[Sequence], k: int = 10, *, beam_size: int | None = None,
-                       skip_unknown: bool = False, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+                       skip_unknown: bool = False, next_items: int = 1, batch_size: int = 256) -> list[list]:
         """Top-k (item id, score) lists, best first, for each history (oldest item first).
 
         Scores are summed log-probabilities of the item's SID. The beam is `max(k, 10)` wide
-        unless `beam_size` is given.
+        unless `beam_size` is given. With `next_items=n > 1` the next n items are decoded
+        jointly and each entry is (tuple of n item ids, score).
         """
         beam = beam_size or max(k, 10)
         seqs = [self._indices(h, skip_unknown, i) for i, h in enumerate(histories)]
-        out: list[list[tuple[str, float]]] = []
+        out: list[list] = []
         for lo in range(0, len(seqs), batch_size):
-            hist = build_histories(self.vocab, self.sids, seqs[lo:lo + batch_size], self.max_len, drop_last=False)
+            hist = build_histories(self.vocab, self.sids, seqs[lo:lo + batch_size], self.max_len, drop_last=False,
+                                   next_items=next_items)
             res = beam_search(self.model, self.vocab, self.sids, hist.to(self.device), beam_size=beam, top_k=k,
-                              order=self.order, reveal_per_step=self.reveal_per_step, index=self.sid_index)
-            for items, scores in zip(res.items.tolist(), res.scores.tolist()):
-                out.append([(self.item_ids[i], s) for i, s in zip(items, scores) if i >= 0])
+                              order=self.order, reveal_per_step=self.reveal_per_step, next_items=next_items,
+                              index=self.sid_index)
+            items = res.items.reshape(res.items.shape[0], k, next_items).tolist()
+            for row, scores in zip(items, res.scores.tolist()):
+                ranked = [(tuple(self.item_ids[i] for i in t), s) for t, s in zip(row, scores) if min(t) >= 0]
+                out.append([(t[0], s) for t, s in ranked] if next_items == 1 else ranked)
         return out
 
     def recommend(self, history: Sequence, k: int = 10, **kwargs) -> list[tuple[str, float]]:
@@ -92,13 +97,16 @@ def cli(argv: list[str]) -> int:
     p.add_argument("-k", type=int, default=10, help="how many items to recommend (default 10)")
     p.add_argument("--beam-size", type=int, default=None, help="beam width (default max(k, 10))")
     p.add_argument("--skip-unknown", action="store_true", help="ignore history ids the model does not know")
+    p.add_argument("--next-items", type=int, default=1, help="decode the next n items jointly (default 1)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     args = p.parse_args(argv)
     if args.k < 1:
         raise MadrecError(f"-k must be >= 1, got {args.k}")
     history = [h.strip() for h in args.history.split(",") if h.strip()]
     rec = Recommender.from_checkpoint(args.ckpt, device=args.device)
-    top = rec.recommend(history, args.k, beam_size=args.beam_size, skip_unknown=args.skip_unknown)
+    top = rec.recommend(history, args.k, beam_size=args.beam_size, skip_unknown=args.skip_unknown,
+                        next_items=args.next_items)
+    top = [(i if isinstance(i, str) else " -> ".join(i), s) for i, s in top]
     width = max([len("item_id")] + [len(i) for i, _ in top])
     print(f"{'rank':>4}  {'item_id':<{width}}  {'score':>9}")
     for rank, (item, score) in enumerate(top, 1):
