@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from madrec.data import Split
-from madrec.decode import SIDIndex, beam_search, build_histories
+from madrec.decode import ORDERS, SIDIndex, beam_search, build_histories
 from madrec.errors import MadrecError
 from madrec.metrics import ranking_metrics
 from madrec.tokens import SIDVocab
@@ -248,6 +248,8 @@ def parse_args(argv: list[str]) -> EvaluateArgs:
         raise MadrecError(f"missing {', '.join(f'{k}=...' for k in missing)} "
                           "(e.g. madrec evaluate ckpt_path=RUN/checkpoints/best.ckpt data_dir=DATA split=test "
                           "output_dir=EVAL)")
+    if args.order not in ORDERS:
+        raise MadrecError(f"order={args.order}: expected one of {', '.join(ORDERS)}")
     if args.split not in SPLIT_NAMES:
         raise MadrecError(f"split={args.split}: expected one of {', '.join(SPLIT_NAMES)}")
     if max(args.ks) > args.beam_size:
