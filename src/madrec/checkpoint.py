@@ -1,0 +1,83 @@
+"""Self-contained checkpoints (contract 4): evaluation and recommendation need nothing else.
+
+A checkpoint is a PyTorch Lightning checkpoint (so `ckpt_path=` resumes training exactly:
+optimiser, LR schedule, loop state) with one extra entry, `madrec`, holding the SID table,
+the item-index -> original-id map, the token layout, `max_len` and the full config. The
+model weights are Lightning's `state_dict` under the `model.` prefix.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from madrec.config import Config, config_from_dict
+from madrec.errors import MadrecError
+from madrec.io import fetch
+from madrec.model import MaskedDiffusionLM
+from madrec.tokens import SIDVocab
+
+FORMAT = "madrec.checkpoint/1"
+WEIGHTS_PREFIX = "model."
+
+
+@dataclass
+class Loaded:
+    model: MaskedDiffusionLM  # in eval mode
+    vocab: SIDVocab
+    sids: torch.Tensor  # (H, N) int64
+    item_ids: list[str]  # item index -> original id
+    config: Config
+    max_len: int
+    global_step: int
+
+
+def payload(cfg: Config, vocab: SIDVocab, sids: torch.Tensor, item_ids: list[str], max_len: int) -> dict:
+    """The `madrec` entry added to every checkpoint (plain types only: loads with weights_only)."""
+    return {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "sid_len": vocab.sid_len,
+        "codebook_size": vocab.codebook_size,
+        "sids": sids.detach().cpu().long(),
+        "item_ids": list(item_ids),
+        "max_len": max_len,
+    }
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The raw checkpoint dict, checked to be a madrec checkpoint."""
+    local = fetch(str(path))
+    try:
+        ckpt = torch.load(local, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise MadrecError(f"{path}: cannot read the checkpoint ({exc}); is it a file written by `madrec train`?") from exc
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("madrec"), dict):
+        raise MadrecError(f"{path}: not a madrec checkpoint (no 'madrec' entry); pass a .ckpt written by `madrec train`")
+    meta = ckpt["madrec"]
+    if meta.get("format") != FORMAT:
+        raise MadrecError(f"{path}: checkpoint format {meta.get('format')!r}, this madrec reads {FORMAT!r}")
+    return ckpt
+
+
+def model_weights(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The model's own state dict out of a Lightning checkpoint."""
+    return {k[len(WEIGHTS_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(WEIGHTS_PREFIX)}
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> Loaded:
+    """Rebuild the model (eval mode), vocab, SID table, item ids and config from a checkpoint."""
+    ckpt = read_checkpoint(path, map_location)
+    meta = ckpt["madrec"]
+    cfg = config_from_dict(meta["config"], f"{path} (saved config)")
+    vocab = SIDVocab(sid_len=int(meta["sid_len"]), codebook_size=int(meta["codebook_size"]))
+    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id)
+    try:
+        model.load_state_dict(model_weights(ckpt))
+    except RuntimeError as exc:
+        raise MadrecError(f"{path}: the weights do not fit the saved model config ({exc})") from exc
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
+    return Loaded(model, vocab, meta["sids"], list(meta["item_ids"]), cfg, int(meta["max_len"]),
+                  int(ckpt.get("global_step", 0)))

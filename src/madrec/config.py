@@ -1,0 +1,371 @@
+"""Training configuration: a typed schema, YAML experiment files and `key=value` overrides.
+
+    madrec train experiment=tiny data_dir=DIR sid_data_path=SIDS optim.optimizer.lr=1e-3
+
+Precedence: schema defaults < `configs/experiment/NAME.yaml` < command-line overrides. Keys
+are dotted paths into the schema; an unknown key or a value of the wrong type is an error
+listing the valid keys, raised before anything heavy starts. The defaults are the reference
+configuration of method.md §5–6.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from madrec.diffusion import MASKINGS, SCHEDULES, DiffusionConfig
+from madrec.errors import MadrecError
+from madrec.io import is_remote
+from madrec.model import ModelConfig
+
+# keys of the prior research system that mean one of ours
+ALIASES = {"paths.output_dir": "output_dir"}
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW."""
+
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    """Linear warm-up to lr, then linear decay to min_lr_ratio * lr at trainer.max_steps."""
+
+    warmup_steps: int = 10_000
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    """Loop control. Steps are optimiser steps; validation and checkpoints are every n steps."""
+
+    max_steps: int = 100_000
+    val_every_n_steps: int = 1000
+    checkpoint_every_n_steps: int = 1000
+    early_stopping_patience: int = 10  # validations without a better monitored metric; 0 = off
+    log_every_n_steps: int = 50
+    accelerator: str = "auto"
+    precision: str = "auto"  # auto: bf16-mixed on a GPU that has bf16, else 32-true
+    compile: bool = False
+    progress_bar: bool = True
+    num_threads: int = 0  # CPU threads for PyTorch; 0 = its default (all cores)
+
+
+@dataclass
+class EvalConfig:
+    """Validation / test decoding (method.md §7–8)."""
+
+    beam_size: int = 10
+    ks: list[int] = field(default_factory=lambda: [5, 10])
+    batch_size: int = 256
+    monitor: str = "recall@5"  # validation metric for the best checkpoint and early stopping
+    val_max_users: int = 0  # periodic validation on a fixed random subset of users; 0 = all
+
+
+@dataclass
+class Config:
+    """Everything a training or evaluation run reads; saved whole inside every checkpoint."""
+
+    experiment: str = "discrete_diffusion_train"
+    data_dir: str | None = None
+    sid_data_path: str | None = None
+    output_dir: str | None = None  # default: runs/<experiment>
+    ckpt_path: str | None = None  # resume from it (train=true) or evaluate it (train=false)
+    train: bool = True
+    test: bool = True
+    seed: int = 42
+    batch_size: int = 2048  # sequences per optimiser step, over all processes together
+    max_len: int = 120  # tokens per sequence, history plus the next item
+    codebook_size: int = 256
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --- schema walking --------------------------------------------------------------------
+
+def _hints(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys(cls=Config, prefix: str = "") -> dict[str, object]:
+    """Every dotted leaf key of the schema with its type."""
+    keys: dict[str, object] = {}
+    for name, tp in _hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys.update(valid_keys(tp, f"{prefix}{name}."))
+        else:
+            keys[f"{prefix}{name}"] = tp
+    return keys
+
+
+def _type_name(tp) -> str:
+    if tp in (int, float, bool, str):
+        return tp.__name__
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(args[0])}]"
+    return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
+
+
+def describe_keys() -> str:
+    """The valid keys, one per line with type and default, for error messages and --help."""
+    defaults = _flatten(Config().to_dict())
+    return "\n".join(f"  {k}: {_type_name(tp)} = {defaults[k]!r}" for k, tp in valid_keys().items())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _coerce(value, tp, key: str, raw: str | None = None):
+    """Check (and where unambiguous convert) `value` to type `tp`; `raw` is the override text."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, raw)
+    if tp is str:
+        if raw is not None:  # a path like 001 or 1e3 stays the text the user typed
+            return raw
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        number = _number(value)
+        if number is not None and float(number).is_integer():
+            return int(number)
+    elif tp is float:
+        number = _number(value)
+        if number is not None:
+            return float(number)
+    elif typing.get_origin(tp) is list:
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, args[0], key) for v in value]
+    shown = raw if raw is not None else value
+    raise MadrecError(f"config key {key}: expected {_type_name(tp)}, got {shown!r}")
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):  # YAML reads 3e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _unknown_key(key: str, where: str) -> MadrecError:
+    return MadrecError(f"{where}: unknown config key {key!r}. Valid keys:\n{describe_keys()}")
+
+
+def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> None:
+    key = ALIASES.get(key, key)
+    target = cfg
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not dataclasses.is_dataclass(target) or part not in _hints(type(target)):
+            raise _unknown_key(key, where)
+        target = getattr(target, part)
+    hints = _hints(type(target)) if dataclasses.is_dataclass(target) else {}
+    if leaf not in hints:
+        raise _unknown_key(key, where)
+    tp = hints[leaf]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise MadrecError(f"{where}: {key} is a group of keys; set its fields, e.g. {key}.{next(iter(_hints(tp)))}=...")
+        for sub, v in value.items():
+            _set(cfg, f"{key}.{sub}", v, where)
+        return
+    try:
+        setattr(target, leaf, _coerce(value, tp, key, raw))
+    except MadrecError as exc:
+        raise MadrecError(f"{where}: {exc}") from None
+
+
+# --- experiment files ------------------------------------------------------------------
+
+def config_dirs() -> list[Path]:
+    """Where experiment YAMLs are looked up, first match wins."""
+    dirs = []
+    if os.environ.get("MADREC_CONFIG_DIR"):
+        dirs.append(Path(os.environ["MADREC_CONFIG_DIR"]))
+    dirs += [
+        Path.cwd() / "configs",
+        Path(__file__).resolve().parents[2] / "configs",  # source checkout / editable install
+        Path(sys.prefix) / "share" / "madrec" / "configs",  # wheel install (data-files)
+    ]
+    return dirs
+
+
+def experiment_path(name: str) -> Path:
+    """The YAML of experiment `name` (a name under configs/experiment/ or a path to a .yaml)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise MadrecError(f"experiment={name}: no such file")
+        return path
+    searched = [d / "experiment" for d in config_dirs()]
+    for folder in searched:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    known = sorted({p.stem for f in searched if f.is_dir() for p in f.glob("*.yaml")})
+    raise MadrecError(
+        f"experiment={name}: not found in {', '.join(str(f) for f in searched)}; "
+        f"known experiments: {', '.join(known) or 'none'} (or pass a path to a .yaml file)"
+    )
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MadrecError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise MadrecError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+# --- public API ------------------------------------------------------------------------
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MadrecError(f"argument {item!r}: expected key=value (e.g. trainer.max_steps=1000)")
+        pairs.append((key.strip().lstrip("+"), value))
+    return pairs
+
+
+def load_config(overrides: list[str]) -> Config:
+    """Defaults, then the experiment YAML named by `experiment=`, then the overrides; validated."""
+    pairs = parse_overrides(overrides)
+    cfg = Config()
+    experiment = next((v for k, v in reversed(pairs) if k == "experiment"), cfg.experiment)
+    path = experiment_path(experiment)
+    for key, value in _read_yaml(path).items():
+        _set(cfg, key, value, str(path))
+    for key, value in pairs:
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        raw = None if parsed is None and value.strip().lower() in ("null", "none", "~", "") else value
+        _set(cfg, key, parsed, "command line", raw=raw)
+    cfg.experiment = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict, where: str) -> Config:
+    """Rebuild a Config saved with `Config.to_dict()` (e.g. from a checkpoint)."""
+    cfg = Config()
+    for key, value in data.items():
+        _set(cfg, key, value, where)
+    return cfg
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise MadrecError(f"config key {key}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Checks across keys and ranges; file checks are `check_inputs`."""
+    m, o, t, e = cfg.model, cfg.optim, cfg.trainer, cfg.eval
+    for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.d_ff", "batch_size", "max_len",
+                "codebook_size", "trainer.max_steps", "trainer.val_every_n_steps",
+                "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "eval.beam_size",
+                "eval.batch_size"):
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        _require(obj > 0, key, f"must be positive, got {obj}")
+    _require(m.n_embd % m.n_head == 0 and (m.n_embd // m.n_head) % 2 == 0, "model.n_head",
+             f"n_embd={m.n_embd} must split into {m.n_head} heads of even size (rotary embeddings)")
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    _require(m.rope_base > 1.0, "model.rope_base", f"must be > 1, got {m.rope_base}")
+    _require(cfg.diffusion.schedule in SCHEDULES, "diffusion.schedule",
+             f"{cfg.diffusion.schedule!r} is not one of {sorted(SCHEDULES)}")
+    _require(cfg.diffusion.masking in MASKINGS, "diffusion.masking",
+             f"{cfg.diffusion.masking!r} is not one of {sorted(MASKINGS)}")
+    _require(0.0 < cfg.diffusion.t_min < 1.0, "diffusion.t_min", f"must be in (0, 1), got {cfg.diffusion.t_min}")
+    _require(o.optimizer.lr > 0, "optim.optimizer.lr", f"must be positive, got {o.optimizer.lr}")
+    _require(o.optimizer.weight_decay >= 0, "optim.optimizer.weight_decay", "must be >= 0")
+    _require(len(o.optimizer.betas) == 2 and all(0 <= b < 1 for b in o.optimizer.betas),
+             "optim.optimizer.betas", f"expected two numbers in [0, 1), got {o.optimizer.betas}")
+    _require(o.scheduler.warmup_steps >= 0, "optim.scheduler.warmup_steps", "must be >= 0")
+    _require(0.0 <= o.scheduler.min_lr_ratio <= 1.0, "optim.scheduler.min_lr_ratio", "must be in [0, 1]")
+    _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)")
+    _require(t.num_threads >= 0, "trainer.num_threads", "must be >= 0 (0 = PyTorch's default)")
+    _require(t.early_stopping_patience >= 0, "trainer.early_stopping_patience", "must be >= 0 (0 = off)")
+    _require(t.accelerator in ACCELERATORS, "trainer.accelerator", f"must be one of {ACCELERATORS}")
+    _require(t.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
+    _require(bool(e.ks) and all(k > 0 for k in e.ks), "eval.ks", f"expected positive cut-offs, got {e.ks}")
+    _require(max(e.ks) <= e.beam_size, "eval.beam_size",
+             f"beam search returns beam_size={e.beam_size} items, fewer than the largest cut-off {max(e.ks)}")
+    metric, _, k = e.monitor.partition("@")
+    _require(metric in ("recall", "ndcg") and k.isdigit() and int(k) in e.ks, "eval.monitor",
+             f"expected recall@K or ndcg@K with K in eval.ks={e.ks}, got {e.monitor!r}")
+    _require(e.val_max_users >= 0, "eval.val_max_users", "must be >= 0 (0 = all users)")
+    _require(cfg.data_dir is not None, "data_dir", "required: the prepared dataset folder (madrec prepare-data --out)")
+    if not cfg.train:
+        _require(cfg.ckpt_path is not None, "ckpt_path",
+                 "train=false evaluates a trained checkpoint: pass ckpt_path=RUN/checkpoints/best.ckpt")
+    else:
+        _require(cfg.sid_data_path is not None or cfg.ckpt_path is not None, "sid_data_path",
+                 "required to train: the SID file (madrec build-sids --out OUT gives OUT/sids.pt)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _require(cfg.batch_size % world == 0, "batch_size",
+             f"{cfg.batch_size} sequences do not split evenly over WORLD_SIZE={world} processes")
+
+
+def check_inputs(cfg: Config) -> None:
+    """The local files the config names must exist (remote URIs are fetched later)."""
+    checks = [("data_dir", cfg.data_dir, Path.is_dir), ("sid_data_path", cfg.sid_data_path, Path.is_file),
+              ("ckpt_path", cfg.ckpt_path, Path.is_file)]
+    for key, value, exists in checks:
+        if value is not None and not is_remote(value) and not exists(Path(value).expanduser()):
+            raise MadrecError(f"config key {key}: {value} does not exist")

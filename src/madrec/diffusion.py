@@ -1,0 +1,103 @@
+"""Masked (absorbing-state) diffusion over SID token sequences (method.md §6), mdlm-style.
+
+Forward process: draw t per sequence, replace each maskable token by MASK with probability
+`schedule.mask_prob(t)`. Objective: cross-entropy at the masked positions, each weighted by
+`schedule.loss_weight(t)`, summed and divided by the sum of the weights. For the linear
+schedule (the reference) mask_prob(t) = t and the weight is 1/t, the masked-diffusion ELBO.
+
+The schedule and the masking policy are small objects looked up by name, so a new one is a
+class and a registry entry; the model never sees either.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DiffusionConfig:
+    """schedule: a SCHEDULES key; masking: a MASKINGS key; t ~ U(t_min, 1).
+
+    t_min keeps the 1/t weight finite: one masked token at t -> 0 would otherwise dominate a batch.
+    """
+
+    schedule: str = "linear"
+    masking: str = "uniform"
+    t_min: float = 1e-3
+
+
+class LinearSchedule:
+    """alpha(t) = 1 - t: the fraction of masked tokens grows linearly; weight 1/t."""
+
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return 1.0 / t
+
+
+class CosineSchedule:
+    """alpha(t) = cos(pi t / 2): fewer masks early on; weight -alpha'(t) / (1 - alpha(t))."""
+
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        return 1.0 - torch.cos(0.5 * math.pi * t)
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * math.pi * torch.sin(0.5 * math.pi * t) / self.mask_prob(t)
+
+
+class UniformMasking:
+    """Mask every maskable token independently with its sequence's probability."""
+
+    def __call__(self, maskable: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """maskable: (B, L) bool; prob: (B,) -> (B, L) bool, True where the token becomes MASK."""
+        return maskable & (torch.rand(maskable.shape, device=maskable.device) < prob[:, None])
+
+
+SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule}
+MASKINGS = {"uniform": UniformMasking}
+
+
+class MaskedDiffusion:
+    """The forward (noising) process and the weighted denoising loss for one token layout."""
+
+    def __init__(self, cfg: DiffusionConfig, mask_id: int, pad_id: int):
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(f"unknown noise schedule {cfg.schedule!r}; choose one of {sorted(SCHEDULES)}")
+        if cfg.masking not in MASKINGS:
+            raise ValueError(f"unknown masking policy {cfg.masking!r}; choose one of {sorted(MASKINGS)}")
+        self.cfg = cfg
+        self.schedule = SCHEDULES[cfg.schedule]()
+        self.masking = MASKINGS[cfg.masking]()
+        self.mask_id = mask_id
+        self.pad_id = pad_id
+
+    def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L) clean tokens -> (noisy tokens, masked (B, L) bool, per-sequence weight (B,)).
+
+        Randomness comes from the global torch RNG, so a seeded step is reproducible.
+        """
+        t = self.cfg.t_min + (1.0 - self.cfg.t_min) * torch.rand(tokens.shape[0], device=tokens.device)
+        masked = self.masking(tokens != self.pad_id, self.schedule.mask_prob(t))
+        noisy = tokens.masked_fill(masked, self.mask_id)
+        return noisy, masked, self.schedule.loss_weight(t)
+
+    def loss_terms(self, model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise a batch of clean (B, L) tokens; return (weighted CE sum, weight sum) over masked positions.
+
+        `model(noisy, select=masked)` returns logits at the masked positions only. The loss is
+        the ratio; keeping both lets data-parallel ranks share one global denominator.
+        """
+        noisy, masked, weight = self.corrupt(tokens)
+        logits = model(noisy, select=masked)
+        weights = weight[:, None].expand_as(masked)[masked]
+        ce = F.cross_entropy(logits.float(), tokens[masked], reduction="none")
+        return (ce * weights).sum(), weights.sum()
+
+    def loss(self, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """The objective on one batch of clean (B, L) tokens (single process)."""
+        total, norm = self.loss_terms(model, tokens)
+        return total / norm.clamp_min(torch.finfo(norm.dtype).tiny)

@@ -1,0 +1,149 @@
+"""The masked-diffusion language model over SID tokens (method.md §5), in one file.
+
+A bidirectional (non-causal) pre-LayerNorm transformer encoder:
+
+    tokens -> embedding -> dropout -> n_layer x [x + attn(ln(x)); x + mlp(ln(x))] -> ln
+           -> logits = (h / sqrt(n_embd)) @ embedding.T      (tied output)
+
+Positions enter only through rotary embeddings on queries and keys, so attention scores
+depend on relative offsets alone and PAD keys are masked out: a sequence gives the same
+logits at its real tokens whether it is padded on the left, on the right, or not at all.
+Attention is PyTorch's fused `scaled_dot_product_attention`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Transformer shape; the defaults are the reference configuration (method.md §5)."""
+
+    n_layer: int = 8
+    n_embd: int = 128
+    n_head: int = 8
+    d_ff: int = 3072
+    dropout: float = 0.25
+    rope_base: float = 10000.0
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE) for (B, n_head, L, head_dim) queries and keys."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-2]
+        angles = torch.outer(torch.arange(length, device=x.device, dtype=torch.float32), self.inv_freq)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        # rotate each (even, odd) pair by its position's angle; interleave back
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, C); keep: (B, 1, 1, L) bool, True for keys that may be attended to."""
+        b, length, c = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, length, c)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), keep)
+        return x + self.mlp(self.ln2(x))
+
+
+class MaskedDiffusionLM(nn.Module):
+    """Bidirectional transformer predicting every position's token; PAD keys are masked."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int):
+        super().__init__()
+        if cfg.n_embd % cfg.n_head or (cfg.n_embd // cfg.n_head) % 2:
+            raise ValueError(f"n_embd={cfg.n_embd} must split into n_head={cfg.n_head} heads of even size (rotary)")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.apply(self._init_weights)
+        # unit-variance embeddings: with the tied output scaled by 1/sqrt(n_embd) the initial
+        # logits have unit scale (T5's convention); 0.02 would leave them ~50x too small to learn fast
+        nn.init.normal_(self.embed.weight, mean=0.0, std=1.0)
+        # GPT-2 scaling: residual projections shrink with depth so the stream's variance stays put
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, vocab_size) logits (PAD positions' logits are meaningless).
+
+        With `select` ((B, L) bool), only the selected positions' logits: (M, vocab_size),
+        which spares training the full (B, L, vocab_size) tensor.
+        """
+        keep = tokens != self.pad_id
+        # an all-PAD row would leave its queries nothing to attend to (NaN); let it see everything
+        keep = keep | ~keep.any(dim=1, keepdim=True)
+        keep = keep[:, None, None, :]
+        x = self.drop(self.embed(tokens))
+        for block in self.blocks:
+            x = block(x, keep)
+        h = self.ln_f(x if select is None else x[select]) / math.sqrt(self.cfg.n_embd)
+        return h @ self.embed.weight.t()
+
+    def flops_per_token(self, length: int) -> float:
+        """Training FLOPs (forward + backward) per token at sequence length `length`."""
+        c = self.cfg
+        matmul_params = c.n_layer * (4 * c.n_embd * c.n_embd + 2 * c.n_embd * c.d_ff) + self.vocab_size * c.n_embd
+        attention = c.n_layer * 2 * length * c.n_embd  # q·k and attn·v, per token
+        return 6 * matmul_params + 6 * attention

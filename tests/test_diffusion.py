@@ -1,0 +1,78 @@
+"""Masking process and the weighted denoising loss (method.md §6)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from madrec.diffusion import CosineSchedule, DiffusionConfig, LinearSchedule, MaskedDiffusion
+
+MASK, PAD = 20, 21
+
+
+def test_only_non_pad_tokens_are_masked_at_rate_t():
+    torch.manual_seed(0)
+    diffusion = MaskedDiffusion(DiffusionConfig(), MASK, PAD)
+    tokens = torch.randint(0, 20, (64, 4000))
+    tokens[:, :1000] = PAD
+    noisy, masked, weight = diffusion.corrupt(tokens)
+    assert torch.equal(noisy[:, :1000], tokens[:, :1000])  # PAD untouched
+    assert not masked[:, :1000].any()
+    assert torch.equal(noisy[masked], torch.full_like(noisy[masked], MASK))
+    assert torch.equal(noisy[~masked], tokens[~masked])
+    t = 1.0 / weight  # linear schedule: weight = 1/t
+    rate = masked[:, 1000:].float().mean(1)
+    assert (rate - t).abs().max() < 0.04  # per sequence, 3000 tokens each
+    assert 0.3 < t.mean() < 0.7 and t.min() >= 1e-3
+
+
+def test_schedule_weights_are_the_elbo_weights():
+    t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    lin = LinearSchedule()
+    torch.testing.assert_close(lin.mask_prob(t), t)
+    torch.testing.assert_close(lin.loss_weight(t), 1 / t)
+    cos = CosineSchedule()
+    alpha = lambda s: 1 - cos.mask_prob(s)  # noqa: E731
+    eps = 1e-6
+    d_alpha = (alpha(t + eps) - alpha(t - eps)) / (2 * eps)
+    torch.testing.assert_close(cos.loss_weight(t), -d_alpha / (1 - alpha(t)), rtol=1e-5, atol=1e-6)
+
+
+class Uniform(torch.nn.Module):
+    """Logits of 0 everywhere: every masked token costs exactly log(vocab)."""
+
+    def forward(self, tokens, select=None):
+        rows = tokens[select] if select is not None else tokens
+        return torch.zeros(*rows.shape, 22, requires_grad=True)
+
+
+def test_weighted_loss_is_a_weighted_mean_of_cross_entropies():
+    torch.manual_seed(0)
+    diffusion = MaskedDiffusion(DiffusionConfig(), MASK, PAD)
+    tokens = torch.randint(0, 20, (8, 12))
+    assert diffusion.loss(Uniform(), tokens).item() == pytest.approx(math.log(22), rel=1e-6)
+
+    class Fixed(torch.nn.Module):  # random but fixed logits per (row, position)
+        def __init__(self):
+            super().__init__()
+            self.table = torch.randn(8, 12, 22)
+
+        def forward(self, noisy, select=None):
+            return self.table[select]
+
+    model = Fixed()
+    torch.manual_seed(1)
+    loss = diffusion.loss(model, tokens)
+    torch.manual_seed(1)
+    _, masked, weight = diffusion.corrupt(tokens)
+    ce = torch.nn.functional.cross_entropy(model.table.transpose(1, 2), tokens, reduction="none")
+    w = weight[:, None].expand_as(masked) * masked
+    assert loss.item() == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-5)
+
+
+def test_unknown_schedule_or_masking_is_refused():
+    with pytest.raises(ValueError, match="noise schedule"):
+        MaskedDiffusion(DiffusionConfig(schedule="sqrt"), MASK, PAD)
+    with pytest.raises(ValueError, match="masking"):
+        MaskedDiffusion(DiffusionConfig(masking="span"), MASK, PAD)

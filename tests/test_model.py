@@ -1,0 +1,88 @@
+"""The masked-diffusion transformer (method.md §5, contract 5)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from madrec.model import MaskedDiffusionLM, ModelConfig
+
+VOCAB, PAD = 30, 29
+SMALL = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0)
+
+
+def small_model(seed: int = 0, cfg: ModelConfig = SMALL) -> MaskedDiffusionLM:
+    torch.manual_seed(seed)
+    return MaskedDiffusionLM(cfg, VOCAB, PAD).eval()
+
+
+def test_reference_size_and_tied_output():
+    model = MaskedDiffusionLM(ModelConfig(), vocab_size=4 * 257 + 2, pad_id=4 * 257 + 1)
+    assert 6.5e6 < model.num_parameters() < 7.5e6  # "≈7M parameters"
+    # the only (vocab, width) matrix is the embedding: the output layer is tied to it
+    shaped = [n for n, p in model.named_parameters() if p.shape == (4 * 257 + 2, 128)]
+    assert shaped == ["embed.weight"]
+
+
+def test_output_is_scaled_hidden_times_embedding():
+    model = small_model()
+    tokens = torch.randint(0, 28, (2, 7))
+    hidden = {}
+    model.ln_f.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
+    logits = model(tokens)
+    expected = hidden["h"] / math.sqrt(SMALL.n_embd) @ model.embed.weight.t()
+    torch.testing.assert_close(logits, expected)
+    assert logits.shape == (2, 7, VOCAB)
+
+
+def test_padding_side_does_not_matter():
+    """Rotary positions + masked PAD keys: left, right or no padding give the same logits."""
+    model = small_model()
+    seq = torch.randint(0, 28, (1, 9))
+    pad = torch.full((1, 4), PAD)
+    plain = model(seq)[0]
+    left = model(torch.cat([pad, seq], 1))[0, 4:]
+    right = model(torch.cat([seq, pad], 1))[0, :9]
+    torch.testing.assert_close(left, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_bidirectional_and_pad_keys_are_ignored():
+    model = small_model()
+    seq = torch.randint(0, 28, (1, 8))
+    changed = seq.clone()
+    changed[0, -1] = (seq[0, -1] + 1) % 28
+    # the first position sees the last one (non-causal)
+    assert not torch.allclose(model(seq)[0, 0], model(changed)[0, 0])
+    # a batch mixing lengths: each row equals the row run alone
+    short = torch.cat([torch.full((1, 3), PAD), seq[:, :5]], 1)
+    batch = model(torch.cat([short, seq]))
+    torch.testing.assert_close(batch[0, 3:], model(seq[:, :5])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_select_gives_the_selected_rows_and_all_pad_rows_stay_finite():
+    model = small_model()
+    tokens = torch.randint(0, 28, (3, 6))
+    tokens[2] = PAD
+    full = model(tokens)
+    assert torch.isfinite(full).all()
+    select = torch.rand(3, 6) < 0.5
+    torch.testing.assert_close(model(tokens, select=select), full[select])
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    model = MaskedDiffusionLM(ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.5), VOCAB, PAD)
+    tokens = torch.randint(0, 28, (2, 5))
+    model.train()
+    assert not torch.equal(model(tokens), model(tokens))
+    model.eval()
+    assert torch.equal(model(tokens), model(tokens))
+
+
+def test_heads_must_split_width_evenly():
+    with pytest.raises(ValueError, match="n_head"):
+        MaskedDiffusionLM(ModelConfig(n_embd=30, n_head=4), VOCAB, PAD)
+    with pytest.raises(ValueError, match="even"):
+        MaskedDiffusionLM(ModelConfig(n_embd=24, n_head=8), VOCAB, PAD)  # head size 3
