@@ -30,6 +30,15 @@ test:  ## run the whole test suite
 test-fast:  ## the suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
 
+# Training (configs/experiment/*.yaml); ARGS are key=value overrides (`madrec train --help`):
+#   make train ARGS="experiment=tiny data_dir=DIR sid_data_path=OUT/sids.pt output_dir=RUN"
+#   make train-gpu GPUS=8 ARGS="experiment=discrete_diffusion_train ... ckpt_path=RUN/checkpoints/last.ckpt"
+train:  ## train in one process (CPU or one GPU); ARGS="experiment=tiny data_dir=… sid_data_path=…"
+	$(BIN)/madrec train $(ARGS)
+
+train-gpu:  ## DDP over $(GPUS) local GPUs via torchrun; ARGS as for train (ckpt_path=… resumes)
+	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m madrec.cli train trainer.accelerator=gpu $(ARGS)
+
 # Container images (docker/): `madrec` (CPU torch) for data/SID steps and the pipeline's
 # launchers, `madrec-cuda` (CUDA torch) for train/evaluate; names as in madrec.images.
 REGISTRY ?= $(or $(MADREC_REGISTRY),ghcr.io/madrec-project)

@@ -79,7 +79,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10])
     batch_size: int = 256
     monitor: str = "recall@5"  # validation metric for the best checkpoint and early stopping
-    val_max_users: int = 0  # periodic validation on a fixed random subset of users; 0 = all
+    val_max_users: int = 0  # validate on a fixed random subset of this many users; 0 = all
 
 
 @dataclass

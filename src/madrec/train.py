@@ -165,8 +165,8 @@ class MaskedDiffusionModule(L.LightningModule):
         super().__init__()
         self.cfg, self.vocab, self.item_ids, self.max_len = cfg, vocab, item_ids, max_len
         self.register_buffer("sids", sids.long(), persistent=False)
-        self.splits = splits  # "val" (periodic), "val_full" and "test" (final), as available
-        self.final_validation = False
+        self.splits = splits  # "val" and, when there is a testing split, "test"
+        self.results: dict[str, float] = {}  # the latest evaluation, unrounded (self.log keeps float32)
         self.model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id)
         self.diffusion = MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id)
         # a function, not a registered submodule: the state dict keeps the plain `model.` keys
@@ -223,11 +223,13 @@ class MaskedDiffusionModule(L.LightningModule):
         e = self.cfg.eval
         metrics = evaluate_split(self.model, self.vocab, self.sids, split, self.max_len, ks=tuple(e.ks),
                                  beam_size=e.beam_size, batch_size=e.batch_size, device=self.device)
+        metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
+        self.results.update(metrics)
         # identical on every rank already; sync_dist averages equal numbers (exact) and keeps Lightning quiet
-        self.log_dict({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, sync_dist=True, prog_bar=False)
+        self.log_dict(metrics, sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(self.splits["val_full" if self.final_validation else "val"], "val")
+        self._evaluate(self.splits["val"], "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(self.splits["test"], "test")
@@ -379,8 +381,7 @@ def _output_dir(cfg: Config) -> Path:
 
 
 def _eval_splits(cfg: Config, data) -> dict[str, Split]:
-    splits = {"val_full": data.splits["evaluation"],
-              "val": subset(data.splits["evaluation"], cfg.eval.val_max_users, cfg.seed)}
+    splits = {"val": subset(data.splits["evaluation"], cfg.eval.val_max_users, cfg.seed)}
     if "testing" in data.splits:
         splits["test"] = data.splits["testing"]
     return splits
@@ -437,6 +438,8 @@ def fit(cfg: Config, out: Path) -> tuple[MaskedDiffusionModule, L.Trainer, dict]
         # the step stream resumes mid-"epoch" by design; small loaders need no workers
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # _output_dir already refused a fresh run into a folder holding checkpoints
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=one_batch_loader(), ckpt_path=cfg.ckpt_path)
     facts = {"train_wall_s": time.time() - start, "global_step": trainer.global_step,
              "num_parameters": module.model.num_parameters(), "world_size": trainer.world_size,
@@ -482,14 +485,11 @@ def run(cfg: Config) -> dict:
 def _run(cfg: Config, out: Path) -> dict:
     start = time.time()
     module, trainer, facts = fit(cfg, out) if cfg.train else evaluate_only(cfg, out)
-    module.final_validation = True
-    metrics: dict[str, float] = {}
-    for result in trainer.validate(module, dataloaders=one_batch_loader(), verbose=False):
-        metrics.update(result)
+    module.results = {}
+    trainer.validate(module, dataloaders=one_batch_loader(), verbose=False)
     if cfg.test and "test" in module.splits:
-        for result in trainer.test(module, dataloaders=one_batch_loader(), verbose=False):
-            metrics.update(result)
-    summary = {**{k: float(v) for k, v in sorted(metrics.items())}, **facts,
+        trainer.test(module, dataloaders=one_batch_loader(), verbose=False)
+    summary = {**dict(sorted(module.results.items())), **facts,
                "wall_s": time.time() - start, "experiment": cfg.experiment, "output_dir": str(out)}
     if trainer.is_global_zero:
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

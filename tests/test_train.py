@@ -1,0 +1,185 @@
+"""Training end to end on synthetic data with planted rules; checkpoints; exact resume."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from madrec.checkpoint import load_checkpoint
+from madrec.config import config_from_dict, load_config
+from madrec.data import load_dataset
+from madrec.errors import MadrecError
+from madrec.evaluate import evaluate_split
+from madrec.tokens import SIDVocab
+from madrec.train import StepSampler, lr_factor, run, training_examples
+from planted import planted_dataset
+
+# small and single-threaded: the planted rule is learned in well under a minute on a shared CPU
+ARGS = ["experiment=tiny", "codebook_size=8", "batch_size=64", "max_len=30", "optim.scheduler.warmup_steps=20",
+        "model.dropout=0", "trainer.num_threads=1", "trainer.progress_bar=false", "eval.val_max_users=0"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return planted_dataset(tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture(scope="module")
+def trained(planted, tmp_path_factory):
+    data, sids = planted
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = load_config([*ARGS, f"data_dir={data}", f"sid_data_path={sids}", f"output_dir={out}",
+                       "trainer.max_steps=700", "trainer.val_every_n_steps=350"])
+    return cfg, run(cfg)
+
+
+@pytest.mark.slow  # shares the ~30 s planted-rule training run
+def test_planted_next_item_rule_is_learned(trained):
+    _, summary = trained
+    assert summary["val/recall@10"] >= 0.9
+    assert summary["test/recall@10"] >= 0.8
+    assert summary["val/invalid_sid_rate"] == 0.0
+
+
+@pytest.mark.slow  # shares the ~30 s planted-rule training run
+def test_run_writes_checkpoints_logs_and_summary(trained):
+    cfg, summary = trained
+    out = cfg.output_dir
+    with open(f"{out}/metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = set(rows[0])
+    assert {"step", "train/loss", "lr", "train/tokens_per_s", "val/recall@5", "val/ndcg@10", "test/recall@10"} <= columns
+    losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
+    assert len(losses) == 700 // cfg.trainer.log_every_n_steps and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert sum(bool(r["val/recall@5"]) for r in rows) == 3  # steps 350, 700, then the final best-weights pass
+    assert json.loads(open(f"{out}/summary.json").read()) == summary
+    assert summary["global_step"] == 700 and summary["best_step"] in (350, 700)
+    assert summary["best_checkpoint"] == f"{out}/checkpoints/best.ckpt"
+    assert config_from_dict(yaml.safe_load(open(f"{out}/config.yaml")), "config.yaml") == cfg
+
+
+@pytest.mark.slow  # shares the ~30 s planted-rule training run
+def test_checkpoint_is_self_contained(trained, planted):
+    cfg, summary = trained
+    loaded = load_checkpoint(f"{cfg.output_dir}/checkpoints/best.ckpt")
+    data = load_dataset(planted[0])
+    assert not loaded.model.training and loaded.config == cfg and loaded.max_len == 30
+    assert loaded.vocab == SIDVocab(sid_len=3, codebook_size=8)
+    assert torch.equal(loaded.sids, torch.load(planted[1])) and loaded.item_ids == data.item_ids
+    metrics = evaluate_split(loaded.model, loaded.vocab, loaded.sids, data.splits["evaluation"], loaded.max_len,
+                             progress=False)
+    assert metrics["recall@10"] == summary["val/recall@10"] and metrics["ndcg@5"] == summary["val/ndcg@5"]
+
+
+@pytest.mark.slow  # shares the ~30 s planted-rule training run
+def test_train_false_evaluates_the_checkpoint_only(trained, planted, tmp_path):
+    cfg, summary = trained
+    ckpt = f"{cfg.output_dir}/checkpoints/best.ckpt"
+    result = run(load_config([*ARGS, f"data_dir={planted[0]}", "train=false", f"ckpt_path={ckpt}",
+                              f"output_dir={tmp_path}"]))
+    for key in ("val/recall@5", "val/recall@10", "test/recall@10", "test/ndcg@10"):
+        assert result[key] == summary[key]
+    assert json.loads((tmp_path / "summary.json").read_text())["checkpoint"] == ckpt
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow  # shares the ~30 s planted-rule training run
+def test_inconsistent_runs_are_refused(trained, planted, tmp_path):
+    cfg, _ = trained
+    data, sids = planted
+    base = [*ARGS, f"data_dir={data}", f"sid_data_path={sids}"]
+    with pytest.raises(MadrecError, match="already holds a run"):
+        run(load_config([*base, f"output_dir={cfg.output_dir}"]))
+    last = f"{cfg.output_dir}/checkpoints/last.ckpt"
+    with pytest.raises(MadrecError, match="model"):
+        run(load_config([*base, f"output_dir={tmp_path}", f"ckpt_path={last}", "model.n_layer=3"]))
+    other = tmp_path / "other_sids.pt"
+    torch.save(torch.load(sids).flip(1), other)
+    with pytest.raises(MadrecError, match="differs from the SID table"):
+        run(load_config([*base, f"output_dir={tmp_path}", f"ckpt_path={last}", f"sid_data_path={other}"]))
+    with pytest.raises(MadrecError, match="does not exist"):
+        run(load_config([*base, f"output_dir={tmp_path}", f"ckpt_path={tmp_path}/missing.ckpt"]))
+
+
+def _rows(path, columns):
+    with open(path, newline="") as fh:
+        return [{c: r.get(c) for c in columns} for r in csv.DictReader(fh)]
+
+
+def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
+    data, sids = planted
+    args = [*ARGS, f"data_dir={data}", f"sid_data_path={sids}", "trainer.max_steps=40", "model.dropout=0.2",
+            "test=false", "eval.val_max_users=50",
+            "trainer.val_every_n_steps=15", "trainer.checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1"]
+    run(load_config([*args, f"output_dir={tmp_path / 'full'}"]))
+
+    killed = tmp_path / "killed"
+    last = killed / "checkpoints" / "last.ckpt"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "madrec.cli", "train", *args, f"output_dir={killed}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not last.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+    assert last.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < stopped_at < 40
+
+    run(load_config([*args, f"output_dir={killed}", f"ckpt_path={last}"]))
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 40
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    # the logged history matches too: same losses at the same steps, the killed tail replaced
+    columns = ("step", "train/loss", "lr", "val/recall@10")
+    assert _rows(tmp_path / "full" / "metrics.csv", columns) == _rows(killed / "metrics.csv", columns)
+
+
+def test_step_sampler_shards_global_batches_and_covers_each_epoch():
+    shards = [StepSampler(103, 20, seed=1, rank=r, world=2, start_step=lambda: 0) for r in range(2)]
+    one = StepSampler(103, 20, seed=1, rank=0, world=1, start_step=lambda: 0)
+    assert one.steps_per_epoch == 5
+    epoch = [one.global_batch(s) for s in range(5)]
+    assert len(set(torch.cat(epoch).tolist())) == 100  # disjoint batches; 3 rows left out this epoch
+    assert not torch.equal(one.global_batch(5), epoch[0])  # next epoch: a new permutation
+    for step, (a, b) in enumerate(zip(*(iter(s) for s in shards))):
+        if step == 7:
+            break
+        assert len(a) == len(b) == 10
+        assert sorted(torch.cat([a, b]).tolist()) == sorted(one.global_batch(step).tolist())
+    resumed = StepSampler(103, 20, seed=1, rank=0, world=1, start_step=lambda: 6)
+    assert torch.equal(next(iter(resumed)), one.global_batch(6))
+
+
+def test_training_examples_window_long_histories():
+    vocab = SIDVocab(sid_len=2, codebook_size=4)
+    table = vocab.item_tokens(torch.tensor([[0, 1, 2, 3, 0, 1, 2], [0, 0, 0, 0, 1, 1, 1]]))
+    rows = training_examples([np.array([0, 1, 2, 3, 4, 5, 6]), np.array([2])], table, vocab, max_len=6)
+    pad = vocab.pad_id
+    # 7 items at 3 per row: [4 5 6], [1 2 3], [0]; then the short user, all left-padded
+    assert rows[:, :].tolist() == [
+        table[[4, 5, 6]].reshape(-1).tolist(),
+        table[[1, 2, 3]].reshape(-1).tolist(),
+        [pad] * 4 + table[0].tolist(),
+        [pad] * 4 + table[2].tolist(),
+    ]
+
+
+def test_lr_schedule_warms_up_then_decays_linearly():
+    f = [lr_factor(s, warmup=10, max_steps=110, min_ratio=0.1) for s in range(0, 121)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.1 + 0.9 * 0.5) and f[110] == pytest.approx(0.1) and f[120] == pytest.approx(0.1)
