@@ -76,17 +76,18 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def _sq_dist_to(x: torch.Tensor, points: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
     """(N, T) squared distances from every row of x to each of the T `points`."""
-    return (x_sq.unsqueeze(1) - 2.0 * (x @ points.t()) + (points * points).sum(1)).clamp_min_(0.0)
+    d = torch.addmm((points * points).sum(1).unsqueeze(0), x, points.t(), alpha=-2.0)
+    return d.add_(x_sq.unsqueeze(1)).clamp_min_(0.0)
 
 
 def _sample(weights: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """n indices drawn proportionally to `weights` (uniformly when all are zero)."""
-    u = torch.rand(n, generator=gen, dtype=torch.float64).to(weights.device)
-    cum = torch.cumsum(weights.double(), 0)
-    total = cum[-1]
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    cum = torch.cumsum(weights, 0, dtype=torch.float64)
+    total = float(cum[-1])
     if total <= 0:
-        return (u * weights.shape[0]).long().clamp_max_(weights.shape[0] - 1)
-    return torch.searchsorted(cum, u * total, right=True).clamp_max_(weights.shape[0] - 1)
+        return (u * weights.shape[0]).long().clamp_max_(weights.shape[0] - 1).to(weights.device)
+    return torch.searchsorted(cum, (u * total).to(cum.device), right=True).clamp_max_(weights.shape[0] - 1)
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -101,9 +102,9 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Ten
     for c in range(1, k):
         cand = _sample(closest, trials, gen)
         # Potential (sum of D^2) if each candidate were added; keep the lowest.
-        new_closest = torch.minimum(closest.unsqueeze(1), _sq_dist_to(x, x[cand], x_sq))
+        new_closest = torch.minimum(_sq_dist_to(x, x[cand], x_sq), closest.unsqueeze(1))
         best = int(new_closest.sum(0).argmin())
-        closest = new_closest[:, best].contiguous()
+        closest = new_closest[:, best]
         centroids[c] = x[cand[best]]
     return centroids
 
@@ -156,6 +157,18 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300) -> KM
     return KMeansResult(centroids, assign, float(dist.double().sum()), it, converged)
 
 
+def _normalise_(x: torch.Tensor) -> None:
+    """L2-normalise the rows of x in place (as F.normalize, without a second N x D copy)."""
+    x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12))
+
+
+def _subtract_(x: torch.Tensor, centroids: torch.Tensor, assign: torch.Tensor) -> None:
+    """x -= centroids[assign], in row chunks so the gathered centroids never fill N x D."""
+    step = _chunk_rows(x.shape[1])
+    for start in range(0, x.shape[0], step):
+        x[start:start + step].sub_(centroids[assign[start:start + step]])
+
+
 def residual_kmeans(
     embeddings: torch.Tensor,
     levels: int = 3,
@@ -168,22 +181,23 @@ def residual_kmeans(
     """RK-Means: per level, L2-normalise the residual, fit k-means on it, subtract the centroid.
 
     Level l is seeded with `seed + l`. Returns codes (L, N) and codebooks (L, K, D) on the CPU.
+    Memory: one fp32 copy of the embeddings plus O(chunk) work space.
     """
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
         raise MadrecError(f"residual k-means needs a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}")
     if levels < 1 or codebook_size < 2:
         raise MadrecError(f"residual k-means needs levels >= 1 and codebook size >= 2, got {levels} and {codebook_size}")
     dev = resolve_device(device)
-    residual = embeddings.to(dev, torch.float32)
+    residual = embeddings.to(dev, torch.float32, copy=True)  # updated in place, level by level
     result = RKMeansResult(
         codes=torch.empty(levels, embeddings.shape[0], dtype=torch.long),
         codebooks=torch.empty(levels, codebook_size, embeddings.shape[1], dtype=torch.float32),
     )
     for level in range(levels):
         t0 = time.perf_counter()
-        residual = F.normalize(residual, dim=1)
+        _normalise_(residual)
         km = kmeans(residual, codebook_size, seed=seed + level, max_iter=max_iter)
-        residual = residual - km.centroids[km.assign]
+        _subtract_(residual, km.centroids, km.assign)
         result.codes[level] = km.assign.cpu()
         result.codebooks[level] = km.centroids.cpu()
         result.levels.append(KMeansResult(km.centroids.cpu(), km.assign.cpu(), km.inertia, km.iterations, km.converged))
@@ -198,12 +212,12 @@ def residual_kmeans(
 
 def assign_codes(embeddings: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     """Codes (L, N) of (new) items under fitted codebooks (L, K, D), same normalise-subtract rule."""
-    residual = embeddings.to(codebooks.device, torch.float32)
+    residual = embeddings.to(codebooks.device, torch.float32, copy=True)
     codes = torch.empty(codebooks.shape[0], embeddings.shape[0], dtype=torch.long)
     for level, centroids in enumerate(codebooks):
-        residual = F.normalize(residual, dim=1)
+        _normalise_(residual)
         idx, _ = nearest(residual, centroids)
-        residual = residual - centroids[idx]
+        _subtract_(residual, centroids, idx)
         codes[level] = idx.cpu()
     return codes
 
