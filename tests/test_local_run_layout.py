@@ -5,12 +5,13 @@ import gzip
 import json
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO
 from madrec.errors import MadrecError
-from madrec.local_run import find_data
+from madrec.local_run import find_data, stage_input
 from madrec.prepare import ML1M_URL
 
 SEQUENCES = "1 10 11 12\n2 11 12 13 10\n"
@@ -67,14 +68,14 @@ def test_toys_folder_is_ambiguous_and_sequences_picks(shared_data):
 def test_default_is_movielens_download():
     assert find_data() == find_data(None, None, None)
     spec = find_data()
-    assert (spec.kind, spec.source, spec.files) == ("ml-1m", ML1M_URL, ())
+    assert (spec.kind, spec.source, spec.items) == ("ml-1m", ML1M_URL, "")
 
 
 def test_ml1m_zip_in_folder_and_as_file(tmp_path):
     archive = _ml1m_zip(tmp_path / "ml-1m.zip")
     for data in (tmp_path, archive):
         spec = find_data(str(data))
-        assert (spec.kind, spec.source, spec.files) == ("ml-1m", str(archive), (archive,))
+        assert (spec.kind, spec.source) == ("ml-1m", str(archive))
 
 
 def test_extracted_ml1m_folder(tmp_path):
@@ -113,7 +114,7 @@ def test_sequences_file_given_as_data(tmp_path):
     seq = _write(tmp_path / "s.txt", SEQUENCES)
     items = _items_jsonl_gz(tmp_path / "items.jsonl.gz")
     spec = find_data(str(seq))
-    assert (spec.kind, spec.source, spec.items, spec.files) == ("sequences", str(seq), str(items), (seq, items))
+    assert (spec.kind, spec.source, spec.items) == ("sequences", str(seq), str(items))
 
 
 def test_several_items_files_are_ambiguous_and_items_picks(tmp_path):
@@ -154,3 +155,16 @@ def test_make_run_passes_data_sequences_items():
     command = " ".join(out.replace("\\\n", " ").split())
     assert command == ('.venv/bin/madrec run-local --data "d i r" --sequences "s.txt" --items "i.jsonl" '
                        "trainer.max_steps=5")
+
+
+def test_staged_inputs_follow_content(tmp_path):
+    store = tmp_path / "store"
+    seq = _write(tmp_path / "data" / "s.txt", SEQUENCES)
+    first = stage_input(str(seq), store)
+    assert Path(first).name == "s.txt" and Path(first).read_text() == SEQUENCES
+    assert stage_input(str(seq), store) == first  # same content, same argument: a cache hit
+    seq.write_text(SEQUENCES + "3 10 11 12\n")
+    assert stage_input(str(seq), store) != first  # edited in place: a new argument
+    folder = tmp_path / "data"
+    assert Path(stage_input(str(folder), store)).is_dir()
+    assert stage_input(ML1M_URL, store) == ML1M_URL and stage_input("", store) == ""

@@ -136,7 +136,8 @@ def train_step(dataset, sids, experiment: str, overrides: str, num_gpus: int, mo
     """`madrec train` (under torchrun when num_gpus > 1) writing its run folder into `run`;
     the best checkpoint becomes the Model artifact."""
     run_dir = Path(run.path)
-    argv = ["train", f"experiment={experiment}", f"data_dir={dataset.path}",
+    # test=false: the evaluate step owns the test split (full decoder, report, predictions)
+    argv = ["train", f"experiment={experiment}", "test=false", f"data_dir={dataset.path}",
             f"sid_data_path={sids.path}", f"output_dir={run_dir}", *split_overrides(overrides)]
     run_verb(argv, nproc=num_gpus)
     best = run_dir / "checkpoints" / "best.ckpt"

@@ -15,10 +15,11 @@ import os
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from madrec.errors import MadrecError
+from madrec.io import is_remote
 from madrec.prepare import ML1M_URL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +33,46 @@ RESULT_LINKS = {
 }
 
 
+_CONVERTERS = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": lambda v: {"true": True, "false": False}[v.lower()],
+    "STRUCT": json.loads,
+    "LIST": json.loads,
+}
+
+
+def pipeline_inputs(pipeline_file: Path) -> dict[str, dict]:
+    """The pipeline's run parameters: name -> {parameterType, defaultValue, ...}."""
+    import yaml
+
+    if not pipeline_file.is_file():
+        raise MadrecError(f"{pipeline_file}: no compiled pipeline; run `make compile-pipeline` in a source checkout")
+    with pipeline_file.open() as fh:
+        spec = next(yaml.safe_load_all(fh))
+    return spec["root"]["inputDefinitions"]["parameters"]
+
+
+def parse_params(pairs: list[str], inputs: dict[str, dict]) -> dict:
+    """`KEY=VALUE` strings -> typed run parameters; unknown keys and bad values are errors."""
+    params = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise MadrecError(f"--param {pair!r}: expected KEY=VALUE")
+        if key not in inputs:
+            raise MadrecError(f"--param {key}: not a pipeline parameter; valid: {', '.join(sorted(inputs))}")
+        kind = inputs[key]["parameterType"]
+        try:
+            params[key] = _CONVERTERS[kind](raw)
+        except (ValueError, KeyError) as exc:
+            raise MadrecError(f"--param {key}={raw!r}: not a valid {kind.lower()} ({exc})") from exc
+        if kind in ("STRUCT", "LIST") and not isinstance(params[key], dict if kind == "STRUCT" else list):
+            raise MadrecError(f"--param {key}: expected a JSON {'object' if kind == 'STRUCT' else 'array'}, got {raw!r}")
+    return params
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """What `madrec prepare-data` reads: --dataset KIND --source SOURCE [--items ITEMS]."""
@@ -39,7 +80,6 @@ class DataSpec:
     kind: str
     source: str
     items: str = ""
-    files: tuple[Path, ...] = field(default=(), compare=False)  # local inputs, for the cache key
 
     def describe(self) -> str:
         return f"{self.kind}: {self.source}" + (f" + items {self.items}" if self.items else "")
@@ -81,8 +121,7 @@ def _existing(path: str, flag: str) -> Path:
 
 
 def _sequences(seq: Path, items: str | None) -> DataSpec:
-    item_file = _pick_items(seq.parent, items)
-    return DataSpec("sequences", str(seq), str(item_file), (seq, item_file))
+    return DataSpec("sequences", str(seq), str(_pick_items(seq.parent, items)))
 
 
 def find_data(data: str | None = None, sequences: str | None = None, items: str | None = None) -> DataSpec:
@@ -103,7 +142,7 @@ def find_data(data: str | None = None, sequences: str | None = None, items: str 
     path = _existing(data, "--data")
     if path.is_file():
         if path.suffix == ".zip":
-            return DataSpec("ml-1m", str(path), files=(path,))
+            return DataSpec("ml-1m", str(path))
         return _sequences(path, items)
     ml1m = [p for p in (path / "ml-1m.zip",) if p.is_file()]
     for folder in (path, path / "ml-1m"):
@@ -119,9 +158,7 @@ def find_data(data: str | None = None, sequences: str | None = None, items: str 
     if len(ml1m) > 1:
         raise MadrecError(f"{path}: several MovieLens-1M sources ({_listing(ml1m)}); pick one with --data FILE_OR_FOLDER")
     if ml1m:
-        source = ml1m[0] if ml1m[0].suffix == ".zip" else ml1m[0].parent
-        files = (source,) if source.is_file() else (source / "ratings.dat", source / "movies.dat")
-        return DataSpec("ml-1m", str(source), files=files)
+        return DataSpec("ml-1m", str(ml1m[0] if ml1m[0].suffix == ".zip" else ml1m[0].parent))
     if len(seqs) > 1:
         raise MadrecError(
             f"{path}: several sequences files ({_listing(seqs)}); pick one with --sequences FILE (make run SEQUENCES=...)"
@@ -135,18 +172,40 @@ def find_data(data: str | None = None, sequences: str | None = None, items: str 
     return _sequences(seqs[0], items)
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    """Content hash of the run's inputs: data files, the madrec library and configs."""
-    import madrec
-
-    code = sorted(Path(madrec.__file__).parent.rglob("*.py")) + sorted((REPO / "configs").rglob("*.yaml"))
+def _digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's file names and contents."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     digest = hashlib.sha256()
-    for path in [*paths, *code]:
-        digest.update(str(path.name).encode() + b"\0")
-        with path.open("rb") as fh:
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        with file.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def stage_input(source: str, store: Path) -> str:
+    """A content-addressed alias STORE/<sha256>/<name> of a local input: the pipeline's
+    arguments, and with them kfp's cache keys, change exactly when the content does."""
+    if not source or is_remote(source):
+        return source
+    path = Path(source).resolve()
+    alias = store / _digest(path)[:16] / path.name
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    if not alias.is_symlink():
+        try:
+            alias.symlink_to(path)
+        except FileExistsError:  # a concurrent run made the same alias
+            pass
+    return str(alias)
+
+
+def code_fingerprint() -> str:
+    """Hash of the madrec library and configs: after a code change no step reuses old outputs."""
+    import madrec
+
+    files = sorted(Path(madrec.__file__).parent.rglob("*.py")) + sorted((REPO / "configs").rglob("*.yaml"))
+    return hashlib.sha256("".join(_digest(f) for f in files).encode()).hexdigest()[:16]
 
 
 def _strip_ansi(text: str) -> str:
@@ -157,8 +216,8 @@ def run_pipeline(arguments: dict, out: Path, cache_root: Path | None, pipeline_f
     """Run the compiled pipeline locally under `out`; returns the run's folder."""
     from kfp import components, local
 
-    if not pipeline_file.is_file():
-        raise MadrecError(f"{pipeline_file}: no compiled pipeline; run `make compile-pipeline` in a source checkout")
+    if cache_root:
+        cache_root.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.iterdir())
     local.init(
@@ -177,7 +236,7 @@ def run_pipeline(arguments: dict, out: Path, cache_root: Path | None, pipeline_f
             pipeline(**arguments)
         except RuntimeError as exc:
             raise MadrecError(f"{_strip_ansi(str(exc))} (that step's log is above)") from None
-    runs = [p for p in out.iterdir() if p not in before and p.is_dir()]
+    runs = [p for p in out.iterdir() if p not in before and p.is_dir() and not p.name.startswith(".")]
     if len(runs) != 1:
         raise MadrecError(f"{out}: expected one new run folder, found {_listing(runs) or 'none'}")
     return runs[0]
@@ -228,22 +287,25 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--items", help="the items file (items.jsonl[.gz] or movies.dat), when the folder has several")
     p.add_argument("--sid-uri", default="", help="a GRID SID file to ingest instead of building SIDs")
     p.add_argument("--experiment", default="tiny", help="training experiment (configs/experiment/NAME.yaml)")
-    p.add_argument("--eval-overrides", default="", help="`madrec evaluate` overrides, e.g. 'beam_size=20'")
-    p.add_argument("--min-item-count", type=int, default=5)
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other pipeline parameter, e.g. --param sid_levels=4 --param eval_overrides=beam_size=20")
     p.add_argument("--out", type=Path, default=Path("runs/local"), help="pipeline root (default runs/local)")
     p.add_argument("--no-cache", action="store_true", help="rerun every step instead of reusing earlier outputs")
     p.add_argument("--pipeline-file", type=Path, default=PIPELINE_FILE, help="compiled pipeline YAML")
     args = p.parse_args(argv)
 
     spec = find_data(args.data, args.sequences, args.items)
-    sid_files = [Path(args.sid_uri)] if args.sid_uri and Path(args.sid_uri).is_file() else []
+    if args.sid_uri and not is_remote(args.sid_uri):
+        _existing(args.sid_uri, "--sid-uri")
     out = args.out.resolve()
-    cache_root = None if args.no_cache else out / ".cache" / _fingerprint([*spec.files, *sid_files, args.pipeline_file])
+    store = out / ".inputs"
     arguments = {
-        "dataset": spec.kind, "source": spec.source, "items": spec.items, "min_item_count": args.min_item_count,
-        "sid_uri": args.sid_uri, "experiment": args.experiment, "train_overrides": " ".join(args.overrides),
-        "eval_overrides": args.eval_overrides, "num_gpus": 0,
+        "dataset": spec.kind, "source": stage_input(spec.source, store), "items": stage_input(spec.items, store),
+        "sid_uri": stage_input(args.sid_uri, store), "experiment": args.experiment,
+        "train_overrides": " ".join(args.overrides), "num_gpus": 0,
+        **parse_params(args.param, pipeline_inputs(args.pipeline_file)),
     }
+    cache_root = None if args.no_cache else out / ".cache" / code_fingerprint()
     print(f"madrec run-local: {spec.describe()} | experiment {args.experiment} | outputs under {out}", flush=True)
     start = time.perf_counter()
     run_dir = run_pipeline(arguments, out, cache_root, args.pipeline_file)

@@ -9,51 +9,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 
 from madrec.errors import MadrecError
-from madrec.local_run import PIPELINE_FILE
-
-_CONVERTERS = {
-    "STRING": str,
-    "NUMBER_INTEGER": int,
-    "NUMBER_DOUBLE": float,
-    "BOOLEAN": lambda v: {"true": True, "false": False}[v.lower()],
-    "STRUCT": json.loads,
-    "LIST": json.loads,
-}
-
-
-def pipeline_inputs(pipeline_file: Path) -> dict[str, dict]:
-    """The pipeline's run parameters: name -> {parameterType, defaultValue, ...}."""
-    import yaml
-
-    with pipeline_file.open() as fh:
-        spec = next(yaml.safe_load_all(fh))
-    return spec["root"]["inputDefinitions"]["parameters"]
-
-
-def parse_params(pairs: list[str], inputs: dict[str, dict]) -> dict:
-    """`KEY=VALUE` strings -> typed run parameters; unknown keys and bad values are errors."""
-    params = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise MadrecError(f"--param {pair!r}: expected KEY=VALUE")
-        if key not in inputs:
-            raise MadrecError(f"--param {key}: not a pipeline parameter; valid: {', '.join(sorted(inputs))}")
-        kind = inputs[key]["parameterType"]
-        try:
-            params[key] = _CONVERTERS[kind](raw)
-        except (ValueError, KeyError) as exc:
-            raise MadrecError(f"--param {key}={raw!r}: not a valid {kind.lower()} ({exc})") from exc
-        if kind in ("STRUCT", "LIST") and not isinstance(params[key], dict if kind == "STRUCT" else list):
-            raise MadrecError(f"--param {key}: expected a JSON {'object' if kind == 'STRUCT' else 'array'}, got {raw!r}")
-    return params
-
+from madrec.local_run import PIPELINE_FILE, parse_params, pipeline_inputs
 
 def upload(client, pipeline_file: Path, name: str) -> tuple[str, str]:
     """(pipeline id, version id) of `pipeline_file` on the server, uploading what is missing.
@@ -103,8 +64,6 @@ def cli(argv: list[str]) -> int:
             "no KFP endpoint: set KFP_HOST (e.g. http://localhost:8080 after `kubectl port-forward -n kubeflow "
             "svc/ml-pipeline-ui 8080:80`) or pass --host"
         )
-    if not args.pipeline_file.is_file():
-        raise MadrecError(f"{args.pipeline_file}: no compiled pipeline; run `make compile-pipeline`")
     params = parse_params(args.param, pipeline_inputs(args.pipeline_file))
     import kfp
 

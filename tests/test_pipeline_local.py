@@ -1,0 +1,101 @@
+"""The committed pipeline runs end to end with kfp's local runner on a real slice of Beauty.
+
+First run: prepare -> build SIDs -> train -> evaluate (the `make run` path). Second run, with
+the SIDs of the first as `--sid-uri`: the ingest branch, with prepare-data served from the
+local cache.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from madrec.checkpoint import load_checkpoint
+from madrec.data import load_dataset
+from madrec import local_run
+from madrec.local_run import RESULT_LINKS, cli
+from madrec.sids import load_sids
+
+SLICE_USERS = 1000  # lines of Beauty.txt; the >= 5 interactions filter leaves a few hundred users
+FAST = [
+    "--param", "sid_levels=2", "--param", "sid_codebook_size=64",
+    "--param", "eval_overrides=sweep=false compare_unconstrained=false",
+    "trainer.max_steps=10", "trainer.val_every_n_steps=10", "trainer.checkpoint_every_n_steps=10",
+    "eval.val_max_users=100",
+]
+
+
+def _tasks(run_dir):
+    return {p.name.rstrip("-0123456789") for p in run_dir.iterdir() if (p / "executor_output.json").is_file()}
+
+
+def _check_metrics(metrics: dict, num_users: int) -> None:
+    for k in (5, 10):
+        recall, ndcg = metrics[f"test/recall@{k}"], metrics[f"test/ndcg@{k}"]
+        assert 0.0 <= ndcg <= recall <= 1.0
+        assert math.isclose(recall * num_users, round(recall * num_users), abs_tol=1e-6)  # hits / users
+    assert metrics["test/recall@5"] <= metrics["test/recall@10"]
+    assert metrics["test/num_users"] == num_users
+    assert metrics["test/invalid_sid_rate"] == 0.0 and metrics["test/duplicate_rate"] == 0.0
+
+
+@pytest.mark.slow
+def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypatch):
+    # one cache for both runs even if the checkout is edited meanwhile (shared working trees)
+    monkeypatch.setattr(local_run, "code_fingerprint", lambda: "test")
+    data = tmp_path / "beauty"
+    data.mkdir()
+    lines = (shared_data / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:SLICE_USERS]
+    (data / "Beauty.txt").write_text("\n".join(lines) + "\n")
+    (data / "items.jsonl.gz").symlink_to(shared_data / "amazon_beauty" / "items.jsonl.gz")
+    out = tmp_path / "runs"
+
+    assert cli(["--data", str(data), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    results = (out / "latest").resolve()
+    first_run = results.parent
+    assert _tasks(first_run) == {"prepare-data", "build-sids", "train", "evaluate"}
+    assert sorted(p.name for p in results.iterdir()) == sorted(RESULT_LINKS)
+
+    dataset = load_dataset(results / "dataset")
+    users = len(dataset.splits["testing"].user_ids)
+    assert 100 < users < SLICE_USERS and dataset.num_items > 100
+    # local inputs reach the pipeline as content-addressed aliases (cache keys follow content)
+    assert os.path.realpath(dataset.info["source"]) == str(data / "Beauty.txt")
+    sids = load_sids(results / "sids.pt", num_items=dataset.num_items, codebook_size=64)
+    assert sids.shape == (3, dataset.num_items)  # 2 levels + the de-dup digit
+    assert (results / "sid_report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    # the KFP Metrics outputs are JSON files too (kfp's local cache needs them on disk)
+    sid_metrics = json.loads((first_run / "build-sids" / "sid_metrics").read_text())
+    assert sid_metrics and all(isinstance(v, float) for v in sid_metrics.values())
+
+    loaded = load_checkpoint(results / "model.ckpt")
+    assert torch.equal(loaded.sids, sids) and loaded.item_ids == dataset.item_ids
+    run = results / "train_run"
+    assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "checkpoints" / "best.ckpt").exists()  # published once, as the Model
+    assert "val/recall@5" in json.loads((run / "summary.json").read_text())
+
+    metrics = json.loads((results / "metrics.json").read_text())
+    _check_metrics(metrics, users)
+    assert (results / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    predictions = pq.read_table(results / "predictions.parquet")
+    assert predictions.num_rows == users * 10
+    summary = (results / "summary.md").read_text()
+    assert f"| 10 | {metrics['test/recall@10']:.4f} | {metrics['test/ndcg@10']:.4f} |" in summary
+    assert summary in printed and f"{out / 'latest'}" in printed
+
+    # the ingest branch, fed the SIDs just built; prepare-data comes from the cache
+    assert cli(["--data", str(data), "--out", str(out), "--sid-uri", str(results / "sids.pt"), *FAST]) == 0
+    second = (out / "latest").resolve()
+    assert second.parent != first_run
+    assert _tasks(second.parent) == {"ingest-sids", "train", "evaluate"}
+    assert os.path.realpath(second / "dataset") == os.path.realpath(results / "dataset")
+    assert torch.equal(load_sids(second / "sids.pt"), sids)
+    # same data, same SIDs, same seed: the same model and the same metrics
+    assert json.loads((second / "metrics.json").read_text()) | {"test/users_per_s": 0} == (
+        metrics | {"test/users_per_s": 0})
