@@ -56,17 +56,21 @@ def split_overrides(overrides: str) -> list[str]:
 
 
 def scalar_metrics(values: dict, prefix: str = "") -> dict[str, float]:
-    """The finite numbers in a (nested) dict, keys joined with '/'; lists get their index."""
+    """The finite numbers of a nested dict, keys joined with '/'. Lists of dicts are numbered
+    from 1 (as SID positions and k-means levels are); lists of numbers are distributions,
+    not scalars, and are left to the HTML reports."""
     out: dict[str, float] = {}
-    items = values.items() if isinstance(values, dict) else enumerate(values)
-    for key, value in items:
+    for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, bool):
             continue
         if isinstance(value, (int, float)) and math.isfinite(value):
             out[name] = float(value)
-        elif isinstance(value, (dict, list)):
+        elif isinstance(value, dict):
             out.update(scalar_metrics(value, f"{name}/"))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value, start=1):
+                out.update(scalar_metrics(item, f"{name}/{i}/"))
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from madrec.errors import MadrecError
 from madrec.local_run import PIPELINE_FILE, parse_params, pipeline_inputs
 
+
 def upload(client, pipeline_file: Path, name: str) -> tuple[str, str]:
     """(pipeline id, version id) of `pipeline_file` on the server, uploading what is missing.
 
@@ -35,13 +36,13 @@ def upload(client, pipeline_file: Path, name: str) -> tuple[str, str]:
     return pipeline_id, version.pipeline_version_id
 
 
-def submit(client, pipeline_file: Path, params: dict, *, pipeline_name: str, experiment: str,
-           run_name: str, namespace: str | None, enable_caching: bool | None, ui_host: str) -> str:
+def submit(client, pipeline_file: Path, params: dict, *, pipeline_name: str, experiment: str, run_name: str,
+           namespace: str | None, enable_caching: bool | None, service_account: str | None, ui_host: str) -> str:
     """Upload, start a run, return the run's URL in the KFP UI."""
     pipeline_id, version_id = upload(client, pipeline_file, pipeline_name)
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
-    run = client.run_pipeline(experiment_id, run_name, params=params, pipeline_id=pipeline_id,
-                              version_id=version_id, enable_caching=enable_caching)
+    run = client.run_pipeline(experiment_id, run_name, params=params, pipeline_id=pipeline_id, version_id=version_id,
+                              enable_caching=enable_caching, service_account=service_account)
     return f"{ui_host.rstrip('/')}/#/runs/details/{run.run_id}"
 
 
@@ -55,6 +56,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--pipeline-name", default="madrec")
     p.add_argument("--experiment", default="madrec", help="KFP experiment to file the run under")
     p.add_argument("--run-name", default=None)
+    p.add_argument("--service-account", default=os.environ.get("KFP_SERVICE_ACCOUNT"),
+                   help="run the steps as this service account, e.g. madrec-trainjob-launcher for num_nodes > 1 "
+                   "(default $KFP_SERVICE_ACCOUNT)")
     p.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="run parameter (repeatable), e.g. --param dataset=sequences --param num_gpus=4")
@@ -72,7 +76,8 @@ def cli(argv: list[str]) -> int:
     url = submit(
         client, args.pipeline_file, params, pipeline_name=args.pipeline_name, experiment=args.experiment,
         run_name=args.run_name or f"madrec {time.strftime('%Y-%m-%d %H:%M:%S')}", namespace=args.namespace,
-        enable_caching=False if args.no_cache else None, ui_host=args.ui_host or args.host,
+        enable_caching=False if args.no_cache else None, service_account=args.service_account or None,
+        ui_host=args.ui_host or args.host,
     )
     print(f"run started: {url}")
     return 0
