@@ -57,8 +57,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--experiment", default="madrec", help="KFP experiment to file the run under")
     p.add_argument("--run-name", default=None)
     p.add_argument("--service-account", default=os.environ.get("KFP_SERVICE_ACCOUNT"),
-                   help="run the steps as this service account, e.g. madrec-trainjob-launcher for num_nodes > 1 "
-                   "(default $KFP_SERVICE_ACCOUNT)")
+                   help="Kubernetes service account of the run's pods; for num_nodes > 1 one bound to the "
+                   "madrec-trainjob-launcher Role (manifests/) (default $KFP_SERVICE_ACCOUNT)")
     p.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="run parameter (repeatable), e.g. --param dataset=sequences --param num_gpus=4")
