@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -95,13 +94,17 @@ def quality(data: str, embeddings: str | None, levels: int, k: int, seed: int) -
     }
 
 
-def _rss_mb() -> float:
+def _proc_status_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":")) / 1024
 
 
-def speed_case(case: str, embeddings: str | None, n: int, dim: int, levels: int, k: int) -> dict:
-    """One RK-Means run in this process: wall time per level, Lloyd iterations, peak RSS."""
+def speed_case(case: str, embeddings: str | None, n: int, dim: int, levels: int, k: int, threads: int) -> dict:
+    """One RK-Means run in this process: wall and CPU time per level, Lloyd iterations, peak RSS.
+
+    The peak is reset after the input is made, so it covers RK-Means (plus the input it holds).
+    """
+    torch.set_num_threads(threads)
     if case == "beauty":
         x = torch.load(embeddings, weights_only=True)["embeddings"]
     else:
@@ -110,25 +113,30 @@ def speed_case(case: str, embeddings: str | None, n: int, dim: int, levels: int,
         centres = torch.randn(2000, dim, generator=g)
         x = centres[torch.randint(0, 2000, (n,), generator=g)]
         x.add_(torch.randn(n, dim, generator=g), alpha=0.5)
-    rss_before = _rss_mb()
-    t0 = time.perf_counter()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS)
+    rss_before = _proc_status_mb("VmRSS")
+    load_before = os.getloadavg()[0]
+    cpu0, t0 = time.process_time(), time.perf_counter()
     res = residual_kmeans(x, levels, k, seed=42, device="cpu")
-    wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    peak = _proc_status_mb("VmHWM")
     return {
-        "case": case, "shape": list(x.shape), "levels": levels, "codebook_size": k, "wall_s": round(wall, 2),
-        "level_s": [round(s, 2) for s in res.seconds], "iterations": [lv.iterations for lv in res.levels],
-        "converged": [lv.converged for lv in res.levels], "input_mb": round(x.numel() * 4 / 2**20, 1),
-        "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak, 1),
-        "peak_over_input_mb": round(peak - rss_before, 1), "torch_threads": torch.get_num_threads(),
+        "case": case, "shape": list(x.shape), "levels": levels, "codebook_size": k, "torch_threads": threads,
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "level_s": [round(s, 2) for s in res.seconds],
+        "iterations": [lv.iterations for lv in res.levels], "converged": [lv.converged for lv in res.levels],
+        "input_mb": round(x.numel() * 4 / 2**20, 1), "rss_before_mb": round(rss_before, 1),
+        "peak_rss_mb": round(peak, 1), "peak_over_start_mb": round(peak - rss_before, 1),
+        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
-def speed(embeddings: str, n: int) -> list[dict]:
-    """Each case in a fresh interpreter so the peak RSS belongs to that case alone."""
+def speed(embeddings: str, n: int, cases: list[str]) -> list[dict]:
+    """Each case (name:threads) in a fresh interpreter so the peak RSS belongs to that case alone."""
     rows = []
-    for case in ("beauty", "synthetic"):
-        cmd = [sys.executable, __file__, "speed-case", "--case", case, "--embeddings", embeddings, "--n", str(n)]
+    for spec in cases:
+        case, threads = spec.split(":")
+        cmd = [sys.executable, __file__, "speed-case", "--case", case, "--threads", threads,
+               "--embeddings", embeddings, "--n", str(n)]
         print("running", " ".join(cmd), flush=True)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
@@ -158,17 +166,20 @@ def main() -> None:
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="speed-case: torch threads")
+    p.add_argument("--cases", nargs="+", default=["beauty:2", "beauty:1", "synthetic:2"],
+                   help="speed: CASE:THREADS runs")
     p.add_argument("--results", default=str(HERE / "results.json"))
     a = p.parse_args()
     if a.what == "speed-case":
-        print(json.dumps(speed_case(a.case, a.embeddings, a.n, a.dim, a.levels, a.codebook_size)))
+        print(json.dumps(speed_case(a.case, a.embeddings, a.n, a.dim, a.levels, a.codebook_size, a.threads)))
         return
     result = {"machine": machine()}
     if a.what in ("quality", "all"):
         result["quality"] = quality(a.data, a.embeddings, a.levels, a.codebook_size, a.seed)
         print(json.dumps(result["quality"], indent=1), flush=True)
     if a.what in ("speed", "all"):
-        result["speed"] = speed(a.embeddings, a.n)
+        result["speed"] = speed(a.embeddings, a.n, a.cases)
     Path(a.results).write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", a.results)
 

@@ -94,7 +94,8 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Ten
     """Greedy k-means++ seeding: each new centre is the best of 2 + ln(k) D^2-sampled candidates."""
     n = x.shape[0]
     trials = 2 + int(math.log(k))
-    x_sq = (x * x).sum(1)
+    step = _chunk_rows(x.shape[1])  # chunked: x * x at once would be a second N x D tensor
+    x_sq = torch.cat([(xc * xc).sum(1) for xc in x.split(step)])
     first = int(torch.randint(n, (1,), generator=gen))
     centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
     centroids[0] = x[first]
