@@ -47,6 +47,7 @@ def _check_metrics(metrics: dict, num_users: int) -> None:
 def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypatch):
     # one cache for both runs even if the checkout is edited meanwhile (shared working trees)
     monkeypatch.setattr(local_run, "code_fingerprint", lambda: "test")
+    monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))  # the steps inherit it
     data = tmp_path / "beauty"
     data.mkdir()
     lines = (shared_data / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:SLICE_USERS]

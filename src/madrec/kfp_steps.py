@@ -8,6 +8,7 @@ into HTML artifacts, and a short Markdown summary. Artifacts are duck-typed (`.p
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from madrec.errors import MadrecError
-from madrec.io import write_text_atomic
+from madrec.io import default_cache_dir, write_text_atomic
 
 # Keys of `madrec train` / `madrec evaluate` that the pipeline wires itself.
 _PIPELINE_KEYS = ("data_dir", "sid_data_path", "output_dir", "ckpt_path", "split")
@@ -83,6 +84,18 @@ def publish_metrics(artifact, values: dict) -> dict[str, float]:
     return flat
 
 
+def content_digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's file names and contents."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def _copy(src: Path, dst: str) -> None:
     if not src.is_file():
         raise MadrecError(f"{src}: expected the step to write this file, but it is missing")
@@ -125,14 +138,16 @@ def ingest_sids_step(source: str, dataset_path: str, sids, report, metrics) -> N
 def build_sids_step(dataset_path: str, encoder: str, levels: int, codebook_size: int, seed: int,
                     sids, codebooks, report, metrics) -> None:
     """`madrec build-sids` from the items' text; codebooks are kept to assign new items later."""
-    with tempfile.TemporaryDirectory(prefix="madrec-sids-") as tmp:
-        argv = ["build-sids", "--data", dataset_path, "--out", tmp, "--levels", str(levels),
-                "--codebook-size", str(codebook_size), "--seed", str(seed)]
-        if encoder:
-            argv += ["--encoder", encoder]
-        run_verb(argv)
-        _publish_sids(Path(tmp), sids, report, metrics)
-        _copy(Path(tmp) / "codebooks.pt", codebooks.path)
+    # Kept between runs for the same item texts: build-sids reuses its embeddings.pt (the
+    # expensive part) when only the k-means settings or the code changed.
+    out = default_cache_dir() / "build-sids" / content_digest(Path(dataset_path) / "items")[:16]
+    argv = ["build-sids", "--data", dataset_path, "--out", str(out), "--levels", str(levels),
+            "--codebook-size", str(codebook_size), "--seed", str(seed)]
+    if encoder:
+        argv += ["--encoder", encoder]
+    run_verb(argv)
+    _publish_sids(out, sids, report, metrics)
+    _copy(out / "codebooks.pt", codebooks.path)
     sids.metadata.update({"encoder": encoder or "default", "levels": levels, "codebook_size": codebook_size, "seed": seed})
 
 

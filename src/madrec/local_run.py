@@ -20,6 +20,7 @@ from pathlib import Path
 
 from madrec.errors import MadrecError
 from madrec.io import is_remote
+from madrec.kfp_steps import content_digest
 from madrec.prepare import ML1M_URL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,25 +174,13 @@ def find_data(data: str | None = None, sequences: str | None = None, items: str 
     return _sequences(seqs[0], items)
 
 
-def _digest(path: Path) -> str:
-    """sha256 of a file, or of a folder's file names and contents."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def stage_input(source: str, store: Path) -> str:
     """A content-addressed alias STORE/<sha256>/<name> of a local input: the pipeline's
     arguments, and with them kfp's cache keys, change exactly when the content does."""
     if not source or is_remote(source):
         return source
     path = Path(source).resolve()
-    alias = store / _digest(path)[:16] / path.name
+    alias = store / content_digest(path)[:16] / path.name
     alias.parent.mkdir(parents=True, exist_ok=True)
     if not alias.is_symlink():
         try:
@@ -206,7 +195,7 @@ def code_fingerprint() -> str:
     import madrec
 
     files = sorted(Path(madrec.__file__).parent.rglob("*.py")) + sorted((REPO / "configs").rglob("*.yaml"))
-    return hashlib.sha256("".join(_digest(f) for f in files).encode()).hexdigest()[:16]
+    return hashlib.sha256("".join(content_digest(f) for f in files).encode()).hexdigest()[:16]
 
 
 def _strip_ansi(text: str) -> str:
