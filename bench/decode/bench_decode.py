@@ -16,6 +16,7 @@ and optionally several positions per call (reveal_per_step).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -52,12 +53,14 @@ def reference_decode(model, vocab, sids, histories: torch.Tensor, beam: int) -> 
             expansions.append((slot, pos, score[:, None] + lp[torch.arange(B), pos]))
         cand = torch.cat([e[2] for e in expansions], 1)  # (B, beams * V)
         top = cand.topk(min(beam, cand.shape[1]), dim=1)
+        slots = torch.stack([e[0] for e in expansions], 1)  # (B, beams, H)
+        positions = torch.stack([e[1] for e in expansions], 1)  # (B, beams)
+        rows = torch.arange(B, device=device)
         new = []
         for j in range(top.indices.shape[1]):
             which, digit = top.indices[:, j] // V, top.indices[:, j] % V
-            slot = torch.stack([expansions[w][0][b] for b, w in enumerate(which.tolist())])
-            pos = torch.stack([expansions[w][1][b] for b, w in enumerate(which.tolist())])
-            slot[torch.arange(B), pos] = pos * (V + 1) + digit
+            slot, pos = slots[rows, which].clone(), positions[rows, which]
+            slot[rows, pos] = pos * (V + 1) + digit
             new.append((slot, top.values[:, j]))
         beams = new
     by_sid = {tuple(d): i for i, d in enumerate(sids.t().tolist())}
@@ -68,7 +71,13 @@ def reference_decode(model, vocab, sids, histories: torch.Tensor, beam: int) -> 
     return out
 
 
-def run_reference(model, vocab, sids, split: Split, max_len: int, beam: int, batch_size: int, device) -> dict:
+def _autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA, as madrec's evaluation uses (amp=True)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
+
+
+def run_reference(model, vocab, sids, split: Split, max_len: int, beam: int, batch_size: int, device,
+                  amp: bool) -> dict:
     targets = torch.tensor([int(s[-1]) for s in split.sequences])
     items = []
     start = time.perf_counter()
@@ -77,7 +86,8 @@ def run_reference(model, vocab, sids, split: Split, max_len: int, beam: int, bat
         hist = build_histories(vocab, sids, seqs, max_len)
         pad = max_len - vocab.sid_len - hist.shape[1]  # the prior system pads every history to max_len
         hist = torch.nn.functional.pad(hist, (pad, 0), value=vocab.pad_id).to(device)
-        items.append(reference_decode(model, vocab, sids, hist, beam))
+        with _autocast(device, amp):
+            items.append(reference_decode(model, vocab, sids, hist, beam))
     seconds = time.perf_counter() - start
     ranked = torch.cat(items)
     hit = (ranked[:, :10] == targets[:, None]).any(1).double()
@@ -85,7 +95,8 @@ def run_reference(model, vocab, sids, split: Split, max_len: int, beam: int, bat
             "invalid_sid_rate": float((ranked < 0).double().mean()), "seconds": seconds}
 
 
-def latency_ms(model, vocab, sids, index, split: Split, max_len: int, beam: int, device, n: int = 50) -> dict:
+def latency_ms(model, vocab, sids, index, split: Split, max_len: int, beam: int, device, amp: bool,
+               n: int = 50) -> dict:
     """Per-request latency: one user at a time (batch 1), median and p90 over n users."""
     times = []
     for seq in split.sequences[:n]:
@@ -93,7 +104,8 @@ def latency_ms(model, vocab, sids, index, split: Split, max_len: int, beam: int,
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        beam_search(model, vocab, sids, hist, beam_size=beam, top_k=10, index=index)
+        with _autocast(device, amp):
+            beam_search(model, vocab, sids, hist, beam_size=beam, top_k=10, index=index)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - start))
@@ -112,6 +124,7 @@ def main() -> None:
     p.add_argument("--reveal", default="1,2,4", help="reveal_per_step values to time for madrec")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA (both decoders)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--append", default=None, help="append a Markdown section to this results file")
     args = p.parse_args()
@@ -133,27 +146,27 @@ def main() -> None:
     rows = []
     ref = None
     if n_ref:
-        ref = run_reference(model, vocab, sids, ref_split, max_len, args.beam, args.batch_size, device)
+        ref = run_reference(model, vocab, sids, ref_split, max_len, args.beam, args.batch_size, device, args.amp)
         rows.append({"decoder": "reference (beam loop, unconstrained, 1 position/call)", "users": n_ref,
                      "model calls": vocab.sid_len, **ref})
     for k in [int(x) for x in args.reveal.split(",")]:
         for users, sp in ((n, split),) + (((n_ref, ref_split),) if n_ref and n_ref != n else ()):
             preds = predict_split(model, vocab, sids, sp, max_len, top_k=10, beam_size=args.beam,
                                   batch_size=args.batch_size, device=device, reveal_per_step=k, progress=False,
-                                  index=index)
+                                  index=index, amp=args.amp)
             m = summarize(preds, (10,))
             rows.append({"decoder": f"madrec (constrained, reveal {k}/call)", "users": users,
                          "model calls": preds.model_calls, "users_per_s": m["users_per_s"],
                          "recall@10": m["recall@10"], "invalid_sid_rate": m["invalid_sid_rate"],
                          "seconds": preds.seconds})
-    lat = latency_ms(model, vocab, sids, index, split, max_len, args.beam, device)
+    lat = latency_ms(model, vocab, sids, index, split, max_len, args.beam, device, args.amp)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     machine = f"{platform.machine()}, {gpu or f'{args.threads} CPU threads'}, torch {torch.__version__}"
     result = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
               "checkpoint": args.ckpt, "data": args.data, "split": args.split, "beam": args.beam,
-              "batch_size": args.batch_size, "rows": rows, **lat}
+              "batch_size": args.batch_size, "amp": args.amp, "rows": rows, **lat}
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
