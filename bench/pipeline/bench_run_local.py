@@ -3,8 +3,9 @@
     .venv/bin/python bench/pipeline/bench_run_local.py --data ../shared/data/amazon_beauty
     .venv/bin/python bench/pipeline/bench_run_local.py            # no --data: ML-1M from GroupLens
 
-Runs `make run DATA=... ARGS=--no-cache` (every step executes; the artifacts stay in
-runs/local/latest), then appends a row to bench/pipeline/results.md: commit, machine, date,
+Runs `make run DATA=... ARGS=--no-cache` with an empty MADREC_CACHE, as a first run on a
+fresh machine (every step executes, nothing is reused or already downloaded; the artifacts
+stay in runs/local/latest), then appends a row to bench/pipeline/results.md: commit, machine, date,
 load average before the run (the development machine is shared), wall time per step, peak
 RSS of a step, test metrics. Arguments after `--` are added to ARGS.
 """
@@ -18,6 +19,7 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -59,7 +61,8 @@ def main() -> None:
     cmd = ["make", "-s", "run", *([f"DATA={args.data}"] if args.data else []), f"ARGS=--no-cache {' '.join(extra)}"]
     print("+", " ".join(cmd), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="bench-madrec-cache-") as cache:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "MADREC_CACHE": cache})
     wall = time.perf_counter() - start
     print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
     if proc.returncode != 0:
