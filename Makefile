@@ -84,3 +84,7 @@ submit:  ## upload pipelines/madrec_pipeline.yaml and start a run on $$KFP_HOST 
 
 compile-pipeline:  ## recompile pipelines/madrec_pipeline.yaml (images from REGISTRY / TAG)
 	MADREC_REGISTRY=$(REGISTRY) MADREC_TAG=$(TAG) $(BIN)/python -m pipelines.madrec_pipeline --out pipelines/madrec_pipeline.yaml
+
+SID_DATA ?= data/beauty
+bench-sids:  ## SID quality vs random SIDs + RK-Means speed/memory -> bench/sids/results.json; SID_DATA=prepared Beauty
+	$(BIN)/python bench/sids/bench_sids.py all --data $(SID_DATA) --embeddings $(SID_DATA)_sids/embeddings.pt

@@ -118,6 +118,17 @@ def test_encoder_identity_follows_folder_contents(tmp_path):
     assert resolve_encoder(str(folder)).identity != before
 
 
+def test_sentence_transformers_module_folder(tmp_path):
+    """Older sentence-transformers folders keep the transformer in a module subfolder."""
+    shutil.copytree(resolve_encoder(None).path, tmp_path / "st" / "0_Transformer")
+    modules = [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (tmp_path / "st" / "modules.json").write_text(json.dumps(modules))
+    spec = resolve_encoder(str(tmp_path / "st"))
+    assert Path(spec.path) == tmp_path / "st" / "0_Transformer"
+    assert spec.identity == resolve_encoder(None).identity
+
+
 def test_bad_encoder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MadrecError, match="no config.json"):

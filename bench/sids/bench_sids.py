@@ -1,13 +1,11 @@
 """Semantic-ID benchmarks: quality on a real catalogue vs random SIDs, and RK-Means speed/memory.
 
     # quality: rebuild SIDs (reusing a previous run's embeddings) and compare with random SIDs
-    python bench/sids/bench_sids.py quality --data /work/prepared/beauty \
-        --embeddings /work/prepared/beauty_sids/embeddings.pt
+    python bench/sids/bench_sids.py quality --data data/beauty --embeddings data/beauty_sids/embeddings.pt
     # RK-Means wall time + peak memory, each case in a fresh process (clean peak RSS)
-    python bench/sids/bench_sids.py speed --embeddings /work/prepared/beauty_sids/embeddings.pt
-    # both, written to bench/sids/results.json and appended to bench/sids/RESULTS.md
-    python bench/sids/bench_sids.py all --data /work/prepared/beauty \
-        --embeddings /work/prepared/beauty_sids/embeddings.pt
+    python bench/sids/bench_sids.py speed --embeddings data/beauty_sids/embeddings.pt
+    # both, written to bench/sids/results.json (summarised by hand in bench/sids/RESULTS.md)
+    python bench/sids/bench_sids.py all --data data/beauty --embeddings data/beauty_sids/embeddings.pt
 """
 from __future__ import annotations
 
@@ -75,7 +73,7 @@ def quality(data: str, embeddings: str | None, levels: int, k: int, seed: int) -
     """Build SIDs (embedding cache reused when given) and compare them with uniform random codes."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sids"
-        if embeddings:
+        if embeddings and Path(embeddings).is_file():
             out.mkdir()
             shutil.copy(embeddings, out / "embeddings.pt")
         report = build_sids(data, out, levels=levels, codebook_size=k, seed=seed, device="cpu")
@@ -158,8 +156,9 @@ def machine() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["quality", "speed", "speed-case", "all"])
-    p.add_argument("--data", default="/work/prepared/beauty")
-    p.add_argument("--embeddings", default="/work/prepared/beauty_sids/embeddings.pt")
+    p.add_argument("--data", default="data/beauty", help="prepared Amazon Beauty folder")
+    p.add_argument("--embeddings", default="data/beauty_sids/embeddings.pt",
+                   help="embeddings.pt of a build-sids run on --data (reused when present)")
     p.add_argument("--case", choices=["beauty", "synthetic"], default="beauty")
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=384)

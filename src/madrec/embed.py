@@ -60,8 +60,9 @@ def _sentence_transformers_subfolder(folder: Path) -> Path:
     if (folder / "config.json").is_file() or not modules.is_file():
         return folder
     for module in json.loads(modules.read_text()):
-        if module.get("type", "").endswith("Transformer") and (folder / module.get("path", "") / "config.json").is_file():
-            return folder / module["path"]
+        sub = folder / module.get("path", "")
+        if module.get("type", "").endswith("Transformer") and (sub / "config.json").is_file():
+            return sub
     return folder
 
 

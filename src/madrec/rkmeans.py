@@ -187,7 +187,9 @@ def residual_kmeans(
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
         raise MadrecError(f"residual k-means needs a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}")
     if levels < 1 or codebook_size < 2:
-        raise MadrecError(f"residual k-means needs levels >= 1 and codebook size >= 2, got {levels} and {codebook_size}")
+        raise MadrecError(
+            f"residual k-means needs levels >= 1 and codebook size >= 2, got {levels} and {codebook_size}"
+        )
     dev = resolve_device(device)
     residual = embeddings.to(dev, torch.float32, copy=True)  # updated in place, level by level
     result = RKMeansResult(
