@@ -206,7 +206,8 @@ class EvaluateArgs:
     reveal_per_step: int = _opt(1, "SID positions revealed per model call")
     sweep: bool = _opt(True, "also decode with fewer model calls per item (quality vs steps)")
     compare_unconstrained: bool = _opt(True, "also decode without the catalogue constraint (invalid-SID rate)")
-    compare_users: int = _opt(0, "users (the split's first) for the sweep and the comparison; 0 = all")
+    compare_users: int = _opt(2000, "users (the split's first) for the unconstrained comparison and the sweep; "
+                                    "0 = all")
     seed: int = _opt(0, "seed of the random unmasking order")
     amp: bool = _opt(True, "bf16 autocast on CUDA (scores stay fp32)")
 
