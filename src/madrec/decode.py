@@ -65,6 +65,9 @@ class SIDIndex:
         self.num_items, self.sid_len = self.digits.shape
         self.codebook_size = codebook_size
         self._bit = 1 << torch.arange(8, device=self.digits.device, dtype=torch.uint8)
+        byte = torch.arange(256, device=self.digits.device, dtype=torch.uint8)
+        self._unpacked = (byte[:, None] & self._bit).ne(0)  # (256, 8): the bits of every byte value
+        self._popcount = self._unpacked.sum(1)  # (256,)
         self._tables: dict[tuple[int, int], _Table] = {}
 
     def _build(self, revealed: int, p: int) -> _Table:
@@ -102,7 +105,7 @@ class SIDIndex:
             yield (combo == c).nonzero().squeeze(1), self.table(c // self.sid_len, c % self.sid_len)
 
     def _unpack(self, bits: torch.Tensor) -> torch.Tensor:
-        return (bits[..., None] & self._bit).ne(0).flatten(-2)[..., :self.codebook_size]
+        return self._unpacked[bits.long()].flatten(-2)[..., :self.codebook_size]
 
     def allowed(self, revealed: torch.Tensor, reps: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """(M, V) bool: digits that some catalogue item agreeing with each partial SID has at `pos`.
@@ -120,11 +123,15 @@ class SIDIndex:
         out = torch.full_like(reps, -1)
         for rows, t in self._rows(revealed, pos):
             sg = t.sgroup[reps[rows]]
-            present = self._unpack(t.bits[sg])
-            d = digit[rows]
-            rank = present.long().cumsum(1).gather(1, d[:, None]).squeeze(1) - 1  # groups sorted by digit
-            ok = present.gather(1, d[:, None]).squeeze(1)
-            out[rows] = torch.where(ok, t.first[(t.start[sg] + rank).clamp(min=0)], -1)
+            bits = t.bits[sg].long()  # (m, ceil(V/8))
+            d = digit[rows, None]
+            byte = bits.gather(1, d // 8)
+            ok = (byte >> (d % 8)) & 1
+            # groups are sorted by digit: the group of d comes after those of the smaller digits
+            below = self._popcount[bits].cumsum(1).gather(1, d // 8) - self._popcount[byte]
+            below = below + self._popcount[byte & ((1 << (d % 8)) - 1)]
+            group = (t.start[sg] + below.squeeze(1)).clamp(max=t.first.shape[0] - 1)
+            out[rows] = torch.where(ok.squeeze(1).bool(), t.first[group], -1)
         return out
 
     def lookup(self, digits: torch.Tensor) -> torch.Tensor:
