@@ -71,6 +71,23 @@ def test_select_gives_the_selected_rows_and_all_pad_rows_stay_finite():
     torch.testing.assert_close(model(tokens, select=select), full[select])
 
 
+def test_slot_embedding_tells_the_masks_of_the_next_item_apart():
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True)
+    torch.manual_seed(0)
+    model = MaskedDiffusionLM(cfg, VOCAB, PAD, sid_len=3).eval()
+    history = torch.randint(0, 27, (1, 6))
+    masks = torch.full((1, 3), 27)
+    out = model(torch.cat([history, masks], 1))[0]
+    # identical MASK tokens at the three slots of the next item get different outputs
+    assert not torch.allclose(out[-1], out[-2]) and not torch.allclose(out[-2], out[-3])
+    # slots count back from the sequence end, so padding on either side changes nothing
+    pad = torch.full((1, 5), PAD)
+    torch.testing.assert_close(model(torch.cat([pad, history, masks], 1))[0, 5:], out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(torch.cat([history, masks, pad], 1))[0, :9], out, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="sid_len"):
+        MaskedDiffusionLM(cfg, VOCAB, PAD)
+
+
 def test_dropout_only_in_training_mode():
     torch.manual_seed(0)
     model = MaskedDiffusionLM(ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.5), VOCAB, PAD)

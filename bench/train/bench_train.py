@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     rows, vocab, source = rows_for(args, cfg)
     torch.manual_seed(cfg.seed)
-    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id).to(device).train()
-    diffusion = MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id)
+    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len).to(device).train()
+    diffusion = MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id, vocab.sid_len)
     forward = torch.compile(model.forward) if args.compile else model.forward
     o = cfg.optim.optimizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),

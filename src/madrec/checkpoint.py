@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Loaded:
     meta = ckpt["madrec"]
     cfg = config_from_dict(meta["config"], f"{path} (saved config)")
     vocab = SIDVocab(sid_len=int(meta["sid_len"]), codebook_size=int(meta["codebook_size"]))
-    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id)
+    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
     try:
         model.load_state_dict(model_weights(ckpt))
     except RuntimeError as exc:

@@ -30,6 +30,9 @@ class ModelConfig:
     d_ff: int = 3072
     dropout: float = 0.25
     rope_base: float = 10000.0
+    # add a learned embedding of each token's SID position (slot), counted back from the
+    # sequence end; MASK tokens otherwise learn their slot only slowly through rotary offsets
+    slot_embedding: bool = False
 
 
 class Rotary(nn.Module):
@@ -95,14 +98,18 @@ class Block(nn.Module):
 class MaskedDiffusionLM(nn.Module):
     """Bidirectional transformer predicting every position's token; PAD keys are masked."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int | None = None):
         super().__init__()
         if cfg.n_embd % cfg.n_head or (cfg.n_embd // cfg.n_head) % 2:
             raise ValueError(f"n_embd={cfg.n_embd} must split into n_head={cfg.n_head} heads of even size (rotary)")
+        if cfg.slot_embedding and not sid_len:
+            raise ValueError("slot_embedding needs sid_len (tokens per item)")
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.pad_id = pad_id
+        self.sid_len = sid_len
         self.embed = nn.Embedding(vocab_size, cfg.n_embd)
+        self.slot = nn.Embedding(sid_len, cfg.n_embd) if cfg.slot_embedding else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
@@ -135,7 +142,13 @@ class MaskedDiffusionLM(nn.Module):
         # an all-PAD row would leave its queries nothing to attend to (NaN); let it see everything
         keep = keep | ~keep.any(dim=1, keepdim=True)
         keep = keep[:, None, None, :]
-        x = self.drop(self.embed(tokens))
+        x = self.embed(tokens)
+        if self.slot is not None:
+            # sequences end with a whole item (history items, then the MASKs of the next one):
+            # the last real token is slot H-1, the one before it H-2, ... whatever the padding
+            from_end = (tokens != self.pad_id).flip(1).cumsum(1).flip(1)
+            x = x + self.slot(torch.remainder(-from_end, self.sid_len))
+        x = self.drop(x)
         for block in self.blocks:
             x = block(x, keep)
         h = self.ln_f(x if select is None else x[select]) / math.sqrt(self.cfg.n_embd)

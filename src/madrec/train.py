@@ -167,8 +167,8 @@ class MaskedDiffusionModule(L.LightningModule):
         self.register_buffer("sids", sids.long(), persistent=False)
         self.splits = splits  # "val" and, when there is a testing split, "test"
         self.results: dict[str, float] = {}  # the latest evaluation, unrounded (self.log keeps float32)
-        self.model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id)
-        self.diffusion = MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id)
+        self.model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+        self.diffusion = MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id, vocab.sid_len)
         # a function, not a registered submodule: the state dict keeps the plain `model.` keys
         self.train_forward = torch.compile(self.model.forward) if cfg.trainer.compile else self.model.forward
         self._tokens_since, self._time_since = 0.0, None
