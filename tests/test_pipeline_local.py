@@ -78,7 +78,7 @@ def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypat
     assert torch.equal(loaded.sids, sids) and loaded.item_ids == dataset.item_ids
     run = results / "train_run"
     assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
-    assert not (run / "checkpoints" / "best.ckpt").exists()  # published once, as the Model
+    assert (run / "checkpoints" / "best.ckpt").read_bytes() == (results / "model.ckpt").read_bytes()
     assert "val/recall@5" in json.loads((run / "summary.json").read_text())
 
     metrics = json.loads((results / "metrics.json").read_text())

@@ -152,16 +152,15 @@ def build_sids_step(dataset_path: str, encoder: str, levels: int, codebook_size:
 
 
 def train_step(dataset, sids, experiment: str, overrides: str, num_gpus: int, model, metrics, run) -> None:
-    """`madrec train` (under torchrun when num_gpus > 1) writing its run folder into `run`;
-    the best checkpoint becomes the Model artifact."""
+    """`madrec train` (under torchrun when num_gpus > 1) writing its run folder into `run`
+    (metrics.csv, summary.json, checkpoints/last.ckpt to resume from); a copy of the best
+    checkpoint becomes the Model artifact."""
     run_dir = Path(run.path)
     # test=false: the evaluate step owns the test split (full decoder, report, predictions)
     argv = ["train", f"experiment={experiment}", "test=false", f"data_dir={dataset.path}",
             f"sid_data_path={sids.path}", f"output_dir={run_dir}", *split_overrides(overrides)]
     run_verb(argv, nproc=num_gpus)
-    best = run_dir / "checkpoints" / "best.ckpt"
-    _copy(best, model.path)
-    best.unlink()  # kept once, as the Model; last.ckpt stays in the run folder for resuming
+    _copy(run_dir / "checkpoints" / "best.ckpt", model.path)
     summary = json.loads((run_dir / "summary.json").read_text())
     publish_metrics(metrics, summary)
     # Lineage, shown on the model in the KFP UI; `madrec run-local` follows it to the files.
