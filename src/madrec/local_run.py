@@ -26,7 +26,6 @@ from madrec.prepare import ML1M_URL
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE_FILE = REPO / "pipelines" / "madrec_pipeline.yaml"
 ITEM_PATTERNS = ("*.jsonl", "*.jsonl.gz", "movies.dat")
-LOCAL_COMPARE_USERS = 1000
 # Artifacts of a finished run, linked under OUT/latest: link name -> evaluate output or lineage key.
 RESULT_LINKS = {
     "dataset": "dataset", "sids.pt": "sids", "sid_report.html": "sid_report", "model.ckpt": "model",
@@ -293,8 +292,6 @@ def cli(argv: list[str]) -> int:
         "dataset": spec.kind, "source": stage_input(spec.source, store), "items": stage_input(spec.items, store),
         "sid_uri": stage_input(args.sid_uri, store), "experiment": args.experiment,
         "train_overrides": " ".join(args.overrides), "num_gpus": 0,
-        # the report's unconstrained and fewer-steps comparisons decode again: bound them on CPU
-        "eval_overrides": f"compare_users={LOCAL_COMPARE_USERS}",
         **parse_params(args.param, pipeline_inputs(args.pipeline_file)),
     }
     cache_root = None if args.no_cache else out / ".cache" / code_fingerprint()
