@@ -34,7 +34,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # nvidia.com/gpu.present=true; GKE, AKS and EKS GPU pools carry the nvidia.com/gpu taint.
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-# Requests sized from the 2-core / 24 GB development machine runs (ML-1M, Beauty).
+# Requests: a whole local run on Beauty peaked at 1.1 GB RSS per step (bench/pipeline), so the
+# CPU steps get ample headroom; GPU steps leave room for data loader workers.
 CPU_STEP_RESOURCES = {"cpu": "2", "memory": "8Gi"}
 GPU_STEP_RESOURCES = {"cpu": "8", "memory": "32Gi"}
 LAUNCHER_RESOURCES = {"cpu": "1", "memory": "4Gi"}  # copies the inputs to the shared volume, then waits
