@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from toy_lm import random_sids, write_checkpoint
 
 from madrec.cli import main

@@ -101,7 +101,7 @@ def write_checkpoint(path, sids: torch.Tensor, item_ids: list[str], max_len: int
     cfg = Config(max_len=max_len, codebook_size=codebook_size,
                  model=ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, dropout=0.0))
     vocab = SIDVocab(sids.shape[0], codebook_size)
-    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id)
+    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
     torch.save({"state_dict": {WEIGHTS_PREFIX + k: v for k, v in model.state_dict().items()},
                 "madrec": payload(cfg, vocab, sids, item_ids, max_len), "global_step": 7}, path)
     return model.eval()
