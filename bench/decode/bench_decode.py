@@ -9,7 +9,7 @@ only the slot's logits, histories padded to the batch's longest, the catalogue c
 and optionally several positions per call (reveal_per_step).
 
     .venv/bin/python bench/decode/bench_decode.py --ckpt RUN/checkpoints/best.ckpt \
-        --data /work/prepared/beauty --users 1000 --threads 2 --append bench/decode/results.md
+        --data /work/prepared/beauty --users 1000 --threads 1 --append bench/decode/results.md
     # GPU, whole Beauty test split (see gpu.sh):
     python bench/decode/bench_decode.py --ckpt ... --data ... --device cuda --users 0 --reference-users 2000
 """
@@ -95,9 +95,9 @@ def run_reference(model, vocab, sids, split: Split, max_len: int, beam: int, bat
             "invalid_sid_rate": float((ranked < 0).double().mean()), "seconds": seconds}
 
 
-def run_madrec(model, vocab, sids, split: Split, max_len: int, args, device, k: int, index) -> dict:
+def run_madrec(model, vocab, sids, split: Split, max_len: int, args, device, k: int, index, batch_size: int) -> dict:
     preds = predict_split(model, vocab, sids, split, max_len, top_k=10, beam_size=args.beam,
-                          batch_size=args.batch_size, device=device, reveal_per_step=k, progress=False,
+                          batch_size=batch_size, device=device, reveal_per_step=k, progress=False,
                           index=index, amp=args.amp)
     m = summarize(preds, (10,))
     return {"users_per_s": m["users_per_s"], "recall@10": m["recall@10"],
@@ -132,9 +132,9 @@ def main() -> None:
     p.add_argument("--users", type=int, default=1000, help="first N users of the split; 0 = all")
     p.add_argument("--reference-users", type=int, default=None, help="users for the reference (default --users)")
     p.add_argument("--beam", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-sizes", default="16,64,256", help="users per batch to try, each decoder gets its best")
     p.add_argument("--reveal", default="1,2,4", help="reveal_per_step values to time for madrec")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best round counts")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA (both decoders)")
@@ -153,28 +153,35 @@ def main() -> None:
     n_ref = args.reference_users if args.reference_users is not None else n
     ref_split = Split(full.name, full.user_ids[:n_ref], full.sequences[:n_ref])
     index = SIDIndex(sids, vocab.codebook_size)
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     predict_split(model, vocab, sids, Split(split.name, split.user_ids[:32], split.sequences[:32]), max_len,
                   top_k=10, beam_size=args.beam, device=device, progress=False, index=index)  # warm-up
 
-    # interleaved rounds, best of --repeats: other jobs on a shared machine only ever slow a run down
+    # every decoder at every batch size, in interleaved rounds; a decoder's row is its best batch
+    # size's best round (other jobs on a shared machine only ever slow a run down)
     jobs = []
-    if n_ref:
-        jobs.append(("reference (beam loop, unconstrained, 1 position/call)", n_ref, vocab.sid_len,
-                     lambda: run_reference(model, vocab, sids, ref_split, max_len, args.beam, args.batch_size, device,
-                                           args.amp)))
-    for k in [int(x) for x in args.reveal.split(",")]:
-        for users, sp in ((n, split),) + (((n_ref, ref_split),) if n_ref and n_ref != n else ()):
-            jobs.append((f"madrec (constrained, reveal {k}/call)", users, -(-vocab.sid_len // k),
-                         lambda sp=sp, k=k: run_madrec(model, vocab, sids, sp, max_len, args, device, k, index)))
+    for bs in batch_sizes:
+        if n_ref:
+            jobs.append(("reference (beam loop, unconstrained, 1 position/call)", n_ref, vocab.sid_len, bs,
+                         lambda bs=bs: run_reference(model, vocab, sids, ref_split, max_len, args.beam, bs, device,
+                                                     args.amp)))
+        for k in [int(x) for x in args.reveal.split(",")]:
+            for users, sp in ((n, split),) + (((n_ref, ref_split),) if n_ref and n_ref != n else ()):
+                jobs.append((f"madrec (constrained, reveal {k}/call)", users, -(-vocab.sid_len // k), bs,
+                             lambda sp=sp, k=k, bs=bs: run_madrec(model, vocab, sids, sp, max_len, args, device, k,
+                                                                  index, bs)))
     runs: list[list[dict]] = [[] for _ in jobs]
     for _ in range(args.repeats):
-        for i, (*_, job) in enumerate(jobs):
-            runs[i].append(job())
-    rows = []
-    for (name, users, calls, _), results in zip(jobs, runs):
-        best = max(results, key=lambda r: r["users_per_s"])
-        rows.append({"decoder": name, "users": users, "model calls": calls, **best,
-                     "users_per_s_median": statistics.median(r["users_per_s"] for r in results)})
+        for i, job in enumerate(jobs):
+            runs[i].append(job[-1]())
+    best: dict[tuple, dict] = {}
+    for (name, users, calls, bs, _), results in zip(jobs, runs):
+        top = max(results, key=lambda r: r["users_per_s"])
+        row = {"decoder": name, "users": users, "model calls": calls, "batch_size": bs, **top,
+               "users_per_s_median": statistics.median(r["users_per_s"] for r in results)}
+        if (name, users) not in best or row["users_per_s"] > best[(name, users)]["users_per_s"]:
+            best[(name, users)] = row
+    rows = list(best.values())
     ref = rows[0] if n_ref else None
     lat = latency_ms(model, vocab, sids, index, split, max_len, args.beam, device, args.amp)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -183,19 +190,21 @@ def main() -> None:
     machine = f"{platform.machine()}, {gpu or f'{args.threads} CPU threads'}, torch {torch.__version__}"
     result = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
               "checkpoint": args.ckpt, "data": args.data, "split": args.split, "beam": args.beam,
-              "batch_size": args.batch_size, "amp": args.amp, "rows": rows, **lat}
+              "batch_sizes": batch_sizes, "amp": args.amp, "rows": rows, **lat}
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.append:
         lines = [f"### decode throughput — {result['date']} — commit {commit}",
                  f"machine: {machine}; checkpoint `{args.ckpt}`; {args.data} {args.split}; beam {args.beam}, "
-                 f"batch {args.batch_size} users; users/s = best of {args.repeats} interleaved rounds (median)",
-                 "", "| decoder | users | model calls | users/s | Recall@10 | invalid SIDs | x reference |",
-                 "|---|---|---|---|---|---|---|"]
+                 f"users/s = best of {args.repeats} interleaved rounds (median) at the decoder's best batch size "
+                 f"among {batch_sizes} users",
+                 "", "| decoder | users | model calls | batch | users/s | Recall@10 | invalid SIDs | x reference |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ratio = f"{r['users_per_s'] / ref['users_per_s']:.1f}x" if ref and r["users"] == n_ref else ""
-            lines.append(f"| {r['decoder']} | {r['users']} | {r['model calls']} | {r['users_per_s']:.1f} "
+            lines.append(f"| {r['decoder']} | {r['users']} | {r['model calls']} | {r['batch_size']} | "
+                         f"{r['users_per_s']:.1f} "
                          f"({r['users_per_s_median']:.1f}) | "
                          f"{r['recall@10']:.4f} | {r['invalid_sid_rate']:.4f} | {ratio} |")
         lines += ["", f"single-user latency (batch 1, beam {args.beam}): p50 {lat['latency_ms_p50']:.1f} ms, "

@@ -12,5 +12,5 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" "$HERE/bench_decode.py" --ckpt "$CKPT" --data "$DATA" --device cuda --users 0 \
-    --reference-users 2000 --batch-size 1024 --reveal 1,2,4 --threads 16 \
+    --reference-users 2000 --batch-sizes 256,1024,4096 --reveal 1,2,4 --threads 16 \
     --json "$OUT" --append "$HERE/results.md"
