@@ -80,8 +80,8 @@ def main() -> None:
            f"| {peak:.0f} | {metrics['test/recall@10']:.4f} | {metrics['test/ndcg@10']:.4f} |\n")
     if not RESULTS.exists():
         RESULTS.write_text("# `madrec run-local` (make run): wall time on CPU\n\n"
-                           "Experiment `tiny`, every step executed (`--no-cache`). Produced by "
-                           "`bench/pipeline/bench_run_local.py`.\n\n" + HEADER)
+                           "Experiment `tiny`, every step executed (`--no-cache`), empty MADREC_CACHE (a first "
+                           "run). Produced by `bench/pipeline/bench_run_local.py`.\n\n" + HEADER)
     with RESULTS.open("a") as fh:
         fh.write(row)
     print(row, end="")
