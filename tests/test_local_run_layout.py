@@ -149,7 +149,7 @@ def test_empty_folder_and_missing_paths(tmp_path):
 
 def test_make_run_passes_data_sequences_items():
     out = subprocess.run(
-        ["make", "-n", "run", "DATA=d i r", "SEQUENCES=s.txt", "ITEMS=i.jsonl", "ARGS=trainer.max_steps=5"],
+        ["make", "--no-print-directory", "-n", "run", "DATA=d i r", "SEQUENCES=s.txt", "ITEMS=i.jsonl", "ARGS=trainer.max_steps=5"],
         cwd=REPO, check=True, capture_output=True, text=True,
     ).stdout
     command = " ".join(out.replace("\\\n", " ").split())
