@@ -200,7 +200,7 @@ class EvaluateArgs:
     beam_size: int = _opt(10, "beam width; also the length of every top-K list")
     ks: tuple = _opt((5, 10), "cut-offs K of Recall@K / NDCG@K, each <= beam_size, e.g. ks=[5,10]")
     predictions: bool = _opt(False, "write predictions.parquet (user, rank, item_id, item, score)")
-    batch_size: int = _opt(256, "users per decoding batch (per process)")
+    batch_size: int = _opt(0, "users per decoding batch per process; 0 = auto (256 on GPU, 16 on CPU)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process)")
     order: str = _opt("confidence", "unmasking order: confidence | left_to_right | random")
     reveal_per_step: int = _opt(1, "SID positions revealed per model call")
@@ -256,10 +256,18 @@ def parse_args(argv: list[str]) -> EvaluateArgs:
     if max(args.ks) > args.beam_size:
         raise MadrecError(f"ks={list(args.ks)} goes beyond beam_size={args.beam_size}: a beam search returns "
                           f"beam_size items; widen the beam (beam_size={max(args.ks)})")
-    for key in ("beam_size", "batch_size", "reveal_per_step"):
+    for key in ("beam_size", "reveal_per_step"):
         if getattr(args, key) < 1:
             raise MadrecError(f"{key} must be >= 1, got {getattr(args, key)}")
+    if args.batch_size < 0:
+        raise MadrecError(f"batch_size must be >= 0 (0 = auto), got {args.batch_size}")
     return args
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Users per decoding batch: large on a GPU; small on a CPU, where a batch of 16 users x 10
+    beams keeps the activations in cache and decodes 2-3x faster than 256 users."""
+    return 256 if device.type == "cuda" else 16
 
 
 def _init_distributed(device: str) -> torch.device:
@@ -315,8 +323,8 @@ def evaluate_checkpoint(args: EvaluateArgs) -> dict[str, float]:
         )
     vocab, sids, H = loaded.vocab, loaded.sids.to(device), loaded.vocab.sid_len
     index = SIDIndex(sids, vocab.codebook_size)
-    decode = dict(beam_size=args.beam_size, batch_size=args.batch_size, device=device, seed=args.seed,
-                  amp=args.amp, index=index)
+    decode = dict(beam_size=args.beam_size, batch_size=args.batch_size or default_batch_size(device),
+                  device=device, seed=args.seed, amp=args.amp, index=index)
     log.info("evaluating %s on %s/%s: %d users, beam %d, %d process(es)", args.ckpt_path, args.data_dir,
              split.name, len(split), args.beam_size, world)
     # warm-up (thread pools, kernels, index tables) so users/s measures steady decoding

@@ -16,6 +16,7 @@ import torch
 
 from madrec.decode import SIDIndex, beam_search, build_histories
 from madrec.errors import MadrecError
+from madrec.evaluate import default_batch_size
 from madrec.tokens import SIDVocab
 
 
@@ -62,14 +63,16 @@ class Recommender:
         return np.asarray(out, dtype=np.int64)
 
     def recommend_many(self, histories: Sequence[Sequence], k: int = 10, *, beam_size: int | None = None,
-                       skip_unknown: bool = False, next_items: int = 1, batch_size: int = 256) -> list[list]:
+                       skip_unknown: bool = False, next_items: int = 1, batch_size: int | None = None) -> list[list]:
         """Top-k (item id, score) lists, best first, for each history (oldest item first).
 
         Scores are summed log-probabilities of the item's SID. The beam is `max(k, 10)` wide
         unless `beam_size` is given. With `next_items=n > 1` the next n items are decoded
-        jointly and each entry is (tuple of n item ids, score).
+        jointly and each entry is (tuple of n item ids, score). `batch_size`: histories decoded
+        together (default: 256 on GPU, 16 on CPU).
         """
         beam = beam_size or max(k, 10)
+        batch_size = batch_size or default_batch_size(self.device)
         seqs = [self._indices(h, skip_unknown, i) for i, h in enumerate(histories)]
         out: list[list] = []
         for lo in range(0, len(seqs), batch_size):
