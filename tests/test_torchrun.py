@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from madrec.checkpoint import load_checkpoint
 from madrec.data import load_dataset
@@ -31,7 +30,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # two processes each importing Lightning, plus training and decoding
 def test_two_process_training_matches_single_process_evaluation(tmp_path):
     data, sids = planted_dataset(tmp_path, num_users=120)
     out = tmp_path / "run"

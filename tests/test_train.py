@@ -40,7 +40,6 @@ def trained(planted, tmp_path_factory):
     return cfg, run(cfg)
 
 
-@pytest.mark.slow  # shares the ~30 s planted-rule training run
 def test_planted_next_item_rule_is_learned(trained):
     _, summary = trained
     assert summary["val/recall@10"] >= 0.9
@@ -48,7 +47,6 @@ def test_planted_next_item_rule_is_learned(trained):
     assert summary["val/invalid_sid_rate"] == 0.0
 
 
-@pytest.mark.slow  # shares the ~30 s planted-rule training run
 def test_run_writes_checkpoints_logs_and_summary(trained):
     cfg, summary = trained
     out = cfg.output_dir
@@ -65,7 +63,6 @@ def test_run_writes_checkpoints_logs_and_summary(trained):
     assert config_from_dict(yaml.safe_load(open(f"{out}/config.yaml")), "config.yaml") == cfg
 
 
-@pytest.mark.slow  # shares the ~30 s planted-rule training run
 def test_checkpoint_is_self_contained(trained, planted):
     cfg, summary = trained
     loaded = load_checkpoint(f"{cfg.output_dir}/checkpoints/best.ckpt")
@@ -78,7 +75,6 @@ def test_checkpoint_is_self_contained(trained, planted):
     assert metrics["recall@10"] == summary["val/recall@10"] and metrics["ndcg@5"] == summary["val/ndcg@5"]
 
 
-@pytest.mark.slow  # shares the ~30 s planted-rule training run
 def test_train_false_evaluates_the_checkpoint_only(trained, planted, tmp_path):
     cfg, summary = trained
     ckpt = f"{cfg.output_dir}/checkpoints/best.ckpt"
@@ -90,7 +86,6 @@ def test_train_false_evaluates_the_checkpoint_only(trained, planted, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.slow  # shares the ~30 s planted-rule training run
 def test_inconsistent_runs_are_refused(trained, planted, tmp_path):
     cfg, _ = trained
     data, sids = planted

@@ -77,7 +77,7 @@ class EvalConfig:
 
     beam_size: int = 10
     ks: list[int] = field(default_factory=lambda: [5, 10])
-    batch_size: int = 256
+    batch_size: int = 0  # users per decoding batch per process; 0 = auto (256 on GPU, 16 on CPU)
     monitor: str = "recall@5"  # validation metric for the best checkpoint and early stopping
     val_max_users: int = 0  # validate on a fixed random subset of this many users; 0 = all
 
@@ -317,8 +317,7 @@ def validate(cfg: Config) -> None:
     m, o, t, e = cfg.model, cfg.optim, cfg.trainer, cfg.eval
     for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.d_ff", "batch_size", "max_len",
                 "codebook_size", "trainer.max_steps", "trainer.val_every_n_steps",
-                "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "eval.beam_size",
-                "eval.batch_size"):
+                "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "eval.beam_size"):
         obj = cfg
         for part in key.split("."):
             obj = getattr(obj, part)
@@ -349,6 +348,7 @@ def validate(cfg: Config) -> None:
     metric, _, k = e.monitor.partition("@")
     _require(metric in ("recall", "ndcg") and k.isdigit() and int(k) in e.ks, "eval.monitor",
              f"expected recall@K or ndcg@K with K in eval.ks={e.ks}, got {e.monitor!r}")
+    _require(e.batch_size >= 0, "eval.batch_size", "must be >= 0 (0 = auto)")
     _require(e.val_max_users >= 0, "eval.val_max_users", "must be >= 0 (0 = all users)")
     _require(cfg.data_dir is not None, "data_dir", "required: the prepared dataset folder (madrec prepare-data --out)")
     if not cfg.train:

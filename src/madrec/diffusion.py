@@ -52,29 +52,22 @@ class CosineSchedule:
 class UniformMasking:
     """Mask every maskable token independently with its sequence's probability (the reference)."""
 
-    def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """maskable: (B, L) bool; prob: (B,) -> (masked, forced), both (B, L) bool.
-
-        `masked`: the tokens that become MASK; `forced` ⊆ masked: those masked whatever t is,
-        which enter the loss with weight 1 instead of the schedule's weight.
-        """
-        masked = maskable & (torch.rand(maskable.shape, device=maskable.device) < prob[:, None])
-        return masked, torch.zeros_like(masked)
+    def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> torch.Tensor:
+        """maskable: (B, L) bool; prob: (B,) -> (B, L) bool, True where the token becomes MASK."""
+        return maskable & (torch.rand(maskable.shape, device=maskable.device) < prob[:, None])
 
 
 class NextItemMasking(UniformMasking):
-    """Uniform masking, and every row's last item (its final sid_len tokens) always masked.
+    """Noise only each row's last item (its final sid_len tokens); the history stays clean.
 
-    The always-masked item is the decoding task itself (the next item after a history), so
-    every row trains it; this learns from far fewer epochs than the reference policy and is
-    meant for small compute budgets (configs/experiment/tiny.yaml).
+    The same absorbing process and weights, applied to p(next item | history): the ELBO of the
+    conditional model, which is exactly what decoding asks of it. It learns from far fewer
+    epochs than the reference policy; meant for small compute budgets (experiment tiny).
     """
 
-    def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        masked, _ = super().__call__(maskable, prob, sid_len)
+    def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> torch.Tensor:
         from_end = maskable.flip(1).cumsum(1).flip(1)  # 1 at a row's last real token, 2 before it, ...
-        forced = maskable & (from_end <= sid_len)
-        return masked | forced, forced
+        return super().__call__(maskable & (from_end <= sid_len), prob, sid_len)
 
 
 SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule}
@@ -95,14 +88,13 @@ class MaskedDiffusion:
         self.mask_id, self.pad_id, self.sid_len = mask_id, pad_id, sid_len
 
     def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, L) clean tokens -> (noisy tokens, masked (B, L) bool, loss weight (B, L), 0 where unmasked).
+        """(B, L) clean tokens -> (noisy tokens, masked (B, L) bool, per-sequence weight (B,)).
 
         Randomness comes from the global torch RNG, so a seeded step is reproducible.
         """
         t = self.cfg.t_min + (1.0 - self.cfg.t_min) * torch.rand(tokens.shape[0], device=tokens.device)
-        masked, forced = self.masking(tokens != self.pad_id, self.schedule.mask_prob(t), self.sid_len)
-        weight = torch.where(forced, 1.0, self.schedule.loss_weight(t)[:, None]) * masked
-        return tokens.masked_fill(masked, self.mask_id), masked, weight
+        masked = self.masking(tokens != self.pad_id, self.schedule.mask_prob(t), self.sid_len)
+        return tokens.masked_fill(masked, self.mask_id), masked, self.schedule.loss_weight(t)
 
     def loss_terms(self, model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise a batch of clean (B, L) tokens; return (weighted CE sum, weight sum) over masked positions.
@@ -112,7 +104,7 @@ class MaskedDiffusion:
         """
         noisy, masked, weight = self.corrupt(tokens)
         logits = model(noisy, select=masked)
-        weights = weight[masked]
+        weights = weight[:, None].expand_as(masked)[masked]
         ce = F.cross_entropy(logits.float(), tokens[masked], reduction="none")
         return (ce * weights).sum(), weights.sum()
 

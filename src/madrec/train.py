@@ -43,7 +43,7 @@ from madrec.config import Config, check_inputs, describe_keys, load_config
 from madrec.data import Split, load_dataset
 from madrec.diffusion import MaskedDiffusion
 from madrec.errors import MadrecError
-from madrec.evaluate import evaluate_split
+from madrec.evaluate import default_batch_size, evaluate_split
 from madrec.io import atomic_file, fetch, write_text_atomic
 from madrec.model import MaskedDiffusionLM
 from madrec.sids import load_sids
@@ -184,10 +184,12 @@ class MaskedDiffusionModule(L.LightningModule):
         self._log_step(glob)
         return loss
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._time_since is None:
+            self._time_since = time.perf_counter()
+
     def _log_step(self, glob: torch.Tensor) -> None:
         now = time.perf_counter()
-        if self._time_since is None:
-            self._time_since = now
         self._tokens_since += float(glob[2])
         self.log("train/loss", glob[0] / glob[1].clamp_min(torch.finfo(glob.dtype).tiny), prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
@@ -216,13 +218,14 @@ class MaskedDiffusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_validation_start(self) -> None:
-        self._time_since = None  # tokens/s measures training only
+        self._tokens_since, self._time_since = 0.0, None  # tokens/s measures training only
 
     # evaluation: the decoder's evaluate_split shards users over ranks and gathers the results
     def _evaluate(self, split: Split, prefix: str) -> None:
         e = self.cfg.eval
         metrics = evaluate_split(self.model, self.vocab, self.sids, split, self.max_len, ks=tuple(e.ks),
-                                 beam_size=e.beam_size, batch_size=e.batch_size, device=self.device)
+                                 beam_size=e.beam_size, batch_size=e.batch_size or default_batch_size(self.device),
+                                 device=self.device)
         metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
         self.results.update(metrics)
         # identical on every rank already; sync_dist averages equal numbers (exact) and keeps Lightning quiet
@@ -354,7 +357,7 @@ def make_trainer(cfg: Config, out: Path, resume_step: int | None, fitting: bool)
 
             loggers.append(TensorBoardLogger(save_dir=out, name="tensorboard", version=""))
     if t.progress_bar:
-        callbacks.append(StepProgressBar(refresh_rate=max(1, min(t.log_every_n_steps, 10))))
+        callbacks.append(StepProgressBar(refresh_rate=t.log_every_n_steps))
     return L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=nodes,
         strategy="ddp" if devices * nodes > 1 else "auto",
