@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from madrec.checkpoint import load_checkpoint
 from madrec.data import load_dataset
 from madrec.evaluate import evaluate_split
