@@ -112,6 +112,14 @@ def test_experiment_files(tmp_path):
         load_config([f"experiment={custom}", *BASE])
 
 
+def test_config_dir_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "site.yaml").write_text("batch_size: 128\n")
+    monkeypatch.setenv("MADREC_CONFIG_DIR", str(tmp_path))
+    assert load_config(["experiment=site", *BASE]).batch_size == 128
+    assert load_config(["experiment=tiny", *BASE]).experiment == "tiny"  # the repo's still found
+
+
 def test_round_trip_through_a_dict():
     cfg = load_config(["experiment=tiny", *BASE, "eval.ks=[1,5,10]"])
     assert config_from_dict(cfg.to_dict(), "test") == cfg

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -227,14 +226,13 @@ def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> No
 # --- experiment files ------------------------------------------------------------------
 
 def config_dirs() -> list[Path]:
-    """Where experiment YAMLs are looked up, first match wins."""
+    """Where experiment YAMLs are looked up, first match wins ($MADREC_CONFIG_DIR: the images)."""
     dirs = []
     if os.environ.get("MADREC_CONFIG_DIR"):
         dirs.append(Path(os.environ["MADREC_CONFIG_DIR"]))
     dirs += [
         Path.cwd() / "configs",
         Path(__file__).resolve().parents[2] / "configs",  # source checkout / editable install
-        Path(sys.prefix) / "share" / "madrec" / "configs",  # wheel install (data-files)
     ]
     return dirs
 
