@@ -7,7 +7,7 @@ model weights are Lightning's `state_dict` under the `model.` prefix.
 """
 from __future__ import annotations
 
-import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch
 from madrec.config import Config, config_from_dict
 from madrec.errors import MadrecError
 from madrec.io import fetch
-from madrec.model import MaskedDiffusionLM
+from madrec import models
 from madrec.tokens import SIDVocab
 
 FORMAT = "madrec.checkpoint/1"
@@ -25,7 +25,7 @@ WEIGHTS_PREFIX = "model."
 
 @dataclass
 class Loaded:
-    model: MaskedDiffusionLM  # in eval mode
+    model: torch.nn.Module  # in eval mode; which recommender: config.model.name
     vocab: SIDVocab
     sids: torch.Tensor  # (H, N) int64
     item_ids: list[str]  # item index -> original id
@@ -38,6 +38,7 @@ def payload(cfg: Config, vocab: SIDVocab, sids: torch.Tensor, item_ids: list[str
     """The `madrec` entry added to every checkpoint (plain types only: loads with weights_only)."""
     return {
         "format": FORMAT,
+        "model": cfg.model.name,  # the recommender (madrec.models); the config says it too
         "config": cfg.to_dict(),
         "sid_len": vocab.sid_len,
         "codebook_size": vocab.codebook_size,
@@ -50,16 +51,51 @@ def payload(cfg: Config, vocab: SIDVocab, sids: torch.Tensor, item_ids: list[str
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """The raw checkpoint dict, checked to be a madrec checkpoint."""
     local = fetch(str(path))
+    _check_archive(path, local)
     try:
         ckpt = torch.load(local, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise MadrecError(f"{path}: cannot read the checkpoint ({exc}); is it a file written by `madrec train`?") from exc
+    except MadrecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises KeyError, ValueError, RuntimeError, ...
+        raise MadrecError(_unreadable(path, local, exc)) from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("madrec"), dict):
         raise MadrecError(f"{path}: not a madrec checkpoint (no 'madrec' entry); pass a .ckpt written by `madrec train`")
     meta = ckpt["madrec"]
     if meta.get("format") != FORMAT:
         raise MadrecError(f"{path}: checkpoint format {meta.get('format')!r}, this madrec reads {FORMAT!r}")
+    missing = [k for k in _META_KEYS if k not in meta] + ([] if isinstance(ckpt.get("state_dict"), dict)
+                                                         else ["state_dict"])
+    if missing:
+        raise MadrecError(f"{path}: incomplete madrec checkpoint, missing {', '.join(missing)}; "
+                          "pass a .ckpt written by `madrec train`")
     return ckpt
+
+
+_META_KEYS = ("config", "sid_len", "codebook_size", "sids", "item_ids", "max_len")
+
+
+def _unreadable(path, local, exc: BaseException) -> str:
+    try:
+        size = f"{Path(local).stat().st_size} bytes"
+    except OSError:
+        size = "size unknown"
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return (f"{path}: not a readable madrec checkpoint ({size}): the file is truncated or corrupt, or was not "
+            f"written by `madrec train` ({type(exc).__name__}: {detail})")
+
+
+def _check_archive(path, local) -> None:
+    """Checkpoints are zip archives (torch.save): check the CRC of every member, so a truncated
+    or bit-flipped file is an error here rather than silently wrong weights."""
+    try:
+        if not zipfile.is_zipfile(local):
+            return  # not a zip: torch.load decides (legacy format, or an error below)
+        with zipfile.ZipFile(local) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
+        raise MadrecError(_unreadable(path, local, exc)) from exc
+    if bad is not None:
+        raise MadrecError(_unreadable(path, local, zipfile.BadZipFile(f"checksum mismatch in member {bad}")))
 
 
 def model_weights(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -73,7 +109,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Loaded:
     meta = ckpt["madrec"]
     cfg = config_from_dict(meta["config"], f"{path} (saved config)")
     vocab = SIDVocab(sid_len=int(meta["sid_len"]), codebook_size=int(meta["codebook_size"]))
-    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+    model, _ = models.build(cfg, vocab)
     try:
         model.load_state_dict(model_weights(ckpt))
     except RuntimeError as exc:

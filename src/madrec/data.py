@@ -98,9 +98,15 @@ def read_items(root: str | Path) -> tuple[list[int], list[str]]:
 
 def read_split(root: str | Path, split: str, num_items: int) -> Split:
     """Decode one split and check every item index is in [0, num_items)."""
+    return _read_split(root, split, num_items)[0]
+
+
+def _read_split(root: str | Path, split: str, num_items: int) -> tuple[Split, list[tuple[Path, int]]]:
+    """The split and, per record, its (file, record index)."""
     folder = split_dir(Path(root), split)
     user_ids: list[int] = []
     sequences: list[np.ndarray] = []
+    origins: list[tuple[Path, int]] = []
     for path in shard_files(folder):
         for i, ex in enumerate(read_examples(path)):
             _check_features(path, i, ex, SEQUENCE_FEATURES)
@@ -113,9 +119,63 @@ def read_split(root: str | Path, split: str, num_items: int) -> Split:
                 )
             user_ids.append(int(ex["user_id"][0]))
             sequences.append(seq)
+            origins.append((path, i))
     if not sequences:
         raise MadrecError(f"{folder}: the split has no records")
-    return Split(split, np.asarray(user_ids, dtype=np.int64), sequences)
+    return Split(split, np.asarray(user_ids, dtype=np.int64), sequences), origins
+
+
+# (split, reference split, items the split drops from the end of the reference's row)
+_NESTING = (("evaluation", "testing", 1), ("training", "testing", 2), ("training", "evaluation", 1))
+
+
+def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, int]]] | None = None) -> None:
+    """Leave-one-out consistency (method.md §2): for every user, evaluation == testing minus its
+    last item and training == testing minus its last two. Checked between whichever of the
+    splits are present (against testing when it is); the first offending user is named."""
+    origins = origins or {}
+
+    def where(name: str, k: int) -> str:
+        if name in origins:
+            path, rec = origins[name][k]
+            return f"{path}: record {rec}"
+        return f"{name}: row {k}"
+
+    index: dict[str, dict[int, int]] = {}
+    for name, split in splits.items():
+        rows: dict[int, int] = {}
+        for k, u in enumerate(split.user_ids.tolist()):
+            if u in rows:
+                raise MadrecError(f"{where(name, k)}: user {u} appears twice in the {name} split "
+                                  f"(first at {where(name, rows[u])}); one row per user is expected")
+            rows[u] = k
+        index[name] = rows
+    done = set()
+    for name, ref, drop in _NESTING:
+        if name not in splits or ref not in splits or name in done:
+            continue
+        done.add(name)
+        rows, ref_rows = index[name], index[ref]
+        for u, k in rows.items():
+            if u not in ref_rows:
+                raise MadrecError(f"{where(name, k)}: user {u} is in the {name} split but not in {ref}; "
+                                  "the splits were not made from the same users")
+            seq, full = splits[name].sequences[k], splits[ref].sequences[ref_rows[u]]
+            if len(full) < drop or not np.array_equal(seq, full[:len(full) - drop]):
+                raise MadrecError(
+                    f"{where(name, k)}: user {u}'s {name} row {_show(seq)} is not the {ref} row {_show(full)} "
+                    f"minus its last {drop} item(s) ({where(ref, ref_rows[u])}); the splits must be leave-one-out "
+                    "as written by `madrec prepare-data` (method.md §2), otherwise targets leak into training"
+                )
+        for u, k in ref_rows.items():
+            if u not in rows:
+                raise MadrecError(f"{where(ref, k)}: user {u} is in the {ref} split but not in {name}; "
+                                  "the splits were not made from the same users")
+
+
+def _show(seq: np.ndarray, n: int = 8) -> str:
+    items = seq.tolist()
+    return "[" + ", ".join(map(str, items[:n])) + (", ..." if len(items) > n else "") + "]"
 
 
 def load_info(root: str | Path) -> dict:
@@ -129,7 +189,8 @@ def load_info(root: str | Path) -> dict:
 
 
 def load_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedDataset:
-    """Load a prepared dataset: items (texts and original ids) and the requested splits."""
+    """Load a prepared dataset: items (texts and original ids) and the requested splits, checked
+    against each other (`check_splits`)."""
     root = Path(root)
     if not root.is_dir():
         raise MadrecError(f"{root}: dataset folder not found; run `madrec prepare-data --out {root}` first")
@@ -142,6 +203,8 @@ def load_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Prepared
         )
     item_ids = [str(x) for x in info.get("item_ids", range(num_items))]
     data = PreparedDataset(root, info, num_items, item_ids, texts)
+    origins = {}
     for split in splits:
-        data.splits[split] = read_split(root, split, num_items)
+        data.splits[split], origins[split] = _read_split(root, split, num_items)
+    check_splits(data.splits, origins)
     return data

@@ -31,7 +31,11 @@ ORDERS = ("confidence", "left_to_right", "random")
 @dataclass
 class DecodeResult:
     """`items`: (B, top_k) item indices, or (B, top_k, n) for n next items; -1 = no catalogue
-    item (unconstrained mode) or no beam left. `scores`: (B, top_k) fp32 sums of log-probs."""
+    item (unconstrained mode) or no beam left. `scores`: (B, top_k) fp32 sums of log-probs.
+
+    When fewer than top_k items are reachable (a catalogue, or the items agreeing with the
+    revealed digits, smaller than the list), the list ends in -1 items scored -inf: a row never
+    repeats an item and its finite-scored entries are all catalogue items (constrained mode)."""
 
     items: torch.Tensor
     scores: torch.Tensor
@@ -167,9 +171,16 @@ def build_histories(
             f"use max_len >= {(next_items + 1) * H}"
         )
     table = vocab.item_tokens(sids.cpu()).numpy()
+    num_items = table.shape[0]
     hists = []
     for i, seq in enumerate(sequences):
         seq = np.asarray(seq, dtype=np.int64)
+        if seq.size and (seq.min() < 0 or seq.max() >= num_items):
+            bad = int(seq[(seq < 0) | (seq >= num_items)][0])
+            raise MadrecError(
+                f"sequence {i}: item index {bad} outside [0, {num_items}); the SID table has {num_items} items "
+                "(are the sequences and the SID table from the same catalogue?)"
+            )
         if drop_last:
             if seq.size == 0:
                 raise MadrecError(f"sequence {i} is empty: an evaluation sequence needs at least its target item")
@@ -260,7 +271,7 @@ def beam_search(
             lg = logits[rows, q]
             if constrained:
                 lg = lg.masked_fill(~index.allowed(revealed[rows, q // H], reps[rows, q // H], q % H), float("-inf"))
-            lp = torch.log_softmax(lg, -1).nan_to_num(nan=float("-inf"))
+            lp = _nan_to_neg_inf(torch.log_softmax(lg, -1))
             W_new = min(beam_size, W * V)
             parent, digit, scores = _select((scores.reshape(R, 1) + lp).view(B, W * V), digits, q, V, W, W_new)
             src = (torch.arange(B, device=device)[:, None] * W + parent).view(-1)  # parent rows
@@ -282,6 +293,15 @@ def beam_search(
         scores = torch.cat([scores, scores.new_full((B, top_k - W), float("-inf"))], 1)
     items, scores = items[:, :top_k], scores[:, :top_k]
     return DecodeResult(items.squeeze(2) if n == 1 else items, scores)
+
+
+def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
+    """NaN (log_softmax of a row with every digit forbidden) -> -inf, keeping -inf as -inf.
+
+    Not `nan_to_num(nan=-inf)`: that also maps -inf to the smallest finite float, so forbidden
+    digits and dead beams would keep finite scores and surface as repeated items.
+    """
+    return x.masked_fill(torch.isnan(x), float("-inf"))
 
 
 def _slot_logits(model: torch.nn.Module, tokens: torch.Tensor, P: int) -> torch.Tensor:
@@ -311,7 +331,7 @@ def _choose_positions(index, logits, digits, reps, revealed, order, steps, const
             ok = index.allowed(revealed[rows, q // H], reps[rows, q // H], q % H)
             lg = logits.clone()
             lg[rows, q] = lg[rows, q].masked_fill(~ok, float("-inf"))
-        priority = torch.log_softmax(lg, -1).amax(-1).nan_to_num(nan=float("-inf"))
+        priority = _nan_to_neg_inf(torch.log_softmax(lg, -1).amax(-1))
     priority = priority.masked_fill(~masked, float("-inf"))
     # stable sort: equal priorities go to the smaller position; revealed positions sort last
     ranked = torch.sort(priority, dim=1, descending=True, stable=True).indices

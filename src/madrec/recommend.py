@@ -70,6 +70,9 @@ class Recommender:
         unless `beam_size` is given. With `next_items=n > 1` the next n items are decoded
         jointly and each entry is (tuple of n item ids, score). `batch_size`: histories decoded
         together (default: 256 on GPU, 16 on CPU).
+
+        A list never repeats an item; it holds FEWER than k entries when fewer than k items can
+        be decoded (a catalogue smaller than k), rather than padding with placeholder items.
         """
         beam = beam_size or max(k, 10)
         batch_size = batch_size or default_batch_size(self.device)
