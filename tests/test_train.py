@@ -18,7 +18,7 @@ from madrec.data import load_dataset
 from madrec.errors import MadrecError
 from madrec.evaluate import evaluate_split
 from madrec.tokens import SIDVocab
-from madrec.train import StepSampler, lr_factor, run, training_examples
+from madrec.train import lr_factor, run
 from planted import planted_dataset
 
 # small and single-threaded: the planted rule is learned in well under a minute on a shared CPU
@@ -142,36 +142,6 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
     # the logged history matches too: same losses at the same steps, the killed tail replaced
     columns = ("step", "train/loss", "lr", "val/recall@10")
     assert _rows(tmp_path / "full" / "metrics.csv", columns) == _rows(killed / "metrics.csv", columns)
-
-
-def test_step_sampler_shards_global_batches_and_covers_each_epoch():
-    shards = [StepSampler(103, 20, seed=1, rank=r, world=2, start_step=lambda: 0) for r in range(2)]
-    one = StepSampler(103, 20, seed=1, rank=0, world=1, start_step=lambda: 0)
-    assert one.steps_per_epoch == 5
-    epoch = [one.global_batch(s) for s in range(5)]
-    assert len(set(torch.cat(epoch).tolist())) == 100  # disjoint batches; 3 rows left out this epoch
-    assert not torch.equal(one.global_batch(5), epoch[0])  # next epoch: a new permutation
-    for step, (a, b) in enumerate(zip(*(iter(s) for s in shards))):
-        if step == 7:
-            break
-        assert len(a) == len(b) == 10
-        assert sorted(torch.cat([a, b]).tolist()) == sorted(one.global_batch(step).tolist())
-    resumed = StepSampler(103, 20, seed=1, rank=0, world=1, start_step=lambda: 6)
-    assert torch.equal(next(iter(resumed)), one.global_batch(6))
-
-
-def test_training_examples_window_long_histories():
-    vocab = SIDVocab(sid_len=2, codebook_size=4)
-    table = vocab.item_tokens(torch.tensor([[0, 1, 2, 3, 0, 1, 2], [0, 0, 0, 0, 1, 1, 1]]))
-    rows = training_examples([np.array([0, 1, 2, 3, 4, 5, 6]), np.array([2])], table, vocab, max_len=6)
-    pad = vocab.pad_id
-    # 7 items at 3 per row: [4 5 6], [1 2 3], [0]; then the short user, all left-padded
-    assert rows[:, :].tolist() == [
-        table[[4, 5, 6]].reshape(-1).tolist(),
-        table[[1, 2, 3]].reshape(-1).tolist(),
-        [pad] * 4 + table[0].tolist(),
-        [pad] * 4 + table[2].tolist(),
-    ]
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():

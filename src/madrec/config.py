@@ -68,6 +68,7 @@ class TrainerConfig:
     compile: bool = False
     progress_bar: bool = True
     num_threads: int = 0  # CPU threads for PyTorch; 0 = its default (all cores)
+    max_minutes: float = 0.0  # training wall-time budget (validation excluded); 0 = max_steps only
 
 
 @dataclass
@@ -94,7 +95,8 @@ class Config:
     test: bool = True
     seed: int = 42
     batch_size: int = 2048  # sequences per optimiser step, over all processes together
-    max_len: int = 120  # tokens per sequence, history plus the next item
+    max_len: int = 120  # tokens per sequence, history plus the next item; 0 = from the data (auto)
+    rows: str = "truncate"  # how training sequences become rows: truncate | windows | sliding (madrec.rows)
     codebook_size: int = 256
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -313,7 +315,16 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Checks across keys and ranges; file checks are `check_inputs`."""
     m, o, t, e = cfg.model, cfg.optim, cfg.trainer, cfg.eval
-    for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.d_ff", "batch_size", "max_len",
+    from madrec.models import NAMES
+    from madrec.rows import ROW_MODES
+
+    _require(m.name in NAMES, "model.name", f"{m.name!r} is not one of {', '.join(NAMES)}")
+    _require(cfg.rows in ROW_MODES, "rows", f"{cfg.rows!r} is not one of {', '.join(ROW_MODES)}")
+    _require(cfg.max_len >= 0, "max_len", f"must be >= 0 (0 = sized from the data), got {cfg.max_len}")
+    _require(t.max_minutes >= 0, "trainer.max_minutes", f"must be >= 0 (0 = no time budget), got {t.max_minutes}")
+    _require(0.0 <= cfg.diffusion.next_item_prob <= 1.0, "diffusion.next_item_prob",
+             f"must be in [0, 1], got {cfg.diffusion.next_item_prob}")
+    for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.d_ff", "batch_size",
                 "codebook_size", "trainer.max_steps", "trainer.val_every_n_steps",
                 "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "eval.beam_size"):
         obj = cfg
@@ -353,7 +364,7 @@ def validate(cfg: Config) -> None:
         _require(cfg.ckpt_path is not None, "ckpt_path",
                  "train=false evaluates a trained checkpoint: pass ckpt_path=RUN/checkpoints/best.ckpt")
     else:
-        _require(cfg.sid_data_path is not None or cfg.ckpt_path is not None, "sid_data_path",
+        _require(cfg.sid_data_path is not None or cfg.ckpt_path is not None or m.name == "sasrec", "sid_data_path",
                  "required to train: the SID file (madrec build-sids --out OUT gives OUT/sids.pt)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     _require(cfg.batch_size % world == 0, "batch_size",

@@ -245,6 +245,7 @@ def beam_search(
     across calls. Ties are broken towards the earlier beam, then the smaller digit.
     """
     _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items)
+    order = _model_order(model, order, reveal_per_step, next_items)
     device = histories.device
     H, V, n = vocab.sid_len, vocab.codebook_size, next_items
     P = n * H
@@ -302,6 +303,26 @@ def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
     digits and dead beams would keep finite scores and surface as repeated items.
     """
     return x.masked_fill(torch.isnan(x), float("-inf"))
+
+
+def _model_order(model: torch.nn.Module, order: str, reveal_per_step: int, next_items: int) -> str:
+    """The unmasking order this model can decode with; refuse what it was not trained for.
+
+    A causal model (tiger, sasrec) predicts a position only from the tokens before it, so it
+    reveals left to right, one position per call (`confidence`, the default, means that for it).
+    A masked-diffusion model trained only on next-item masking never saw two masked items.
+    """
+    if getattr(model, "causal", False):
+        if order == "random" or reveal_per_step > 1:
+            raise MadrecError(f"{type(model).__name__} is a causal (left-to-right) model: it decodes one SID "
+                              f"position per call in order; got order={order}, reveal_per_step={reveal_per_step}")
+        return "left_to_right"
+    limit = getattr(model, "max_next_items", None)
+    if limit is not None and next_items > limit:
+        raise MadrecError(f"next_items={next_items}: this checkpoint was trained with diffusion.masking=next_item "
+                          "(only each row's last item noised), so it never learned several masked items at once; "
+                          "decode next_items=1, or train with masking=uniform or mixed")
+    return order
 
 
 def _slot_logits(model: torch.nn.Module, tokens: torch.Tensor, P: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ class DiffusionConfig:
     schedule: str = "linear"
     masking: str = "uniform"
     t_min: float = 1e-3
+    next_item_prob: float = 0.5  # masking=mixed: share of rows noised as next_item, the rest uniform
 
 
 class LinearSchedule:
@@ -52,6 +53,9 @@ class CosineSchedule:
 class UniformMasking:
     """Mask every maskable token independently with its sequence's probability (the reference)."""
 
+    def __init__(self, cfg: DiffusionConfig):
+        self.cfg = cfg
+
     def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> torch.Tensor:
         """maskable: (B, L) bool; prob: (B,) -> (B, L) bool, True where the token becomes MASK."""
         return maskable & (torch.rand(maskable.shape, device=maskable.device) < prob[:, None])
@@ -70,8 +74,22 @@ class NextItemMasking(UniformMasking):
         return super().__call__(maskable & (from_end <= sid_len), prob, sid_len)
 
 
+class MixedMasking(UniformMasking):
+    """Each row is noised as next_item with probability `next_item_prob`, else uniformly.
+
+    Uniform rows teach the model every item of a row in every context (and several masked
+    items at once, which parallel decoding of next items needs); next-item rows train exactly
+    the conditional that recommending asks for.
+    """
+
+    def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> torch.Tensor:
+        next_rows = torch.rand(maskable.shape[0], device=maskable.device) < self.cfg.next_item_prob
+        uniform = UniformMasking.__call__(self, maskable, prob, sid_len)
+        return torch.where(next_rows[:, None], NextItemMasking.__call__(self, maskable, prob, sid_len), uniform)
+
+
 SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule}
-MASKINGS = {"uniform": UniformMasking, "next_item": NextItemMasking}
+MASKINGS = {"uniform": UniformMasking, "next_item": NextItemMasking, "mixed": MixedMasking}
 
 
 class MaskedDiffusion:
@@ -84,7 +102,7 @@ class MaskedDiffusion:
             raise ValueError(f"unknown masking policy {cfg.masking!r}; choose one of {sorted(MASKINGS)}")
         self.cfg = cfg
         self.schedule = SCHEDULES[cfg.schedule]()
-        self.masking = MASKINGS[cfg.masking]()
+        self.masking = MASKINGS[cfg.masking](cfg)
         self.mask_id, self.pad_id, self.sid_len = mask_id, pad_id, sid_len
 
     def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

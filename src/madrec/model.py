@@ -12,6 +12,7 @@ Attention is PyTorch's fused `scaled_dot_product_attention`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,8 +23,12 @@ from torch import nn
 
 @dataclass
 class ModelConfig:
-    """Transformer shape; the defaults are the reference configuration (method.md §5)."""
+    """Transformer shape; the defaults are the reference configuration (method.md §5).
 
+    `name` picks the recommender (madrec.models): maskgr (masked diffusion over SIDs, the
+    method), tiger (autoregressive over the same SIDs) or sasrec (next item id)."""
+
+    name: str = "maskgr"
     n_layer: int = 8
     n_embd: int = 128
     n_head: int = 8
@@ -98,6 +103,9 @@ class Block(nn.Module):
 class MaskedDiffusionLM(nn.Module):
     """Bidirectional transformer predicting every position's token; PAD keys are masked."""
 
+    causal = False  # decoding may reveal positions in any order (madrec.decode)
+    max_next_items: int | None = None  # None: any number of jointly decoded next items
+
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int | None = None):
         super().__init__()
         if cfg.n_embd % cfg.n_head or (cfg.n_embd // cfg.n_head) % 2:
@@ -138,10 +146,7 @@ class MaskedDiffusionLM(nn.Module):
         With `select` ((B, L) bool), only the selected positions' logits: (M, vocab_size),
         which spares training the full (B, L, vocab_size) tensor.
         """
-        keep = tokens != self.pad_id
-        # an all-PAD row would leave its queries nothing to attend to (NaN); let it see everything
-        keep = keep | ~keep.any(dim=1, keepdim=True)
-        keep = keep[:, None, None, :]
+        keep = self.attention_mask(tokens)
         x = self.embed(tokens)
         if self.slot is not None:
             # sequences end with a whole item (history items, then the MASKs of the next one):
@@ -151,8 +156,20 @@ class MaskedDiffusionLM(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, keep)
+        x = self.position_outputs(x)
         h = self.ln_f(x if select is None else x[select]) / math.sqrt(self.cfg.n_embd)
         return h @ self.embed.weight.t()
+
+    def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, L) bool: every query may attend to every non-PAD key (bidirectional)."""
+        keep = tokens != self.pad_id
+        # an all-PAD row would leave its queries nothing to attend to (NaN); let it see everything
+        keep = keep | ~keep.any(dim=1, keepdim=True)
+        return keep[:, None, None, :]
+
+    def position_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden state that predicts each position's token: its own (masked prediction)."""
+        return x
 
     def flops_per_token(self, length: int) -> float:
         """Training FLOPs (forward + backward) per token at sequence length `length`."""
@@ -160,3 +177,28 @@ class MaskedDiffusionLM(nn.Module):
         matmul_params = c.n_layer * (4 * c.n_embd * c.n_embd + 2 * c.n_embd * c.d_ff) + self.vocab_size * c.n_embd
         attention = c.n_layer * 2 * length * c.n_embd  # q·k and attn·v, per token
         return 6 * matmul_params + 6 * attention
+
+
+class CausalLM(MaskedDiffusionLM):
+    """The same transformer with causal self-attention, read as a next-token model.
+
+    Position i's logits come from the hidden state at i - 1 (teacher forcing), so asking for
+    the logits of a masked SID position gives p(token | every token before it): decoding
+    reveals positions left to right, one per model call. Queries always see themselves, so a
+    left-padded row has no empty attention row.
+    """
+
+    causal = True
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int):
+        super().__init__(dataclasses.replace(cfg, slot_embedding=False), vocab_size, pad_id)
+
+    def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L, L) bool: non-PAD keys at or before the query, and the query itself."""
+        length = tokens.shape[1]
+        past = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
+        mask = (tokens != self.pad_id)[:, None, None, :] & past
+        return mask | torch.eye(length, dtype=torch.bool, device=tokens.device)
+
+    def position_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :1], x[:, :-1]], dim=1)  # shift right: state i-1 predicts token i

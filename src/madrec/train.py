@@ -25,7 +25,6 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -38,91 +37,39 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
+from madrec import models
 from madrec.checkpoint import load_checkpoint, model_weights, payload, read_checkpoint
 from madrec.config import Config, check_inputs, describe_keys, load_config
 from madrec.data import Split, load_dataset
-from madrec.diffusion import MaskedDiffusion
 from madrec.errors import MadrecError
 from madrec.evaluate import default_batch_size, evaluate_split
 from madrec.io import atomic_file, fetch, write_text_atomic
-from madrec.model import MaskedDiffusionLM
+from madrec.rows import StepSampler, TrainingRows, step_seed
 from madrec.sids import load_sids
 from madrec.tokens import SIDVocab
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+AUTO_MAX_ITEMS = 50  # max_len=0: rows of at most this many items (SASRec's setting on Amazon data)
 
 
-def step_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (seed, step, rank, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+def item_tokenizer(vocab: SIDVocab, sids: torch.Tensor) -> torch.Tensor:
+    """(N + 1, H) token table: row i holds item i's SID tokens, the last row (PAD_ITEM) PADs."""
+    return torch.cat([vocab.item_tokens(sids), torch.full((1, vocab.sid_len), vocab.pad_id)])
 
 
-# --- data ------------------------------------------------------------------------------
+class ItemRows(Dataset):
+    """Indexing with a 1-D tensor of row ids gives that batch of item rows (TrainingRows.batch)."""
 
-def training_examples(sequences: list[np.ndarray], item_tokens: torch.Tensor, vocab: SIDVocab, max_len: int) -> torch.Tensor:
-    """Users' training sequences -> (n, max_len) left-padded token rows.
-
-    A sequence longer than max_len // H items is cut, from its most recent end, into
-    consecutive windows of that many items, so long histories contribute all their items.
-    """
-    per_row = vocab.items_per_sequence(max_len)
-    rows = []
-    for seq in sequences:
-        for end in range(len(seq), 0, -per_row):
-            rows.append(item_tokens[torch.as_tensor(seq[max(0, end - per_row):end])].reshape(-1))
-    if not rows:
-        raise MadrecError("the training split holds no items; nothing to train on")
-    out = torch.full((len(rows), max_len), vocab.pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, max_len - len(row):] = row
-    return out
-
-
-class TokenRows(Dataset):
-    """Indexing with a 1-D index tensor gives the batch, trimmed to its longest row."""
-
-    def __init__(self, rows: torch.Tensor, pad_id: int):
-        self.rows, self.pad_id = rows, pad_id
+    def __init__(self, rows: TrainingRows):
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
-        batch = self.rows[index]
-        first = int((batch != self.pad_id).any(0).int().argmax())  # rows are left-padded
-        return batch[:, first:]
-
-
-class StepSampler:
-    """Yields this rank's share of the global batch of every step from `start_step()` on.
-
-    The global batch of step s is slice s % E of a permutation seeded by (seed, s // E),
-    E = steps per epoch (the remainder of an epoch is dropped; it differs every epoch).
-    """
-
-    def __init__(self, num_rows: int, batch_size: int, seed: int, rank: int, world: int,
-                 start_step: Callable[[], int]):
-        if num_rows < world:
-            raise MadrecError(f"{num_rows} training sequences cannot be shared by {world} processes")
-        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
-        self.rank, self.world, self.start_step = rank, world, start_step
-        self.steps_per_epoch = max(1, num_rows // batch_size)
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def global_batch(self, step: int) -> torch.Tensor:
-        epoch, j = divmod(step, self.steps_per_epoch)
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(step_seed(self.seed, epoch))
-            self._perm = (epoch, torch.randperm(self.num_rows, generator=g))
-        return self._perm[1][j * self.batch_size:(j + 1) * self.batch_size]
-
-    def __iter__(self):
-        step = self.start_step()
-        while True:
-            yield self.global_batch(step)[self.rank::self.world]
-            step += 1
+        return self.rows.batch(index.numpy())
 
 
 def subset(split: Split, max_users: int, seed: int) -> Split:
@@ -149,35 +96,44 @@ def one_batch_loader() -> DataLoader:
 
 # --- the Lightning module --------------------------------------------------------------
 
-def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then linear decay to `min_ratio` at `max_steps`."""
+def lr_factor(step: int, warmup: int, max_steps: float, min_ratio: float, progress: float | None = None) -> float:
+    """Linear warm-up over `warmup` steps, then linear decay to `min_ratio` at `max_steps`.
+
+    With `progress` (the share of a time budget spent, trainer.max_minutes) the decay follows
+    it instead of the step count: 1 - progress of the way from 1 to min_ratio.
+    """
     if step < warmup:
         return (step + 1) / warmup
-    remaining = max(0, max_steps - step) / max(1, max_steps - warmup)
+    if progress is not None:
+        remaining = max(0.0, 1.0 - progress)
+    else:
+        remaining = max(0, max_steps - step) / max(1, max_steps - warmup)
     return min_ratio + (1.0 - min_ratio) * remaining
 
 
-class MaskedDiffusionModule(L.LightningModule):
-    """Masked-diffusion training of `MaskedDiffusionLM`; validation/test by beam decoding."""
+class RecommenderModule(L.LightningModule):
+    """Training of any madrec.models recommender on item rows; validation/test by decoding."""
 
     def __init__(self, cfg: Config, vocab: SIDVocab, sids: torch.Tensor, item_ids: list[str], max_len: int,
                  splits: dict[str, Split]):
         super().__init__()
         self.cfg, self.vocab, self.item_ids, self.max_len = cfg, vocab, item_ids, max_len
         self.register_buffer("sids", sids.long(), persistent=False)
+        self.register_buffer("tokenizer", item_tokenizer(vocab, sids.long()), persistent=False)
         self.splits = splits  # "val" and, when there is a testing split, "test"
         self.results: dict[str, float] = {}  # the latest evaluation, unrounded (self.log keeps float32)
-        self.model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
-        self.diffusion = MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id, vocab.sid_len)
+        self.model, self.objective = models.build(cfg, vocab)
         # a function, not a registered submodule: the state dict keeps the plain `model.` keys
         self.train_forward = torch.compile(self.model.forward) if cfg.trainer.compile else self.model.forward
         self._tokens_since, self._time_since = 0.0, None
+        self.train_seconds = 0.0  # training wall time so far (validation excluded): trainer.max_minutes
 
     # training
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(step_seed(self.cfg.seed, self.global_step, self.global_rank))
-        total, norm = self.diffusion.loss_terms(self.train_forward, batch)
-        local = torch.stack([total.detach(), norm.detach(), (batch != self.vocab.pad_id).sum().to(norm.dtype)])
+        tokens = self.tokenizer[batch].flatten(1)  # item rows (PAD_ITEM = -1 -> PAD tokens)
+        total, norm = self.objective.loss_terms(self.train_forward, tokens)
+        local = torch.stack([total.detach(), norm.detach(), (tokens != self.vocab.pad_id).sum().to(norm.dtype)])
         glob = self.trainer.strategy.reduce(local.clone(), reduce_op="sum") if self.trainer.world_size > 1 else local
         # DDP averages gradients over ranks: scale so the result is the global batch's gradient
         loss = total * self.trainer.world_size / glob[1].clamp_min(torch.finfo(glob.dtype).tiny)
@@ -185,8 +141,10 @@ class MaskedDiffusionModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
         if self._time_since is None:
-            self._time_since = time.perf_counter()
+            self._time_since = now
+        self._step_started = now
 
     def _log_step(self, glob: torch.Tensor) -> None:
         now = time.perf_counter()
@@ -198,8 +156,16 @@ class MaskedDiffusionModule(L.LightningModule):
             self.log("train/tokens_per_s", self._tokens_since / (now - self._time_since), prog_bar=True)
             self._tokens_since, self._time_since = 0.0, now
 
+    def budget_spent(self) -> float:
+        """Share of the training budget used: steps or minutes, whichever runs out first."""
+        t = self.cfg.trainer
+        by_steps = self.global_step / t.max_steps
+        by_time = self.train_seconds / (60.0 * t.max_minutes) if t.max_minutes else 0.0
+        return max(by_steps, by_time)
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step >= self.trainer.max_steps:
+        self.train_seconds += time.perf_counter() - self._step_started
+        if self.global_step >= self.trainer.max_steps or self.budget_spent() >= 1.0:
             self.trainer.should_stop = True  # makes Lightning validate after the final step too
 
     def configure_optimizers(self):
@@ -212,13 +178,20 @@ class MaskedDiffusionModule(L.LightningModule):
         fused = self.device.type == "cuda" or None
         optimizer = torch.optim.AdamW(groups, lr=o.optimizer.lr, betas=tuple(o.optimizer.betas),
                                       eps=o.optimizer.eps, fused=fused)
-        factor = functools.partial(lr_factor, warmup=o.scheduler.warmup_steps,
-                                   max_steps=self.cfg.trainer.max_steps, min_ratio=o.scheduler.min_lr_ratio)
+        warmup, min_ratio = o.scheduler.warmup_steps, o.scheduler.min_lr_ratio
+        if self.cfg.trainer.max_minutes:  # decay over the time budget (or max_steps, if sooner)
+            def factor(step: int) -> float:
+                return lr_factor(step, warmup, 1.0, min_ratio, progress=self.budget_spent())
+        else:
+            factor = functools.partial(lr_factor, warmup=warmup, max_steps=self.cfg.trainer.max_steps,
+                                       min_ratio=min_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_validation_start(self) -> None:
         self._tokens_since, self._time_since = 0.0, None  # tokens/s measures training only
+        if self.trainer.training or self.trainer.state.fn == TrainerFn.FITTING:
+            self.log("train/seconds", self.train_seconds)  # x axis of quality-vs-compute curves
 
     # evaluation: the decoder's evaluate_split shards users over ranks and gathers the results
     def _evaluate(self, split: Split, prefix: str) -> None:
@@ -239,6 +212,10 @@ class MaskedDiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["madrec"] = payload(self.cfg, self.vocab, self.sids, self.item_ids, self.max_len)
+        checkpoint["madrec"]["train_seconds"] = self.train_seconds
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.train_seconds = float(checkpoint.get("madrec", {}).get("train_seconds", 0.0))
 
 
 # --- Lightning plumbing ----------------------------------------------------------------
@@ -390,7 +367,10 @@ def _eval_splits(cfg: Config, data) -> dict[str, Split]:
     return splits
 
 
-def _load_sids(cfg: Config, num_items: int, resume: dict | None) -> torch.Tensor:
+def _load_sids(cfg: Config, spec: models.Recommender, num_items: int, resume: dict | None) -> torch.Tensor:
+    """The (H, N) table the model's tokens use: the SID file, or the item index itself (sasrec)."""
+    if not spec.uses_sids:
+        return spec.sid_table(None, num_items)
     if cfg.sid_data_path is None:
         return resume["madrec"]["sids"]
     sids = load_sids(fetch(cfg.sid_data_path), num_items=num_items, codebook_size=cfg.codebook_size)
@@ -400,42 +380,55 @@ def _load_sids(cfg: Config, num_items: int, resume: dict | None) -> torch.Tensor
     return sids
 
 
+def resolve_max_len(cfg: Config, sequences: list[np.ndarray], sid_len: int) -> int:
+    """max_len in tokens; 0 (auto) sizes rows from the data: the training histories of 90% of
+    users fit whole, plus the next item, capped at AUTO_MAX_ITEMS items (docs/method-as-implemented)."""
+    if cfg.max_len:
+        items = cfg.max_len // sid_len
+    else:
+        lengths = np.array([len(s) for s in sequences] or [1])
+        items = min(AUTO_MAX_ITEMS, int(np.ceil(np.percentile(lengths, 90))) + 1)
+    if items < 2:
+        raise MadrecError(f"config key max_len: {cfg.max_len} tokens hold less than one history item plus "
+                          f"the next item at {sid_len} tokens per item")
+    return items * sid_len
+
+
 def _check_resumable(cfg: Config, resume: dict) -> None:
     saved = resume["madrec"]["config"]
     for group in ("model", "diffusion"):
         if saved[group] != cfg.to_dict()[group]:
             raise MadrecError(f"ckpt_path={cfg.ckpt_path} was trained with {group}={saved[group]}, the config "
                               f"now says {cfg.to_dict()[group]}; a resumed run keeps the {group} settings")
-    if saved["max_len"] != cfg.max_len or saved["codebook_size"] != cfg.codebook_size:
-        raise MadrecError(f"ckpt_path={cfg.ckpt_path}: max_len / codebook_size differ from the checkpoint's")
+    if saved["max_len"] != cfg.max_len or saved["codebook_size"] != cfg.codebook_size or saved.get("rows", "windows") != cfg.rows:
+        raise MadrecError(f"ckpt_path={cfg.ckpt_path}: max_len / codebook_size / rows differ from the checkpoint's")
 
 
-def fit(cfg: Config, out: Path) -> tuple[MaskedDiffusionModule, L.Trainer, dict]:
+def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     """Train (or resume) and return the module with the best weights loaded, and run facts."""
     resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume is not None:
         _check_resumable(cfg, resume)
     data = load_dataset(cfg.data_dir)
-    sids = _load_sids(cfg, data.num_items, resume)
-    vocab = SIDVocab(sid_len=sids.shape[0], codebook_size=cfg.codebook_size)
-    if cfg.max_len < 2 * vocab.sid_len:
-        raise MadrecError(f"config key max_len: {cfg.max_len} tokens hold less than one history item plus "
-                          f"the next item at {vocab.sid_len} tokens per item")
-    rows = training_examples(data.splits["training"].sequences, vocab.item_tokens(sids), vocab, cfg.max_len)
+    spec = models.get(cfg.model.name)
+    sids = _load_sids(cfg, spec, data.num_items, resume)
+    vocab = spec.vocab(sids, cfg.codebook_size)
+    training = data.splits["training"].sequences
+    max_len = resolve_max_len(cfg, training, vocab.sid_len)
+    rows = TrainingRows(training, max_len // vocab.sid_len, cfg.rows)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = MaskedDiffusionModule(cfg, vocab, sids, data.item_ids, cfg.max_len, _eval_splits(cfg, data))
+    module = RecommenderModule(cfg, vocab, sids, data.item_ids, max_len, _eval_splits(cfg, data))
     resume_step = int(resume["global_step"]) if resume is not None else None
     trainer = make_trainer(cfg, out, resume_step, fitting=True)
-    sampler = StepSampler(len(rows), cfg.batch_size, cfg.seed, int(os.environ.get("RANK", "0")),
+    sampler = StepSampler(rows, cfg.batch_size, cfg.seed, int(os.environ.get("RANK", "0")),
                           int(os.environ.get("WORLD_SIZE", "1")), start_step=lambda: trainer.global_step)
-    loader = DataLoader(TokenRows(rows, vocab.pad_id), sampler=sampler, batch_size=None,
-                        pin_memory=torch.cuda.is_available())
+    loader = DataLoader(ItemRows(rows), sampler=sampler, batch_size=None, pin_memory=torch.cuda.is_available())
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        log.info("model: %s parameters; %d training rows of <= %d tokens; %d steps per data epoch; world size %d",
-                 f"{module.model.num_parameters():,}", len(rows), cfg.max_len, sampler.steps_per_epoch,
-                 trainer.world_size)
+        log.info("model %s: %s parameters; %d training rows (%s) of <= %d tokens; %d steps per data epoch; "
+                 "world size %d", cfg.model.name, f"{module.model.num_parameters():,}", len(rows), cfg.rows,
+                 max_len, sampler.steps_per_epoch, trainer.world_size)
     start = time.time()
     with warnings.catch_warnings():
         # the step stream resumes mid-"epoch" by design; small loaders need no workers
@@ -446,7 +439,8 @@ def fit(cfg: Config, out: Path) -> tuple[MaskedDiffusionModule, L.Trainer, dict]
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=one_batch_loader(), ckpt_path=cfg.ckpt_path)
     facts = {"train_wall_s": time.time() - start, "global_step": trainer.global_step,
              "num_parameters": module.model.num_parameters(), "world_size": trainer.world_size,
-             "train_rows": len(rows)}
+             "train_rows": len(rows), "train_seconds": module.train_seconds, "max_len": max_len,
+             "model": cfg.model.name}
     best = trainer.checkpoint_callback.best_model_path
     if best:
         ckpt = read_checkpoint(best)
@@ -455,7 +449,7 @@ def fit(cfg: Config, out: Path) -> tuple[MaskedDiffusionModule, L.Trainer, dict]
     return module, trainer, facts
 
 
-def evaluate_only(cfg: Config, out: Path) -> tuple[MaskedDiffusionModule, L.Trainer, dict]:
+def evaluate_only(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     """train=false: the checkpoint's model, SIDs and max_len on this config's data."""
     loaded = load_checkpoint(cfg.ckpt_path)
     data = load_dataset(cfg.data_dir)
@@ -464,7 +458,7 @@ def evaluate_only(cfg: Config, out: Path) -> tuple[MaskedDiffusionModule, L.Trai
                           f"was trained on {loaded.sids.shape[1]}; evaluate with the dataset it was trained on")
     run_cfg = loaded.config
     run_cfg.eval = cfg.eval  # decoding settings come from the command line
-    module = MaskedDiffusionModule(run_cfg, loaded.vocab, loaded.sids, loaded.item_ids, loaded.max_len,
+    module = RecommenderModule(run_cfg, loaded.vocab, loaded.sids, loaded.item_ids, loaded.max_len,
                                    _eval_splits(cfg, data))
     module.model.load_state_dict(loaded.model.state_dict())
     trainer = make_trainer(cfg, out, None, fitting=False)

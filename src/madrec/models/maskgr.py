@@ -1,0 +1,24 @@
+"""maskgr: masked diffusion over semantic IDs (method.md §5–7), the method madrec implements.
+
+A bidirectional transformer (madrec.model.MaskedDiffusionLM) denoises masked SID tokens; the
+objective is madrec.diffusion. Decoding may reveal positions in any order, several per call.
+"""
+from __future__ import annotations
+
+from madrec.diffusion import MaskedDiffusion
+from madrec.model import MaskedDiffusionLM
+from madrec.models import Recommender
+
+
+def build_network(cfg, vocab) -> MaskedDiffusionLM:
+    net = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+    # only the last item was ever noised: the model has not learned several masked items at once
+    net.max_next_items = 1 if cfg.diffusion.masking == "next_item" else None
+    return net
+
+
+def build_objective(cfg, vocab) -> MaskedDiffusion:
+    return MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id, vocab.sid_len)
+
+
+RECOMMENDER = Recommender("maskgr", uses_sids=True, build_network=build_network, build_objective=build_objective)

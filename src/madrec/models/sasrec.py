@@ -1,0 +1,25 @@
+"""sasrec: SASRec over item ids with full-softmax cross-entropy (the strongest published variant).
+
+Causal self-attention over the history's item ids; the state after item t scores every item
+in the catalogue as item t+1 (tied item embeddings), trained with cross-entropy over all
+items at every position of a row. Each item is its own one-token "SID" (digit = item index,
+codebook = the catalogue), so the shared tokens, training loop, checkpoints and decoder apply
+unchanged: a beam search over one digit is an exact top-K over every item. Positions are
+rotary (relative) like the other two models rather than SASRec's learned absolute embedding.
+"""
+from __future__ import annotations
+
+from madrec.model import CausalLM
+from madrec.models import Recommender
+from madrec.models.tiger import NextTokenLoss
+
+
+def build_network(cfg, vocab) -> CausalLM:
+    return CausalLM(cfg.model, vocab.size, vocab.pad_id)
+
+
+def build_objective(cfg, vocab) -> NextTokenLoss:
+    return NextTokenLoss(vocab.pad_id)
+
+
+RECOMMENDER = Recommender("sasrec", uses_sids=False, build_network=build_network, build_objective=build_objective)

@@ -1,0 +1,118 @@
+"""Training rows: how users' training sequences become the rows a model trains on.
+
+A row is a window of consecutive items of one user, ending at some item, at most
+`items_per_row` long (left-padded). Three ways to cut them (config key `rows`):
+
+- `truncate`: one row per user, its most recent items (method.md §4; the reference).
+- `windows`: consecutive non-overlapping windows from the most recent end, so long
+  histories contribute every item once.
+- `sliding`: a row ending at every training item (stride 1, rows of >= 2 items), as
+  SASRec-style training sees every transition as a target. Rows are drawn user first, then
+  a row of that user, so a step is not dominated by the few users with long histories.
+
+Rows hold item indices; the model's tokenizer turns a batch into tokens (madrec.train).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from madrec.errors import MadrecError
+
+ROW_MODES = ("truncate", "windows", "sliding")
+PAD_ITEM = -1
+
+
+def step_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, step, rank, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class TrainingRows:
+    """Every row as (user, end) over the concatenated training sequences; batches built on demand."""
+
+    def __init__(self, sequences: Sequence[np.ndarray], items_per_row: int, mode: str):
+        if mode not in ROW_MODES:
+            raise MadrecError(f"config key rows: {mode!r} is not one of {', '.join(ROW_MODES)}")
+        if items_per_row < 1:
+            raise MadrecError(f"rows of {items_per_row} items cannot hold an item")
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        self.items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] + [np.zeros(0, np.int64)])
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
+        self.items_per_row, self.mode = items_per_row, mode
+        ends = [self._ends(n) for n in lengths]
+        counts = np.array([len(e) for e in ends], dtype=np.int64)
+        self.row_user = np.repeat(np.arange(len(lengths)), counts)
+        self.row_end = np.concatenate(ends + [np.zeros(0, np.int64)])  # exclusive, within the user
+        # rows of each user are contiguous: user u owns rows first[u] .. first[u] + counts[u] - 1
+        self.users_with_rows = np.flatnonzero(counts)
+        self.first_row = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else counts
+        self.row_count = counts
+        if len(self.row_end) == 0:
+            raise MadrecError("the training split holds no rows to train on (every user's training sequence "
+                              f"is too short for rows={mode})")
+
+    def _ends(self, n: int) -> np.ndarray:
+        if self.mode == "truncate":
+            return np.array([n] if n else [], dtype=np.int64)
+        if self.mode == "windows":
+            return np.arange(n, 0, -self.items_per_row, dtype=np.int64)
+        return np.arange(2, n + 1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.row_end)
+
+    def batch(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, w) item indices of the given rows, left-padded with PAD_ITEM, w = the longest row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ends = self.row_end[rows]
+        lens = np.minimum(ends, self.items_per_row)
+        width = int(lens.max()) if len(rows) else 0
+        offsets = np.arange(width) - width  # -width .. -1, relative to the row's end
+        idx = (self.starts[self.row_user[rows]] + ends)[:, None] + offsets
+        out = self.items[np.clip(idx, 0, max(len(self.items) - 1, 0))]
+        out[offsets[None, :] < -lens[:, None]] = PAD_ITEM
+        return torch.from_numpy(out)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """`sliding`: users uniformly, then one of the user's rows uniformly (with replacement)."""
+        users = self.users_with_rows[torch.randint(len(self.users_with_rows), (batch_size,), generator=generator)]
+        pick = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy()
+        return torch.from_numpy(self.first_row[users] + (pick * self.row_count[users]).astype(np.int64))
+
+
+class StepSampler:
+    """Yields this rank's share of the global batch of every step from `start_step()` on.
+
+    `truncate` / `windows`: the global batch of step s is slice s % E of a permutation seeded by
+    (seed, s // E), E = steps per epoch (an epoch's remainder is dropped). `sliding`: drawn by
+    `TrainingRows.sample` from a generator seeded by (seed, s). Either way a batch is a fixed
+    function of (seed, step), which makes resumed runs exact.
+    """
+
+    def __init__(self, rows: TrainingRows, batch_size: int, seed: int, rank: int, world: int,
+                 start_step: Callable[[], int]):
+        if len(rows) < world:
+            raise MadrecError(f"{len(rows)} training rows cannot be shared by {world} processes")
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.rank, self.world, self.start_step = rank, world, start_step
+        self.steps_per_epoch = max(1, len(rows) // batch_size)
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def global_batch(self, step: int) -> torch.Tensor:
+        if self.rows.mode == "sliding":
+            g = torch.Generator().manual_seed(step_seed(self.seed, step, 1))
+            return self.rows.sample(self.batch_size, g)
+        epoch, j = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(step_seed(self.seed, epoch))
+            self._perm = (epoch, torch.randperm(len(self.rows), generator=g))
+        return self._perm[1][j * self.batch_size:(j + 1) * self.batch_size]
+
+    def __iter__(self):
+        step = self.start_step()
+        while True:
+            yield self.global_batch(step)[self.rank::self.world]
+            step += 1
