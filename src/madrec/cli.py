@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("madrec.train:cli", "train the masked-diffusion model (key=value config overrides)"),
     "evaluate": ("madrec.evaluate:cli", "evaluate a checkpoint: metrics.json, report.html"),
     "recommend": ("madrec.recommend:cli", "recommend the next items for a history of item ids"),
+    "serve": ("madrec.serve:cli", "serve a checkpoint over HTTP with KServe (V1 and V2 protocols)"),
     "run-local": ("madrec.local_run:cli", "run the whole Kubeflow pipeline locally (KFP local runner)"),
     "submit": ("madrec.submit:cli", "upload and start the pipeline on a KFP endpoint"),
 }
