@@ -25,7 +25,10 @@ def test_round_trip(prepared):
     assert data.num_items == 4 and data.item_texts == ["t1", "t2", "t3", "t4"]
     assert [s.tolist() for s in data.splits["testing"].sequences] == [[0, 1, 2, 3], [1, 2, 3], [3, 2, 1, 0]]
     assert [s.tolist() for s in data.splits["training"].sequences] == [[0, 1], [1], [3, 2]]
-    assert data.splits["evaluation"].user_ids.tolist() == [0, 1, 2]
+    # evaluation rows: the sequence without its last item (target = second-to-last interaction)
+    assert [s.tolist() for s in data.splits["evaluation"].sequences] == [[0, 1, 2], [1, 2], [3, 2, 1]]
+    for split in ("training", "evaluation", "testing"):
+        assert data.splits[split].user_ids.tolist() == [0, 1, 2]
 
 
 def test_prior_system_folder_name_validation_is_accepted(prepared):

@@ -71,6 +71,39 @@ def test_weighted_loss_is_a_weighted_mean_of_cross_entropies():
     assert masked.any() and loss.item() == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-5)
 
 
+def test_weighted_loss_exact_value_with_known_t_and_mask(monkeypatch):
+    """Rows with different t and different numbers of masked tokens, non-uniform logits: the
+    loss is sum_i (1/t_i) sum_j CE_ij / sum_i (1/t_i) n_i, computed by hand here. An unweighted
+    mean, a weight of t instead of 1/t, or a per-row mean all give another number."""
+    diffusion = MaskedDiffusion(DiffusionConfig(t_min=0.0), MASK, PAD, sid_len=1)
+    tokens = torch.tensor([[3, 5, 7], [PAD, PAD, 2]])
+    real_rand = torch.rand
+
+    def rand(*shape, **kw):  # t = (0.25, 0.5); every non-PAD token masked (u = 0 < t)
+        size = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
+        if len(size) == 1:
+            return torch.tensor([0.25, 0.5])
+        if tuple(size) == tuple(tokens.shape):
+            return torch.zeros(size)
+        return real_rand(*shape, **kw)
+
+    monkeypatch.setattr(torch, "rand", rand)
+    # logits: the target token gets logit 2 at row 0, 0 at row 1; all else 0 -> hand-computable CE
+    table = torch.zeros(2, 3, 22)
+    table[0, :, [3, 5, 7]] = torch.eye(3) * 2.0
+    ce_hit = math.log(math.exp(2.0) + 21) - 2.0  # CE of the target with logit 2 among 21 zeros
+    ce_flat = math.log(22)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, noisy, select=None):
+            return table[select]
+
+    loss = diffusion.loss(Fixed(), tokens).item()
+    want = (4 * 3 * ce_hit + 2 * ce_flat) / (4 * 3 + 2 * 1)
+    assert loss == pytest.approx(want, rel=1e-6)
+    assert abs(want - (3 * ce_hit + ce_flat) / 4) > 1e-3  # an unweighted mean would differ
+
+
 def test_next_item_policy_noises_only_the_last_item():
     torch.manual_seed(0)
     diffusion = MaskedDiffusion(DiffusionConfig(masking="next_item"), MASK, PAD, sid_len=3)

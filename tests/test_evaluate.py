@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from toy_lm import RecordingLM, SuccessorLM, random_sids
+from toy_lm import FixedLM, RecordingLM, SuccessorLM, random_sids
 
 from madrec.data import Split
 from madrec.evaluate import evaluate_split, predict_split
@@ -43,10 +44,30 @@ def test_metrics_are_sane_and_independent_of_batch_size():
         assert {k: v for k, v in r.items() if k != "test/users_per_s"} == \
                {k: v for k, v in runs[0].items() if k != "test/users_per_s"}
     m = runs[0]
-    assert 0.5 <= m["test/recall@5"] <= m["test/recall@10"] <= 1.0  # half the users follow the rule
-    assert m["test/ndcg@5"] <= m["test/recall@5"]
     assert m["test/invalid_sid_rate"] == 0 and m["test/duplicate_rate"] == 0
     assert m["test/num_users"] == 40
+
+
+def test_metrics_exact_on_a_constructed_ranking():
+    """A context-free model over the full 4 x 4 catalogue ranks SID (d0, d1) at 4*d0 + d1 + 1
+    for every user; targets are placed at chosen ranks, so every metric is known by hand."""
+    vocab = SIDVocab(2, 4)
+    every = torch.tensor([(a, b) for a in range(4) for b in range(4)])
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    sids = every[perm].t().contiguous()  # item i has the SID ranked perm[i] + 1
+    rank_of = {i: int(perm[i]) + 1 for i in range(16)}
+    item_at = {r: i for i, r in rank_of.items()}
+    logprobs = torch.log_softmax(torch.tensor([[30.0, 20.0, 10.0, 0.0], [3.0, 2.0, 1.0, 0.0]]), -1)
+    model = FixedLM(vocab, logprobs)
+    ranks = [1, 2, 5, 6, 10, 11, 16]
+    split = Split("testing", np.arange(len(ranks)), [np.array([3, item_at[r]]) for r in ranks])
+    m = evaluate_split(model, vocab, sids, split, max_len=6, batch_size=3, progress=False)
+    ndcg = {r: 1 / math.log2(r + 1) for r in ranks}
+    assert m["recall@5"] == pytest.approx(3 / 7, abs=1e-12)
+    assert m["recall@10"] == pytest.approx(5 / 7, abs=1e-12)
+    assert m["ndcg@5"] == pytest.approx((ndcg[1] + ndcg[2] + ndcg[5]) / 7, abs=1e-12)
+    assert m["ndcg@10"] == pytest.approx((ndcg[1] + ndcg[2] + ndcg[5] + ndcg[6] + ndcg[10]) / 7, abs=1e-12)
+    assert m["num_users"] == 7 and m["invalid_sid_rate"] == 0 and m["duplicate_rate"] == 0
 
 
 def test_predictions_keep_user_order():
