@@ -12,7 +12,7 @@ ARGS ?=
 GPUS ?= 1
 
 .PHONY: help setup test test-fast lint-infra train train-gpu evaluate run submit compile-pipeline \
-        build-images push-images lock-images bench clean
+        build-images build-image-cpu build-image-cuda push-images test-images lock-images bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -41,21 +41,53 @@ train-gpu:  ## DDP over $(GPUS) local GPUs via torchrun; ARGS as for train (ckpt
 
 # Container images (docker/): `madrec` (CPU torch) for data/SID steps and the pipeline's
 # launchers, `madrec-cuda` (CUDA torch) for train/evaluate; names as in madrec.images.
+# DOCKER: the container CLI, detected: `docker` when a Docker engine answers, else `podman`
+# (machines without a Docker engine; docker/podman/setup.sh installs it). BUILDER: the build
+# command (`docker build`, or `podman build --isolation chroot`). PYTHON_IMAGE: the base image
+# (default: the Dockerfile's python:3.11.13-slim-bookworm; with podman, the local
+# localhost/python:3.11-bookworm from docker/podman/setup.sh when it exists).
+# CPU_TORCH_WHEEL: a torch CPU wheel file handed to the CPU build instead of CPU_TORCH_INDEX
+# (default: torch-$(TORCH_VERSION)+cpu in pip's find-links folders, when there is one).
 REGISTRY ?= $(or $(MADREC_REGISTRY),ghcr.io/madrec-project)
 TAG ?= $(or $(MADREC_TAG),0.1.0)
-DOCKER ?= docker
+DOCKER ?= $(shell if docker info >/dev/null 2>&1 || ! command -v podman >/dev/null; then echo docker; else echo podman; fi)
+BUILDER ?= $(if $(filter podman,$(notdir $(DOCKER))),$(DOCKER) build --isolation chroot,$(DOCKER) build)
+LOCAL_PYTHON_IMAGE := localhost/python:3.11-bookworm
+PYTHON_IMAGE ?= $(if $(filter podman,$(notdir $(DOCKER))),$(shell podman image exists $(LOCAL_PYTHON_IMAGE) 2>/dev/null && echo $(LOCAL_PYTHON_IMAGE)))
 CPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 CUDA_TORCH_INDEX ?= https://pypi.org/simple
-IMAGE_ARGS = -f docker/Dockerfile --build-arg MADREC_REGISTRY=$(REGISTRY) --build-arg MADREC_TAG=$(TAG)
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' docker/constraints.txt)
+PIP_WHEEL_DIRS = $(PIP_FIND_LINKS) $(shell sed -n 's/^find-links *= *//p' /etc/pip.conf /etc/xdg/pip/pip.conf $(HOME)/.config/pip/pip.conf 2>/dev/null)
+CPU_TORCH_WHEEL ?= $(firstword $(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-cp311-*.whl,$(PIP_WHEEL_DIRS))))
+IMAGE_ARGS = -f docker/Dockerfile --build-arg MADREC_REGISTRY=$(REGISTRY) --build-arg MADREC_TAG=$(TAG) \
+	$(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE))
+CPU_TORCH_ARGS = --build-arg TORCH_INDEX_URL=$(CPU_TORCH_INDEX) $(if $(CPU_TORCH_WHEEL),--build-arg TORCH_WHEEL=$(notdir $(CPU_TORCH_WHEEL)))
 K8S_VERSION ?= 1.32
 
-build-images:  ## build $(REGISTRY)/madrec:$(TAG) and $(REGISTRY)/madrec-cuda:$(TAG)
-	$(DOCKER) build $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(CPU_TORCH_INDEX) -t $(REGISTRY)/madrec:$(TAG) .
-	$(DOCKER) build $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX) -t $(REGISTRY)/madrec-cuda:$(TAG) .
+build-images: build-image-cpu build-image-cuda  ## build $(REGISTRY)/madrec:$(TAG) and $(REGISTRY)/madrec-cuda:$(TAG)
+
+build-image-cpu:  ## build $(REGISTRY)/madrec:$(TAG) (CPU torch: CPU_TORCH_WHEEL when found, else CPU_TORCH_INDEX)
+	$(if $(CPU_TORCH_WHEEL),[ docker/wheels/$(notdir $(CPU_TORCH_WHEEL)) -ef $(CPU_TORCH_WHEEL) ] || ln -f $(CPU_TORCH_WHEEL) docker/wheels/ 2>/dev/null || cp -f $(CPU_TORCH_WHEEL) docker/wheels/)
+	$(BUILDER) $(IMAGE_ARGS) $(CPU_TORCH_ARGS) -t $(REGISTRY)/madrec:$(TAG) .
+
+build-image-cuda:  ## build $(REGISTRY)/madrec-cuda:$(TAG) (CUDA torch from CUDA_TORCH_INDEX)
+	$(BUILDER) $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX) -t $(REGISTRY)/madrec-cuda:$(TAG) .
 
 push-images:  ## push both images (after build-images and `docker login`)
 	$(DOCKER) push $(REGISTRY)/madrec:$(TAG)
 	$(DOCKER) push $(REGISTRY)/madrec-cuda:$(TAG)
+
+# Builds the CPU image and runs every step in containers as the image's user: madrec --help,
+# prepare-data, build-sids (no network), train, evaluate, recommend, one compose service, and
+# the pipeline under kfp's DockerRunner (tests/test_images_build.py). Without a Docker engine
+# it installs podman and makes the base image first (docker/podman/setup.sh, as root).
+test-images:  ## build the CPU image and run every step and the pipeline in containers
+	$(if $(filter podman,$(notdir $(DOCKER))),nice -n 19 docker/podman/setup.sh)
+	nice -n 19 $(BIN)/pip install --quiet $(IMAGE_TEST_PACKAGES)
+	nice -n 19 $(MAKE) --no-print-directory build-image-cpu TAG=$(TAG)
+	MADREC_IMAGE_TESTS=1 MADREC_TEST_IMAGE=$(REGISTRY)/madrec:$(TAG) MADREC_TEST_DOCKER=$(DOCKER) \
+		nice -n 19 $(BIN)/pytest -q -m slow -p no:cacheprovider tests/test_images_build.py
+IMAGE_TEST_PACKAGES ?= docker==7.1.0 podman-compose==1.5.0
 
 lock-images:  ## re-pin docker/constraints.txt from .venv after changing dependencies
 	$(BIN)/python docker/freeze_constraints.py

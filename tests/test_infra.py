@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
 STEPS = {"prepare-data": "madrec", "build-sids": "madrec", "ingest-sids": "madrec",
-         "train": "madrec-cuda", "evaluate": "madrec-cuda", "recommend": "madrec"}
+         "train": "madrec-cuda", "evaluate": "madrec-cuda", "recommend": "madrec", "serve": "madrec"}
 
 _spec = importlib.util.spec_from_file_location("madrec_manifests_validate", REPO / "manifests" / "validate.py")
 manifests = importlib.util.module_from_spec(_spec)
@@ -68,8 +68,14 @@ def test_image_rules(dockerfile):
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
     stages = _stages(dockerfile)
     assert len(stages) >= 2, "multi-stage: build tools stay in the build stage"
+    names = set()
     for stage in stages:
         base = stage[0].split()[1]
+        words = stage[0].split()
+        if len(words) == 4 and words[2].upper() == "AS":
+            names.add(words[3])
+        if base in names - {words[-1]}:  # built on an earlier stage of this file
+            continue
         base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
         assert "@sha256:" in base or re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*", base), \
             f"{dockerfile.name}: base image {base} is not pinned to a digest or an exact version"
@@ -117,13 +123,23 @@ def test_constraints_pin_every_direct_dependency():
 # --- Makefile -------------------------------------------------------------------------------------
 
 def test_make_build_images_uses_the_shared_image_names():
-    proc = _run("make", "-n", "build-images")
+    proc = _run("make", "-n", "build-images", "DOCKER=docker", "CPU_TORCH_WHEEL=")
     assert proc.returncode == 0, proc.stderr
     builds = [line for line in proc.stdout.splitlines() if line.startswith("docker build")]
     tags = [re.search(r" -t (\S+) \.$", line).group(1) for line in builds]
     assert tags == [f"{DEFAULT_REGISTRY}/{name}:{DEFAULT_TAG}" for name in IMAGES]
     assert "whl/cpu" in builds[0] and "whl/cpu" not in builds[1]
-    proc = _run("make", "-n", "build-images", "push-images", "REGISTRY=registry.example/team", "TAG=1.2.3")
+    assert "TORCH_WHEEL" not in proc.stdout and "PYTHON_IMAGE" not in proc.stdout
+    # a local CPU wheel is handed to the CPU build only (copied into the build context)
+    proc = _run("make", "-n", "build-images", "DOCKER=docker", "CPU_TORCH_WHEEL=/w/torch-2.13.0+cpu-cp311-x.whl")
+    builds = [line for line in proc.stdout.splitlines() if line.startswith("docker build")]
+    assert "--build-arg TORCH_WHEEL=torch-2.13.0+cpu-cp311-x.whl" in builds[0] and "TORCH_WHEEL" not in builds[1]
+    assert "docker/wheels/" in proc.stdout
+    # without a Docker engine: podman (build isolation chroot) and the locally made base image
+    proc = _run("make", "-n", "build-images", "DOCKER=podman", "PYTHON_IMAGE=localhost/python:3.11-bookworm")
+    builds = [line for line in proc.stdout.splitlines() if line.startswith("podman build --isolation chroot")]
+    assert len(builds) == 2 and all("--build-arg PYTHON_IMAGE=localhost/python:3.11-bookworm" in b for b in builds)
+    proc = _run("make", "-n", "build-images", "push-images", "DOCKER=docker", "REGISTRY=registry.example/team", "TAG=1.2.3")
     assert "docker push registry.example/team/madrec-cuda:1.2.3" in proc.stdout
     assert "--build-arg MADREC_TAG=1.2.3" in proc.stdout
 
@@ -152,7 +168,8 @@ def test_compose_has_one_service_per_step_on_the_shared_data_volume():
         default = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", service["image"])
         assert default == f"{DEFAULT_REGISTRY}/{STEPS[name]}:{DEFAULT_TAG}"
         (volume,) = service["volumes"]
-        assert (volume["source"], volume["target"]) == ("../data", "/data")  # ./data at the repo root
+        source = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", volume["source"])  # MADREC_DATA_DIR moves it
+        assert (source, volume["target"]) == ("../data", "/data")  # ./data at the repo root
     for name in ("train", "evaluate"):
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
