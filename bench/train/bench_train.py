@@ -26,34 +26,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from madrec import models
 from madrec.config import load_config
 from madrec.data import load_dataset
-from madrec.diffusion import MaskedDiffusion
-from madrec.model import MaskedDiffusionLM
+from madrec.rows import StepSampler, TrainingRows, step_seed
 from madrec.sids import load_sids
 from madrec.tokens import SIDVocab
-from madrec.train import StepSampler, TokenRows, step_seed, training_examples
+from madrec.train import item_tokenizer, resolve_max_len
 
-EXPERIMENTS = {"tiny": "tiny", "reference": "discrete_diffusion_train"}
+EXPERIMENTS = {"tiny": "tiny", "reference": "discrete_diffusion_train"}  # aliases; any experiment name works
 # dense bf16 tensor-core peaks (TFLOP/s) for MFU
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
 
-def rows_for(args, cfg) -> tuple[torch.Tensor, SIDVocab, str]:
+def rows_for(args, cfg) -> tuple[TrainingRows, torch.Tensor, SIDVocab, int, str]:
+    """Training rows, the token table, vocabulary and max_len of the real data (or synthetic rows)."""
+    spec = models.get(cfg.model.name)
     if args.data:
         data = load_dataset(args.data, splits=("training",))
-        sids = load_sids(args.sids, num_items=data.num_items, codebook_size=cfg.codebook_size)
-        vocab = SIDVocab(sid_len=sids.shape[0], codebook_size=cfg.codebook_size)
-        rows = training_examples(data.splits["training"].sequences, vocab.item_tokens(sids), vocab, cfg.max_len)
-        return rows, vocab, f"{Path(args.data).name} training rows"
-    vocab = SIDVocab(sid_len=4, codebook_size=cfg.codebook_size)
-    rng = np.random.default_rng(0)
-    per_row = vocab.items_per_sequence(cfg.max_len)
-    lengths = np.minimum(rng.geometric(1 / 6.9, size=22_363) + 2, per_row) * vocab.sid_len
-    rows = torch.full((len(lengths), cfg.max_len), vocab.pad_id, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        rows[i, cfg.max_len - n:] = torch.from_numpy(rng.integers(0, vocab.mask_id, size=n))
-    return rows, vocab, "synthetic rows (Beauty-like lengths)"
+        sids = load_sids(args.sids, num_items=data.num_items, codebook_size=cfg.codebook_size) if spec.uses_sids else None
+        table = spec.sid_table(sids, data.num_items)
+        sequences, source = data.splits["training"].sequences, f"{Path(args.data).name} training rows"
+    else:
+        rng = np.random.default_rng(0)
+        num_items = 12_101
+        table = spec.sid_table(torch.randint(0, cfg.codebook_size, (4, num_items)), num_items)
+        sequences = [rng.integers(0, num_items, size=n) for n in rng.geometric(1 / 6.9, size=22_363) + 2]
+        source = "synthetic rows (Beauty-like lengths)"
+    vocab = spec.vocab(table, cfg.codebook_size)
+    max_len = resolve_max_len(cfg, sequences, vocab.sid_len)
+    return TrainingRows(sequences, max_len // vocab.sid_len, cfg.rows), table, vocab, max_len, source
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -73,7 +75,8 @@ def machine(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=sorted(EXPERIMENTS), default="tiny")
+    p.add_argument("--model", default="tiny", help="experiment name (tiny, reference, small, tiger_cpu, ...)")
+    p.add_argument("--override", nargs="*", default=[], help="key=value config overrides")
     p.add_argument("--batch-size", type=int, help="default: the experiment's batch_size")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
@@ -89,21 +92,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config([f"experiment={EXPERIMENTS[args.model]}", "data_dir=-", "sid_data_path=-"])
+    cfg = load_config([f"experiment={EXPERIMENTS.get(args.model, args.model)}", "data_dir=-", "sid_data_path=-",
+                       *args.override])
     batch_size = args.batch_size or cfg.batch_size
     device = torch.device(args.device)
-    rows, vocab, source = rows_for(args, cfg)
+    rows, table, vocab, max_len, source = rows_for(args, cfg)
     torch.manual_seed(cfg.seed)
-    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len).to(device).train()
-    diffusion = MaskedDiffusion(cfg.diffusion, vocab.mask_id, vocab.pad_id, vocab.sid_len)
+    model, objective = models.build(cfg, vocab)
+    model.to(device).train()
     forward = torch.compile(model.forward) if args.compile else model.forward
     o = cfg.optim.optimizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
                                   fused=device.type == "cuda" or None)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
-    dataset = TokenRows(rows, vocab.pad_id)
-    batches = iter(StepSampler(len(rows), batch_size, cfg.seed, 0, 1, start_step=lambda: 0))
+    tokenizer = item_tokenizer(vocab, table)
+    batches = iter(StepSampler(rows, batch_size, cfg.seed, 0, 1, start_step=lambda: 0))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     real = padded = flops = 0.0
@@ -111,10 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
         if step == args.warmup:
             sync()
             start = time.perf_counter()
-        batch = dataset[next(batches)].to(device, non_blocking=True)
+        batch = tokenizer[rows.batch(next(batches).numpy())].flatten(1).to(device, non_blocking=True)
         torch.manual_seed(step_seed(cfg.seed, step, 0))
         with autocast:
-            total, norm = diffusion.loss_terms(forward, batch)
+            total, norm = objective.loss_terms(forward, batch)
         (total / norm).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     peak = peak_tflops(device, args.peak_tflops)
     result = {
-        "model": args.model, "params": model.num_parameters(), "batch_size": batch_size, "max_len": cfg.max_len,
+        "model": args.model, "params": model.num_parameters(), "batch_size": batch_size, "max_len": max_len,
         "device": machine(device), "precision": args.precision, "compile": args.compile, "data": source,
         "steps": args.steps, "ms_per_step": 1000 * seconds / args.steps, "tokens_per_s": real / seconds,
         "padded_tokens_per_s": padded / seconds, "tflops": flops / seconds / 1e12,

@@ -69,6 +69,7 @@ class TrainerConfig:
     progress_bar: bool = True
     num_threads: int = 0  # CPU threads for PyTorch; 0 = its default (all cores)
     max_minutes: float = 0.0  # training wall-time budget (validation excluded); 0 = max_steps only
+    length_buckets: int = 1  # split each batch into this many groups of similar row length (less padding)
 
 
 @dataclass
@@ -326,7 +327,8 @@ def validate(cfg: Config) -> None:
              f"must be in [0, 1], got {cfg.diffusion.next_item_prob}")
     for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.d_ff", "batch_size",
                 "codebook_size", "trainer.max_steps", "trainer.val_every_n_steps",
-                "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "eval.beam_size"):
+                "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "trainer.length_buckets",
+                "eval.beam_size"):
         obj = cfg
         for part in key.split("."):
             obj = getattr(obj, part)

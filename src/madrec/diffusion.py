@@ -74,7 +74,7 @@ class NextItemMasking(UniformMasking):
         return super().__call__(maskable & (from_end <= sid_len), prob, sid_len)
 
 
-class MixedMasking(UniformMasking):
+class MixedMasking(NextItemMasking):
     """Each row is noised as next_item with probability `next_item_prob`, else uniformly.
 
     Uniform rows teach the model every item of a row in every context (and several masked

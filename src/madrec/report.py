@@ -55,9 +55,15 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], y_label: str = "",
 
 def line_chart(x: Sequence[float], series: Mapping[str, Sequence[float]], y_label: str = "", x_label: str = "") -> str:
     """One polyline with markers per named series over shared x values; returns SVG."""
-    ys = [float(v) for vals in series.values() for v in vals]
-    y_max = max(ys + [1e-12]) * 1.05
-    x_min, x_max = min(x), max(x)
+    return xy_chart({name: list(zip(x, vals)) for name, vals in series.items()}, y_label, x_label, ticks=x)
+
+
+def xy_chart(series: Mapping[str, Sequence[tuple[float, float]]], y_label: str = "", x_label: str = "",
+             ticks: Sequence[float] | None = None) -> str:
+    """One polyline with markers per named series of (x, y) points (each its own x); returns SVG."""
+    points = [p for pts in series.values() for p in pts]
+    y_max = max([float(y) for _, y in points] + [1e-12]) * 1.05
+    x_min, x_max = min([x for x, _ in points] or [0.0]), max([x for x, _ in points] or [1.0])
     span = (x_max - x_min) or 1.0
 
     def px(v: float) -> float:
@@ -67,13 +73,15 @@ def line_chart(x: Sequence[float], series: Mapping[str, Sequence[float]], y_labe
         return _H - _PAD - (_H - _PAD - 10) * float(v) / y_max
 
     parts = _axis(y_max, y_label, x_label)
-    for xv in x:
+    if ticks is None:
+        ticks = [x_min + span * i / 5 for i in range(6)]
+    for xv in ticks:
         parts.append(f'<text x="{px(xv):.1f}" y="{_H - _PAD + 14}" text-anchor="middle" font-size="10">{xv:g}</text>')
-    for k, (name, vals) in enumerate(series.items()):
+    for k, (name, pts) in enumerate(series.items()):
         color = _COLORS[k % len(_COLORS)]
-        pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, vals))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for a, b in zip(x, vals):
+        line = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in pts)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for a, b in pts:
             parts.append(
                 f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="3" fill="{color}">'
                 f"<title>{html.escape(name)} @ {a:g}: {float(b):.4g}</title></circle>"

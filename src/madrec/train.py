@@ -127,18 +127,32 @@ class RecommenderModule(L.LightningModule):
         self.train_forward = torch.compile(self.model.forward) if cfg.trainer.compile else self.model.forward
         self._tokens_since, self._time_since = 0.0, None
         self.train_seconds = 0.0  # training wall time so far (validation excluded): trainer.max_minutes
+        self.tokens_seen = 0.0  # real (non-PAD) tokens of all training batches so far, every process
 
     # training
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(step_seed(self.cfg.seed, self.global_step, self.global_rank))
         tokens = self.tokenizer[batch].flatten(1)  # item rows (PAD_ITEM = -1 -> PAD tokens)
-        total, norm = self.objective.loss_terms(self.train_forward, tokens)
+        total = norm = 0.0
+        for chunk in self._length_buckets(tokens):
+            chunk_total, chunk_norm = self.objective.loss_terms(self.train_forward, chunk)
+            total, norm = total + chunk_total, norm + chunk_norm
         local = torch.stack([total.detach(), norm.detach(), (tokens != self.vocab.pad_id).sum().to(norm.dtype)])
         glob = self.trainer.strategy.reduce(local.clone(), reduce_op="sum") if self.trainer.world_size > 1 else local
         # DDP averages gradients over ranks: scale so the result is the global batch's gradient
         loss = total * self.trainer.world_size / glob[1].clamp_min(torch.finfo(glob.dtype).tiny)
         self._log_step(glob)
         return loss
+
+    def _length_buckets(self, tokens: torch.Tensor):
+        """The batch's rows by length in `trainer.length_buckets` groups, each trimmed to its
+        longest row: the same loss sums (the objective normalises over the whole batch) for
+        far fewer PAD positions when row lengths vary (sliding rows)."""
+        lengths = (tokens != self.vocab.pad_id).sum(1)
+        order = torch.argsort(lengths, stable=True)
+        for part in order.tensor_split(min(self.cfg.trainer.length_buckets, len(order))):
+            width = max(int(lengths[part].max()), 1)
+            yield tokens[part, -width:]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -149,6 +163,7 @@ class RecommenderModule(L.LightningModule):
     def _log_step(self, glob: torch.Tensor) -> None:
         now = time.perf_counter()
         self._tokens_since += float(glob[2])
+        self.tokens_seen += float(glob[2])
         self.log("train/loss", glob[0] / glob[1].clamp_min(torch.finfo(glob.dtype).tiny), prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         every = self.cfg.trainer.log_every_n_steps
@@ -212,10 +227,12 @@ class RecommenderModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["madrec"] = payload(self.cfg, self.vocab, self.sids, self.item_ids, self.max_len)
-        checkpoint["madrec"]["train_seconds"] = self.train_seconds
+        checkpoint["madrec"].update(train_seconds=self.train_seconds, tokens_seen=self.tokens_seen)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.train_seconds = float(checkpoint.get("madrec", {}).get("train_seconds", 0.0))
+        meta = checkpoint.get("madrec", {})
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        self.tokens_seen = float(meta.get("tokens_seen", 0.0))
 
 
 # --- Lightning plumbing ----------------------------------------------------------------
@@ -439,7 +456,8 @@ def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=one_batch_loader(), ckpt_path=cfg.ckpt_path)
     facts = {"train_wall_s": time.time() - start, "global_step": trainer.global_step,
              "num_parameters": module.model.num_parameters(), "world_size": trainer.world_size,
-             "train_rows": len(rows), "train_seconds": module.train_seconds, "max_len": max_len,
+             "train_rows": len(rows), "train_seconds": module.train_seconds, "tokens_seen": module.tokens_seen,
+             "max_len": max_len,
              "model": cfg.model.name}
     best = trainer.checkpoint_callback.best_model_path
     if best:
