@@ -19,6 +19,7 @@ from pathlib import Path
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Input
 
+from components.compare import compare_models, plan_experiments
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.sids import build_sids, ingest_sids
@@ -102,6 +103,47 @@ def train_and_evaluate(
         _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, **pool)
 
 
+@dsl.pipeline(name="madrec-compare", description="Train several experiments in parallel on the same data and SIDs, "
+              "evaluate each, and publish one comparison table.")
+def compare_experiments(
+    dataset: Input[Dataset],
+    sids: Input[Artifact],
+    experiments: str,
+    train_overrides: str,
+    eval_overrides: str,
+    num_gpus: int,
+    image_tag: str,
+    gpu_node_selector: dict,
+    gpu_tolerations: list,
+):
+    """One branch per experiment in `experiments` (comma-separated), single-node each; then the table."""
+    pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+    plan = plan_experiments(experiments=experiments)
+    plan.set_display_name("plan-experiments")
+    _requests(_use_image(plan, "madrec", image_tag), LAUNCHER_RESOURCES)
+    with dsl.ParallelFor(plan.output, name="each-experiment") as experiment:
+        trained = train(dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_gpus=num_gpus)
+        trained.set_display_name("train")
+        _use_image(trained, "madrec-cuda", image_tag)
+        _on_gpu_pool(trained, num_gpus, gpu_node_selector, gpu_tolerations)
+        evaluated = _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, **pool)
+    table = compare_models(summaries=dsl.Collected(evaluated.outputs["summary"]),
+                           metrics=dsl.Collected(evaluated.outputs["metrics"]))
+    table.set_display_name("compare").set_caching_options(False)
+    _requests(_use_image(table, "madrec", image_tag), LAUNCHER_RESOURCES)
+
+
+def train_evaluate_or_compare(sids, experiments, **downstream):
+    """The steps after the SIDs: one experiment (train_and_evaluate), or several side by side."""
+    with dsl.If(experiments == "", name="one-experiment"):
+        train_and_evaluate(sids=sids, **downstream).set_display_name("train-and-evaluate")
+    with dsl.Else(name="compare-experiments"):
+        keep = ("dataset", "train_overrides", "eval_overrides", "num_gpus", "image_tag", "gpu_node_selector",
+                "gpu_tolerations")
+        compare_experiments(sids=sids, experiments=experiments, **{k: downstream[k] for k in keep}) \
+            .set_display_name("compare-experiments")
+
+
 @dsl.pipeline(
     name="madrec",
     description="Masked-diffusion recommender on semantic IDs: prepare data, semantic IDs "
@@ -118,6 +160,7 @@ def madrec_pipeline(
     sid_codebook_size: int = 256,
     sid_seed: int = 42,
     experiment: str = "discrete_diffusion_train",
+    experiments: str = "",
     train_overrides: str = "",
     eval_overrides: str = "",
     num_gpus: int = 1,
@@ -130,7 +173,8 @@ def madrec_pipeline(
     """Parameters: `dataset` (ml-1m | sequences | interactions) read from `source` (+ `items`
     for the item texts); `sid_uri` a GRID SID file to ingest instead of building SIDs with
     `sid_*`; `experiment` and `train_overrides` (`key=value ...`) for `madrec train`,
-    `eval_overrides` for `madrec evaluate`; `num_gpus` on one node, or `num_nodes` > 1 nodes
+    `eval_overrides` for `madrec evaluate`; `experiments` (comma-separated, e.g.
+    `small,tiger_cpu,sasrec_cpu`) trains those side by side instead and publishes one table; `num_gpus` on one node, or `num_nodes` > 1 nodes
     with `gpus_per_node` each (Kubeflow Trainer); `image_tag` of the madrec images;
     `gpu_node_selector` / `gpu_tolerations` place the GPU steps on the GPU node pool."""
     prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
@@ -146,14 +190,14 @@ def madrec_pipeline(
         ingested = ingest_sids(source=sid_uri, dataset=data)
         ingested.set_display_name("ingest-sids")
         _requests(_use_image(ingested, "madrec", image_tag), CPU_STEP_RESOURCES)
-        train_and_evaluate(sids=ingested.outputs["sids"], **downstream).set_display_name("train-and-evaluate")
+        train_evaluate_or_compare(ingested.outputs["sids"], experiments, **downstream)
     with dsl.Else(name="sids-from-text"):
         built = build_sids(
             dataset=data, encoder=sid_encoder, levels=sid_levels, codebook_size=sid_codebook_size, seed=sid_seed
         )
         built.set_display_name("build-sids")
         _requests(_use_image(built, "madrec", image_tag), CPU_STEP_RESOURCES)
-        train_and_evaluate(sids=built.outputs["sids"], **downstream).set_display_name("train-and-evaluate")
+        train_evaluate_or_compare(built.outputs["sids"], experiments, **downstream)
 
 
 def _sorted_keys(value):

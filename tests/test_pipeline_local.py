@@ -100,3 +100,43 @@ def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypat
     # same data, same SIDs, same seed: the same model and the same metrics
     assert json.loads((second / "metrics.json").read_text()) | {"test/users_per_s": 0} == (
         metrics | {"test/users_per_s": 0})
+
+
+@pytest.mark.slow
+def test_local_pipeline_compares_models_on_beauty_slice(shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "beauty"
+    data.mkdir()
+    lines = (shared_data / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:SLICE_USERS]
+    (data / "Beauty.txt").write_text("\n".join(lines) + "\n")
+    (data / "items.jsonl.gz").symlink_to(shared_data / "amazon_beauty" / "items.jsonl.gz")
+    out = tmp_path / "runs"
+    experiments = ["tiny", "tiger_cpu", "sasrec_cpu"]
+
+    assert cli(["--data", str(data), "--out", str(out), "--param", f"experiments={','.join(experiments)}",
+                *FAST]) == 0
+    printed = capsys.readouterr().out
+    results = (out / "latest").resolve()
+    run_dir = results.parent
+    assert _tasks(run_dir) == {"prepare-data", "build-sids", "plan-experiments", "train", "evaluate",
+                               "compare-models"}
+    # one evaluation per experiment, each on the same users, each a different model
+    evaluated = {}
+    for output in run_dir.glob("evaluate*/executor_output.json"):
+        artifacts = json.loads(output.read_text())["artifacts"]
+        summary = open(artifacts["summary"]["artifacts"][0]["uri"]).read()
+        name = next(e for e in experiments if f"experiment `{e}`" in summary)
+        evaluated[name] = json.loads(open(artifacts["metrics"]["artifacts"][0]["uri"]).read())
+    assert sorted(evaluated) == sorted(experiments)
+    users = {m["test/num_users"] for m in evaluated.values()}
+    assert len(users) == 1
+    for metrics in evaluated.values():
+        _check_metrics(metrics, int(next(iter(users))))
+    table = (results / "comparison.md").read_text()
+    comparison = json.loads((results / "comparison.json").read_text())
+    for name, metrics in evaluated.items():
+        assert comparison[f"{name}/test/recall@10"] == pytest.approx(metrics["test/recall@10"])
+        assert f"| {name} | {metrics['test/recall@5']:.4f} | {metrics['test/ndcg@5']:.4f} | " \
+               f"{metrics['test/recall@10']:.4f} |" in table
+    assert "| most popular |" in table and table in printed
+    assert (results / "comparison.html").read_text().lstrip().lower().startswith("<!doctype html")

@@ -218,5 +218,59 @@ def evaluate_step(model, dataset, split: str, overrides: str, num_gpus: int,
     info = json.loads((Path(dataset.path) / "dataset.json").read_text())
     write_text_atomic(summary.path, summary_markdown(info, model.metadata, split, values))
     lineage = {k: model.metadata.get(k, "") for k in ("sids", "sid_report", "run")}
-    summary.metadata.update({**lineage, "dataset": dataset.uri, "model": model.uri})
+    summary.metadata.update({**lineage, "dataset": dataset.uri, "model": model.uri,
+                             "experiment": model.metadata.get("experiment", "")})
     return values
+
+
+def experiment_list(text: str) -> list[str]:
+    """`a,b, c` -> ["a", "b", "c"]; every name must be a known experiment (checked up front)."""
+    from madrec.config import experiment_path
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise MadrecError("experiments: expected comma-separated experiment names, e.g. small,tiger_cpu,sasrec_cpu")
+    if len(set(names)) != len(names):
+        raise MadrecError(f"experiments={text!r}: an experiment is listed twice")
+    for name in names:
+        experiment_path(name)
+    return names
+
+
+COMPARED = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "num_users", "invalid_sid_rate", "duplicate_rate")
+
+
+def comparison_rows(entries: list[tuple[str, dict[str, float]]]) -> list[dict]:
+    """One row per experiment (test metrics) plus the most-popular baseline, best Recall@10 first."""
+    rows = [{"experiment": name, **{k: values.get(f"test/{k}", float("nan")) for k in COMPARED}}
+            for name, values in entries]
+    rows.sort(key=lambda r: -r["recall@10"])
+    if entries:
+        pop = entries[0][1]
+        rows.append({"experiment": "most popular",
+                     **{k: pop.get(f"test/most_popular/{k}", float("nan")) for k in COMPARED[:4]}})
+    return rows
+
+
+def compare_step(summaries, metrics, table, report, comparison) -> list[dict]:
+    """The comparison branch's last step: a Markdown and an HTML table, and flat metrics."""
+    from madrec import report as html
+
+    entries = []
+    for summary, values in zip(summaries, metrics):
+        # the summary names its experiment (summary_markdown): "model: experiment `NAME`"
+        found = re.search(r"experiment `([^`]+)`", Path(summary.path).read_text())
+        name = summary.metadata.get("experiment") or (found[1] if found else Path(summary.path).parent.name)
+        entries.append((name, json.loads(Path(values.path).read_text())))
+    rows = comparison_rows(entries)
+    head = ["experiment", *COMPARED[:4]]
+    lines = ["### madrec — models compared on the test split", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join([r["experiment"]] + [f"{r.get(k, float('nan')):.4f}" for k in head[1:]]) + " |")
+    write_text_atomic(table.path, "\n".join(lines) + "\n")
+    write_text_atomic(report.path, html.html_page("madrec: models compared", [("Test split", html.table_html(rows))]))
+    flat = {f"{r['experiment']}/test/{k}": r[k] for r in rows if r["experiment"] != "most popular"
+            for k in COMPARED[:4]}
+    publish_metrics(comparison, flat)
+    return rows

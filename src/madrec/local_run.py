@@ -231,6 +231,18 @@ def run_pipeline(arguments: dict, out: Path, cache_root: Path | None, pipeline_f
     return runs[0]
 
 
+COMPARISON_LINKS = {"comparison.md": "table", "comparison.html": "report", "comparison.json": "comparison"}
+
+
+def collect_comparison(run_dir: Path) -> dict[str, str] | None:
+    """The compare step's outputs (a run with the `experiments` parameter), else None."""
+    outputs = sorted(run_dir.glob("compare-models*/executor_output.json"))
+    if not outputs:
+        return None
+    artifacts = json.loads(outputs[-1].read_text())["artifacts"]
+    return {name: entry["artifacts"][0]["uri"] for name, entry in artifacts.items()}
+
+
 def collect_results(run_dir: Path) -> dict[str, str]:
     """Output name -> local path of a finished run: the evaluate step's outputs plus the
     lineage it records (dataset, SIDs, model, ...; these may come from cached earlier runs)."""
@@ -244,10 +256,10 @@ def collect_results(run_dir: Path) -> dict[str, str]:
     return found
 
 
-def link_results(results: dict[str, str], folder: Path) -> Path:
+def link_results(results: dict[str, str], folder: Path, links: dict[str, str] = RESULT_LINKS) -> Path:
     """Symlink every result under `folder` with a conventional file name."""
     folder.mkdir(parents=True, exist_ok=True)
-    for link_name, key in RESULT_LINKS.items():
+    for link_name, key in links.items():
         if key in results:
             link = folder / link_name
             if link.is_symlink() or link.exists():
@@ -298,14 +310,19 @@ def cli(argv: list[str]) -> int:
     print(f"madrec run-local: {spec.describe()} | experiment {args.experiment} | outputs under {out}", flush=True)
     start = time.perf_counter()
     run_dir = run_pipeline(arguments, out, cache_root, args.pipeline_file)
-    results = collect_results(run_dir)
-    folder = link_results(results, run_dir / "results")
+    comparison = collect_comparison(run_dir)
+    if comparison is not None:
+        results, links, table = comparison, COMPARISON_LINKS, comparison["table"]
+    else:
+        results = collect_results(run_dir)
+        links, table = RESULT_LINKS, results["summary"]
+    folder = link_results(results, run_dir / "results", links)
     _point_latest(out, folder)
     minutes, seconds = divmod(int(time.perf_counter() - start), 60)
     print(f"\nmadrec run-local: finished in {minutes}m{seconds:02d}s; artifacts in {out / 'latest'} -> {folder}")
-    for link_name in RESULT_LINKS:
+    for link_name in links:
         if (folder / link_name).is_symlink():
             print(f"  {link_name:<20} {os.readlink(folder / link_name)}")
     print()
-    print(Path(results["summary"]).read_text())
+    print(Path(table).read_text())
     return 0
