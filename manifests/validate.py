@@ -7,6 +7,10 @@
 - References between them: the TrainJob's runtime, and the volume claim, config map and service
   account the runtime's pods use, exist in the same overlay; the shared volume is mounted where
   the launcher stages inputs.
+- Serving (serving/cpu, serving/gpu): the KServe InferenceService against the v1beta1 API of the
+  `kserve` SDK (its OpenAPI-generated models, strict: unknown fields and wrong types are errors)
+  and its predictor's pod fields against Kubernetes (madrec.deploy.validate_inferenceservice);
+  the deploy step's Role may get/create/update InferenceServices and is bound.
 
 Usage: python manifests/validate.py [--kubernetes-version 1.32] [OVERLAY_DIR ...]
 Exit status 1 with one line per problem.
@@ -41,6 +45,11 @@ def check_schemas(docs: list[dict], k8s_version: str) -> list[str]:
     problems = []
     for doc in docs:
         label = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+        if str(doc.get("apiVersion", "")).startswith("serving.kserve.io/"):
+            from madrec.deploy import validate_inferenceservice
+
+            problems += validate_inferenceservice(doc, k8s_version)
+            continue
         if str(doc.get("apiVersion", "")).startswith(GROUP + "/"):
             try:
                 validate_trainer_object(doc)
@@ -100,13 +109,56 @@ def check_references(docs: list[dict]) -> list[str]:
     return problems
 
 
+def check_serving(docs: list[dict]) -> list[str]:
+    """One InferenceService with a model to fetch; the deploy step's Role is granted and bound."""
+    from madrec.deploy import CONTAINER, PLURAL
+
+    problems = []
+    services = [d for d in docs if d["kind"] == "InferenceService"]
+    if len(services) != 1:
+        problems.append(f"expected one InferenceService, found {len(services)}")
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    granted = [name for name, role in roles.items() for rule in role.get("rules", [])
+               if PLURAL in rule.get("resources", []) and {"get", "create", "update"} <= set(rule.get("verbs", []))]
+    if not granted:
+        problems.append("no Role lets the deploy step get/create/update inferenceservices")
+    bound = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["name"] in granted]
+    if granted and not bound:
+        problems.append(f"Role {granted[0]} is not bound to any service account")
+    for svc in services:
+        container = (svc["spec"]["predictor"].get("containers") or [{}])[0]
+        if container.get("name") == CONTAINER and container.get("args", [None])[0] != "serve":
+            problems.append(f"InferenceService {svc['metadata']['name']}: the container must run `madrec serve` "
+                            "(args starting with serve; the image's entrypoint is madrec)")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kubernetes-version", default="1.32")
     parser.add_argument("overlays", nargs="*", type=Path)
     args = parser.parse_args(argv)
     overlays = args.overlays or sorted(p for p in (HERE / "overlays").iterdir() if p.is_dir())
+    serving = [p for p in overlays if (HERE / "serving") in p.resolve().parents]
+    overlays = [p for p in overlays if p not in serving]
+    if not args.overlays:
+        serving = sorted(p for p in (HERE / "serving").iterdir() if p.is_dir() and p.name != "base")
     failed = False
+    for variant in serving:
+        try:
+            docs = render(variant)
+        except RuntimeError as exc:
+            print(exc)
+            failed = True
+            continue
+        problems = check_schemas(docs, args.kubernetes_version) + check_serving(docs)
+        for problem in problems:
+            print(f"{variant}: {problem}")
+        failed |= bool(problems)
+        if not problems:
+            kinds = ", ".join(sorted({d["kind"] for d in docs}))
+            print(f"{variant}: {len(docs)} serving objects pass the KServe v1beta1 API of the kserve SDK "
+                  f"and Kubernetes {args.kubernetes_version} ({kinds})")
     for overlay in overlays:
         try:
             docs = render(overlay)

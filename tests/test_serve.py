@@ -281,3 +281,118 @@ def test_checkpoint_folder_is_resolved(tmp_path, ckpt):
     (one / "other.ckpt").write_bytes(b"x")
     with pytest.raises(MadrecError, match="exactly one file"):
         resolve_checkpoint(str(one))
+
+
+# --- deployment: the InferenceService and the pipeline's deploy step ------------------------------
+
+def test_inferenceservice_manifests_are_the_deploy_steps_object_and_validate():
+    import shutil
+
+    import yaml
+
+    from madrec.deploy import build_inferenceservice, validate_inferenceservice
+
+    if shutil.which("kubectl") is None:
+        pytest.fail("kubectl not found: it renders the kustomize folders (apt-get install kubectl)")
+    repo = Path(__file__).resolve().parents[1]
+    for variant, gpu in (("cpu", False), ("gpu", True)):
+        out = subprocess.run(["kubectl", "kustomize", str(repo / "manifests" / "serving" / variant)],
+                             capture_output=True, text=True, check=True).stdout
+        (svc,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "InferenceService"]
+        assert validate_inferenceservice(svc) == []
+        built = build_inferenceservice(svc["metadata"]["name"], gpu=gpu, namespace="kubeflow")
+        assert svc == built  # the YAML and what the deploy step creates are one object
+    proc = subprocess.run([sys.executable, str(repo / "manifests" / "validate.py"),
+                           str(repo / "manifests" / "serving" / "cpu"), str(repo / "manifests" / "serving" / "gpu")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.count("serving objects pass") == 2, proc.stdout + proc.stderr
+
+
+def test_inferenceservice_validation_names_the_problems():
+    import copy
+
+    from madrec.deploy import build_inferenceservice, validate_inferenceservice
+
+    good = build_inferenceservice("madrec", "gs://b/m")
+    bad = copy.deepcopy(good)
+    bad["spec"]["predictor"]["minReplica"] = 1  # typo of minReplicas
+    bad["spec"]["predictor"]["maxReplicas"] = "4"
+    bad["spec"]["predictor"]["containers"][0]["imagePullPolicy"] = 3
+    bad["spec"]["predictor"]["containers"][0]["env"] = []
+    problems = "\n".join(validate_inferenceservice(bad))
+    assert "spec.predictor: unknown field 'minReplica'" in problems
+    assert "spec.predictor.maxReplicas: expected int" in problems
+    assert "imagePullPolicy" in problems and "STORAGE_URI" in problems
+    with pytest.raises(MadrecError, match="DNS label"):
+        build_inferenceservice("Madrec_Model")
+
+
+class FakeCustomObjects:
+    """kubernetes.client.CustomObjectsApi, in memory."""
+
+    def __init__(self):
+        self.objects, self.calls = {}, []
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        from kubernetes.client.rest import ApiException
+
+        self.calls.append("get")
+        if (namespace, name) not in self.objects:
+            raise ApiException(status=404, reason="Not Found")
+        return self.objects[(namespace, name)]
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
+        self.calls.append("create")
+        self.objects[(namespace, body["metadata"]["name"])] = {**body, "metadata": {**body["metadata"],
+                                                                                   "resourceVersion": "1"}}
+
+    def replace_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        self.calls.append("replace")
+        assert body["metadata"]["resourceVersion"] == self.objects[(namespace, name)]["metadata"]["resourceVersion"]
+        self.objects[(namespace, name)] = {**body, "metadata": {**body["metadata"], "resourceVersion": "2"}}
+
+
+def test_deploy_step_creates_then_updates_only_above_the_threshold(tmp_path):
+    from madrec.deploy import deploy_step
+
+    metrics = tmp_path / "metrics"
+    metrics.write_text(json.dumps({"test/recall@10": 0.042, "test/ndcg@10": 0.02}))
+    api = FakeCustomObjects()
+    low = deploy_step("gs://root/run/train/model", str(metrics), {}, 0.05, "madrec", "team", api=api)
+    assert low.startswith("skipped") and "0.0420 < threshold 0.0500" in low and api.calls == []
+    first = deploy_step("gs://root/run1/train/model", str(metrics), {}, 0.04, "madrec", "team", api=api)
+    assert first.startswith("deployed") and "team/madrec created" in first
+    second = deploy_step("gs://root/run2/train/model", str(metrics), {}, 0.04, "madrec", "team", gpu=True,
+                         tag="1.2.3", api=api)
+    assert "updated" in second and api.calls == ["get", "create", "get", "replace"]
+    svc = api.objects[("team", "madrec")]
+    container = svc["spec"]["predictor"]["containers"][0]
+    assert {"name": "STORAGE_URI", "value": "gs://root/run2/train/model"} in container["env"]
+    assert container["image"].endswith("/madrec-cuda:1.2.3") and container["resources"]["limits"]["nvidia.com/gpu"]
+    # metrics from the artifact's metadata when the file is missing; a clear error without them
+    assert deploy_step("gs://m", str(tmp_path / "none"), {"test/recall@10": 0.5}, 0.1, "madrec", "team",
+                       api=api).startswith("deployed")
+    with pytest.raises(MadrecError, match="no 'test/recall@10'"):
+        deploy_step("gs://m", str(tmp_path / "none"), {"val/recall@10": 0.5}, 0.1, "madrec", "team", api=api)
+    with pytest.raises(MadrecError, match="not a storage URI"):
+        deploy_step("/local/model", str(metrics), {}, 0.0, "madrec", "team", api=api)
+
+
+def test_deploy_component_compiles(tmp_path):
+    from kfp import compiler, dsl
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from components.deploy import deploy
+
+    @dsl.pipeline(name="deploy-check")
+    def pipe():  # no parameters: this file's `from __future__ import annotations` would stringify them
+        model = dsl.importer(artifact_uri="gs://b/run/train/model", artifact_class=dsl.Model)
+        metrics = dsl.importer(artifact_uri="gs://b/run/evaluate/metrics", artifact_class=dsl.Metrics)
+        deploy(model=model.output, metrics=metrics.output, min_recall_at_10=0.05,
+               service_name="madrec", namespace="", use_gpu=False, image_tag="0.1.0")
+
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipe, str(out))
+    text = out.read_text()
+    assert "comp-deploy" in text and "min_recall_at_10" in text and "madrec-project/madrec:" in text
