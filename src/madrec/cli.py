@@ -5,6 +5,7 @@ Verbs are imported lazily so `madrec --help` stays fast and a step's heavy depen
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -46,10 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     module_name, func_name = VERBS[verb][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:
-        return int(func(rest) or 0)
+        with _torch_threads():
+            return int(func(rest) or 0)
     except MadrecError as exc:
         print(f"madrec {verb}: error: {exc}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _torch_threads():
+    """Size torch's CPU thread pool for this step (madrec.threads) when the verb uses torch;
+    restored afterwards, for callers that run several verbs in one process (tests)."""
+    if "torch" not in sys.modules:  # prepare-data, submit, run-local: no torch in this process
+        yield
+        return
+    import torch
+
+    from madrec import threads
+
+    before = torch.get_num_threads()
+    threads.configure()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 if __name__ == "__main__":
