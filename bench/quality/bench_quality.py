@@ -67,7 +67,7 @@ def train_command(args, experiment: str, out: Path) -> list[str]:
 def run_all(args, runs: Path) -> dict[str, dict]:
     """Train every experiment (args.jobs at a time); return experiment -> summary.json."""
     pending = list(args.experiments)
-    active: list[tuple[str, subprocess.Popen, object]] = []
+    active: list[tuple[str, subprocess.Popen, object, list[int]]] = []
     cores = sorted(os.sched_getaffinity(0))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     while pending or active:
@@ -81,17 +81,19 @@ def run_all(args, runs: Path) -> dict[str, dict]:
                 import shutil
                 shutil.rmtree(out)
             cmd = train_command(args, exp, out)
-            if args.jobs > 1:
-                slot = len(active) % len(cores)
-                cmd = ["taskset", "-c", ",".join(map(str, cores[slot * args.threads:(slot + 1) * args.threads]
-                                                    or cores)), *cmd]
+            if args.jobs > 1:  # pin to cores no running training holds
+                busy = {c for _, _, _, held in active for c in held}
+                held = [c for c in cores if c not in busy][:args.threads] or cores
+                cmd = ["taskset", "-c", ",".join(map(str, held)), *cmd]
+            else:
+                held = cores
             out.mkdir(parents=True)
             log = (out / "train.log").open("w")
             print(f"[{exp}] {' '.join(cmd)}", flush=True)
-            active.append((exp, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            active.append((exp, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, held))
         time.sleep(5)
         for item in list(active):
-            exp, proc, log = item
+            exp, proc, log, _ = item
             if proc.poll() is not None:
                 log.close()
                 active.remove(item)

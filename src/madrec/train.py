@@ -399,7 +399,7 @@ def _load_sids(cfg: Config, spec: models.Recommender, num_items: int, resume: di
 
 def resolve_max_len(cfg: Config, sequences: list[np.ndarray], sid_len: int) -> int:
     """max_len in tokens; 0 (auto) sizes rows from the data: the training histories of 90% of
-    users fit whole, plus the next item, capped at AUTO_MAX_ITEMS items (docs/method-as-implemented)."""
+    users fit whole, plus the next item, capped at AUTO_MAX_ITEMS items (docs/method.md)."""
     if cfg.max_len:
         items = cfg.max_len // sid_len
     else:
