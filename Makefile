@@ -12,7 +12,7 @@ ARGS ?=
 GPUS ?= 1
 
 .PHONY: help setup test test-fast lint-infra train train-gpu evaluate run submit compile-pipeline \
-        build-images build-image-cpu build-image-cuda push-images test-images lock-images bench clean
+        build-images build-image-cpu build-image-cuda push-images test-images lock-images bench-sids bench-quality clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -120,3 +120,12 @@ compile-pipeline:  ## recompile pipelines/madrec_pipeline.yaml (images from REGI
 SID_DATA ?= data/beauty
 bench-sids:  ## SID quality vs random SIDs + RK-Means speed/memory -> bench/sids/results.json; SID_DATA=prepared Beauty
 	$(BIN)/python bench/sids/bench_sids.py all --data $(SID_DATA) --embeddings $(SID_DATA)_sids/embeddings.pt
+
+# Equal-budget quality benchmark (bench/quality): masked diffusion vs tiger vs sasrec.
+SIDS ?=
+BUDGET ?= 30m
+JOBS ?= 1
+EXPERIMENTS ?= small,tiger_cpu,sasrec_cpu
+bench-quality:  ## train EXPERIMENTS for BUDGET each on DATA (prepared) + SIDS -> bench/quality/results.md, curves.html
+	$(BIN)/python bench/quality/bench_quality.py --data "$(DATA)" --sids "$(SIDS)" --budget $(BUDGET) \
+		--experiments $(EXPERIMENTS) --jobs $(JOBS) $(ARGS)
