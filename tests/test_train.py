@@ -22,7 +22,7 @@ from madrec.train import lr_factor, run
 from planted import planted_dataset
 
 # small and single-threaded: the planted rule is learned in well under a minute on a shared CPU
-ARGS = ["experiment=tiny", "codebook_size=8", "batch_size=64", "max_len=30", "optim.scheduler.warmup_steps=20",
+ARGS = ["experiment=tiny", "trainer.max_minutes=0", "codebook_size=8", "batch_size=64", "max_len=30", "optim.scheduler.warmup_steps=20",
         "model.dropout=0", "trainer.num_threads=1", "trainer.progress_bar=false", "eval.val_max_users=0"]
 
 

@@ -97,6 +97,7 @@ class Config:
     seed: int = 42
     batch_size: int = 2048  # sequences per optimiser step, over all processes together
     max_len: int = 120  # tokens per sequence, history plus the next item; 0 = from the data (auto)
+    auto_max_items: int = 50  # max_len=0: rows of at most this many items
     rows: str = "truncate"  # how training sequences become rows: truncate | windows | sliding (madrec.rows)
     codebook_size: int = 256
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -328,6 +329,7 @@ def validate(cfg: Config) -> None:
     for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.d_ff", "batch_size",
                 "codebook_size", "trainer.max_steps", "trainer.val_every_n_steps",
                 "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "trainer.length_buckets",
+                "auto_max_items",
                 "eval.beam_size"):
         obj = cfg
         for part in key.split("."):

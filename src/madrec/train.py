@@ -51,7 +51,6 @@ from madrec.tokens import SIDVocab
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-AUTO_MAX_ITEMS = 50  # max_len=0: rows of at most this many items (SASRec's setting on Amazon data)
 
 
 def item_tokenizer(vocab: SIDVocab, sids: torch.Tensor) -> torch.Tensor:
@@ -399,12 +398,12 @@ def _load_sids(cfg: Config, spec: models.Recommender, num_items: int, resume: di
 
 def resolve_max_len(cfg: Config, sequences: list[np.ndarray], sid_len: int) -> int:
     """max_len in tokens; 0 (auto) sizes rows from the data: the training histories of 90% of
-    users fit whole, plus the next item, capped at AUTO_MAX_ITEMS items (docs/method.md)."""
+    users fit whole, plus the next item, capped at `auto_max_items` items (docs/method.md)."""
     if cfg.max_len:
         items = cfg.max_len // sid_len
     else:
         lengths = np.array([len(s) for s in sequences] or [1])
-        items = min(AUTO_MAX_ITEMS, int(np.ceil(np.percentile(lengths, 90))) + 1)
+        items = min(cfg.auto_max_items, int(np.ceil(np.percentile(lengths, 90))) + 1)
     if items < 2:
         raise MadrecError(f"config key max_len: {cfg.max_len} tokens hold less than one history item plus "
                           f"the next item at {sid_len} tokens per item")
