@@ -346,7 +346,7 @@ def evaluate_checkpoint(args: EvaluateArgs) -> dict[str, float]:
         compared["unconstrained"] = free
         metrics.update(summarize(free, args.ks, f"{prefix}/unconstrained"))
     sweep = {}
-    if args.sweep:
+    if args.sweep and not getattr(loaded.model, "causal", False):  # a causal model reveals one position per call
         for calls in sorted({-(-H // k) for k in range(1, H + 1)}, reverse=True):
             k = -(-H // calls)
             if calls == main.model_calls:
@@ -415,9 +415,9 @@ def build_report(args, loaded, split, prefix, main, pop_items, compared, sweep, 
         r["users/s"] = metrics.get(f"{key}/users_per_s", "")
         return r
 
-    rows = [row(f"madrec (constrained, {args.order}, {main.model_calls} model calls)", prefix)]
+    rows = [row(f"{loaded.config.model.name} (constrained, {args.order}, {main.model_calls} model calls)", prefix)]
     if "unconstrained" in compared:
-        rows.append(row("madrec unconstrained", f"{prefix}/unconstrained"))
+        rows.append(row(f"{loaded.config.model.name} unconstrained", f"{prefix}/unconstrained"))
     rows.append(row("most popular", f"{prefix}/most_popular"))
     sections = [("Metrics", report.table_html(rows)),
                 ("Recall@K and NDCG@K", report.line_chart(cut, curve, "metric", "K"))]
