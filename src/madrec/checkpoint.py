@@ -16,7 +16,7 @@ import torch
 from madrec.config import Config, config_from_dict
 from madrec.errors import MadrecError
 from madrec.io import fetch
-from madrec.model import MaskedDiffusionLM
+from madrec import models
 from madrec.tokens import SIDVocab
 
 FORMAT = "madrec.checkpoint/1"
@@ -25,7 +25,7 @@ WEIGHTS_PREFIX = "model."
 
 @dataclass
 class Loaded:
-    model: MaskedDiffusionLM  # in eval mode
+    model: torch.nn.Module  # in eval mode; which recommender: config.model.name
     vocab: SIDVocab
     sids: torch.Tensor  # (H, N) int64
     item_ids: list[str]  # item index -> original id
@@ -38,6 +38,7 @@ def payload(cfg: Config, vocab: SIDVocab, sids: torch.Tensor, item_ids: list[str
     """The `madrec` entry added to every checkpoint (plain types only: loads with weights_only)."""
     return {
         "format": FORMAT,
+        "model": cfg.model.name,  # the recommender (madrec.models); the config says it too
         "config": cfg.to_dict(),
         "sid_len": vocab.sid_len,
         "codebook_size": vocab.codebook_size,
@@ -108,7 +109,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Loaded:
     meta = ckpt["madrec"]
     cfg = config_from_dict(meta["config"], f"{path} (saved config)")
     vocab = SIDVocab(sid_len=int(meta["sid_len"]), codebook_size=int(meta["codebook_size"]))
-    model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+    model, _ = models.build(cfg, vocab)
     try:
         model.load_state_dict(model_weights(ckpt))
     except RuntimeError as exc:
