@@ -43,16 +43,22 @@ def _check_metrics(metrics: dict, num_users: int) -> None:
     assert metrics["test/invalid_sid_rate"] == 0.0 and metrics["test/duplicate_rate"] == 0.0
 
 
-@pytest.mark.slow
-def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypatch):
-    # one cache for both runs even if the checkout is edited meanwhile (shared working trees)
-    monkeypatch.setattr(local_run, "code_fingerprint", lambda: "test")
-    monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))  # the steps inherit it
+def beauty_slice(shared_data, tmp_path):
+    """A folder with the first SLICE_USERS lines of Beauty.txt and the items file."""
     data = tmp_path / "beauty"
     data.mkdir()
     lines = (shared_data / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:SLICE_USERS]
     (data / "Beauty.txt").write_text("\n".join(lines) + "\n")
     (data / "items.jsonl.gz").symlink_to(shared_data / "amazon_beauty" / "items.jsonl.gz")
+    return data
+
+
+@pytest.mark.slow
+def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypatch):
+    # one cache for both runs even if the checkout is edited meanwhile (shared working trees)
+    monkeypatch.setattr(local_run, "code_fingerprint", lambda: "test")
+    monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))  # the steps inherit it
+    data = beauty_slice(shared_data, tmp_path)
     out = tmp_path / "runs"
 
     assert cli(["--data", str(data), "--out", str(out), *FAST]) == 0
@@ -105,11 +111,7 @@ def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypat
 @pytest.mark.slow
 def test_local_pipeline_compares_models_on_beauty_slice(shared_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "beauty"
-    data.mkdir()
-    lines = (shared_data / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:SLICE_USERS]
-    (data / "Beauty.txt").write_text("\n".join(lines) + "\n")
-    (data / "items.jsonl.gz").symlink_to(shared_data / "amazon_beauty" / "items.jsonl.gz")
+    data = beauty_slice(shared_data, tmp_path)
     out = tmp_path / "runs"
     experiments = ["tiny", "tiger_cpu", "sasrec_cpu"]
 
