@@ -58,7 +58,7 @@ def minutes(text: str) -> float:
 
 
 def train_command(args, experiment: str, out: Path) -> list[str]:
-    return [str(Path(sys.executable).with_name("madrec")), "train", f"experiment={experiment}",
+    return [sys.executable, "-m", "madrec.cli", "train", f"experiment={experiment}",
             f"data_dir={args.data}", f"sid_data_path={args.sids}", f"output_dir={out}",
             f"trainer.max_minutes={minutes(args.budget)}", "trainer.max_steps=100000000",
             f"trainer.num_threads={args.threads}", "trainer.progress_bar=false", *args.override]
@@ -69,7 +69,9 @@ def run_all(args, runs: Path) -> dict[str, dict]:
     pending = list(args.experiments)
     active: list[tuple[str, subprocess.Popen, object, list[int]]] = []
     cores = sorted(os.sched_getaffinity(0))
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    if args.threads:  # 0: PyTorch's default (a GPU run)
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     while pending or active:
         while pending and len(active) < args.jobs:
             exp = pending.pop(0)
