@@ -126,3 +126,17 @@ def test_unknown_schedule_or_masking_is_refused():
         MaskedDiffusion(DiffusionConfig(schedule="sqrt"), MASK, PAD, 4)
     with pytest.raises(ValueError, match="masking"):
         MaskedDiffusion(DiffusionConfig(masking="span"), MASK, PAD, 4)
+
+
+def test_suffix_masking_noises_whole_trailing_items_and_keeps_a_clean_prefix():
+    torch.manual_seed(0)
+    diffusion = MaskedDiffusion(DiffusionConfig(masking="suffix"), MASK, PAD, sid_len=2)
+    maskable = torch.ones(400, 10, dtype=torch.bool)  # 5 items of 2 tokens
+    maskable[200:, :4] = False  # 3 items, left-padded
+    masked = diffusion.masking(maskable, torch.ones(400), 2)
+    assert not (masked & ~maskable).any()
+    first = masked.int().argmax(1)  # the suffix starts at an item boundary and runs to the end
+    assert all(masked[i, first[i]:].all() and not masked[i, :first[i]].any() for i in range(400))
+    items_masked = masked.sum(1) // 2
+    assert set(items_masked[:200].tolist()) == {1, 2, 3, 4}  # never the whole row
+    assert set(items_masked[200:].tolist()) == {1, 2}
