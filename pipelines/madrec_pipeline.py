@@ -141,7 +141,7 @@ def train_evaluate_or_compare(sids, experiments, **downstream):
         keep = ("dataset", "train_overrides", "eval_overrides", "num_gpus", "image_tag", "gpu_node_selector",
                 "gpu_tolerations")
         compare_experiments(sids=sids, experiments=experiments, **{k: downstream[k] for k in keep}) \
-            .set_display_name("compare-experiments")
+            .set_display_name("train-and-compare")
 
 
 @dsl.pipeline(

@@ -116,11 +116,27 @@ def test_sids_branch_on_sid_uri(compiled):
                   for _, _, task in _tasks(spec) if "triggerPolicy" in task}
     assert conditions["sids-from-uri"] == "inputs.parameter_values['pipelinechannel--sid_uri'] != ''"
     assert conditions["sids-from-text"] == "!(inputs.parameter_values['pipelinechannel--sid_uri'] != '')"
-    # each branch trains and evaluates on the SIDs it produced
-    dags = {n: c["dag"]["tasks"] for n, c in spec["components"].items() if "dag" in c}
-    for branch, producer in (("comp-condition-2", "ingest-sids"), ("comp-condition-3", "build-sids")):
-        (downstream,) = [t for t in dags[branch].values() if t["taskInfo"]["name"] == "train-and-evaluate"]
-        assert downstream["inputs"]["artifacts"]["sids"]["taskOutputArtifact"]["producerTask"] == producer
+    assert conditions["one-experiment"] == "inputs.parameter_values['pipelinechannel--experiments'] == ''"
+    assert conditions["compare-experiments"] == "!(inputs.parameter_values['pipelinechannel--experiments'] == '')"
+    # each branch trains and evaluates (one experiment, or several compared) on the SIDs it produced
+    component = {task["taskInfo"]["name"]: task["componentRef"]["name"] for _, _, task in _tasks(spec)}
+    for branch, producer in (("sids-from-uri", "ingest-sids"), ("sids-from-text", "build-sids")):
+        below = _nested_tasks(spec, component[branch])
+        for name in ("train-and-evaluate", "train-and-compare"):
+            (task,) = [t for t in below if t["taskInfo"]["name"] == name]
+            source = task["inputs"]["artifacts"]["sids"]
+            assert source.get("taskOutputArtifact", {}).get("producerTask") == producer or \
+                source.get("componentInputArtifact") == f"pipelinechannel--{producer}-sids", source
+
+
+def _nested_tasks(spec, component: str) -> list[dict]:
+    """The tasks of a component's DAG and of the condition branches nested in it."""
+    out = []
+    for task in spec["components"][component]["dag"]["tasks"].values():
+        out.append(task)
+        if task["componentRef"]["name"].startswith("comp-condition"):
+            out += _nested_tasks(spec, task["componentRef"]["name"])
+    return out
 
 
 def test_multi_node_branch_launches_a_trainjob(compiled):
