@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -80,10 +81,19 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "gs://"))
 
 
-def fetch(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
+# seconds a download may wait for the server at any one point (connect, or the next bytes),
+# and how long the GCS client may keep retrying transient errors; tests shorten them
+DOWNLOAD_TIMEOUT_S = 60.0
+GCS_RETRY_DEADLINE_S = 120.0
+
+
+def fetch(uri: str, cache_dir: str | os.PathLike | None = None, *, md5: str | None = None) -> Path:
     """Return a local path for `uri`: a local path as is, a URL downloaded once into the cache.
 
-    Raises MadrecError naming the URI when it cannot be reached or does not exist.
+    Raises MadrecError naming the URI when it cannot be reached or does not exist. A download
+    goes to a temporary file that is renamed into the cache only once it is complete (length
+    as announced by the server, and `md5` when given): a failed or interrupted download
+    leaves nothing in the cache, and the next call downloads again.
     """
     if not is_remote(uri):
         path = Path(uri).expanduser()
@@ -96,21 +106,50 @@ def fetch(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(dest) as fh:
-        if uri.startswith("gs://"):
-            _download_gcs(uri, fh)
-        else:
-            _download_http(uri, fh)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if uri.startswith("gs://"):
+                _download_gcs(uri, fh)
+            else:
+                _download_http(uri, fh)
+        if md5 is not None and (got := _md5(tmp)) != md5:
+            raise MadrecError(
+                f"{uri}: the download's MD5 is {got}, the published checksum is {md5}; the file is damaged "
+                "or not the expected release (nothing was cached; try again, or pass a local copy)"
+            )
+        os.chmod(tmp, _umask_mode(0o666))
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return dest
+
+
+def _md5(path: str) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _download_http(url: str, fh) -> None:
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, fh, length=1 << 20)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            expected = resp.headers.get("Content-Length")
+            got = 0
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                fh.write(block)
+                got += len(block)
+            if expected is not None and expected.isdigit() and got != int(expected):
+                raise http.client.IncompleteRead(b"", int(expected) - got)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = (f"the connection closed after {fh.tell()} bytes, before the end of the file"
+                  if isinstance(exc, http.client.IncompleteRead) else exc)
         raise MadrecError(
-            f"{url}: cannot download ({exc}); check the address and the network, "
+            f"{url}: cannot download ({reason}); check the address and the network, "
             "or download the file yourself and pass its local path"
         ) from exc
 
@@ -134,9 +173,15 @@ def _download_gcs(uri: str, fh) -> None:
             f"{uri}: no Google Cloud credentials ({exc}); set GOOGLE_APPLICATION_CREDENTIALS "
             "or run `gcloud auth application-default login`"
         ) from exc
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     try:
-        client.bucket(bucket).blob(blob).download_to_file(fh)
+        client.bucket(bucket).blob(blob).download_to_file(
+            fh, timeout=DOWNLOAD_TIMEOUT_S, retry=DEFAULT_RETRY.with_timeout(GCS_RETRY_DEADLINE_S))
     except gexc.NotFound as exc:
         raise MadrecError(f"{uri}: object not found in bucket {bucket!r}") from exc
     except gexc.GoogleAPIError as exc:
         raise MadrecError(f"{uri}: download failed ({exc})") from exc
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # requests' connection errors are OSErrors
+        raise MadrecError(f"{uri}: download failed ({type(exc).__name__}: {exc}); check the network and try again") \
+            from exc

@@ -37,6 +37,9 @@ from madrec.tfrecord import encode_example, write_records
 log = logging.getLogger(__name__)
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+# published checksums of known archives (GroupLens publishes ml-1m.zip.md5 next to the zip):
+# a download that does not match is refused and not cached
+KNOWN_MD5 = {url: "c4d9eecfca2ab87c1945afe126590906" for url in (ML1M_URL, ML1M_URL.replace("https:", "http:"))}
 DATASETS = ("ml-1m", "sequences", "interactions")
 MIN_USER_ITEMS = 3  # one training item, the validation target and the test target
 RECORDS_PER_SHARD = 10_000
@@ -194,7 +197,7 @@ def _lines_of(data: bytes, encoding: str, name: str) -> Iterator[tuple[int, str]
 
 def read_ml1m(source: str) -> RawData:
     """The official ML-1M archive: every rating is an interaction, ordered by timestamp (stable)."""
-    label, ratings, movies = _ml1m_members(fetch(source))
+    label, ratings, movies = _ml1m_members(fetch(source, md5=KNOWN_MD5.get(source)))
     ratings_name, movies_name = f"{label}/ratings.dat", f"{label}/movies.dat"
     per_user: dict[str, list[tuple[int, str]]] = {}
     first_line: dict[str, int] = {}
