@@ -6,7 +6,7 @@ prints one JSON document:
 
 - requests/s and p50/p95/p99 latency at concurrency 1, 8 and 32 (V1 :predict, k=10);
 - the error rate (any answer other than 200, or a connection error);
-- the server's RSS after warm-up and after 10,000 more requests at concurrency 32;
+- the server's RSS after warm-up and after each of two runs of 10,000 requests at concurrency 32;
 - dynamic batching on vs off at concurrency 32: two servers, measured in alternating rounds
   in the same run, so a shared machine's load changes hit both alike.
 
@@ -141,6 +141,7 @@ def main() -> int:
     p.add_argument("--requests-c8", type=int, default=1000)
     p.add_argument("--requests-c32", type=int, default=2000)
     p.add_argument("--rss-requests", type=int, default=10000)
+    p.add_argument("--rss-rounds", type=int, default=2, help="runs of --rss-requests, RSS after each")
     p.add_argument("--ab-rounds", type=int, default=3, help="alternating batching on/off rounds at c=32")
     p.add_argument("--ab-requests", type=int, default=1000, help="requests per server per round")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -187,14 +188,18 @@ def main() -> int:
             res["histories_per_model_call"] = round(res["requests"] / calls, 2) if calls else None
             out["load"].append(res)
             print(json.dumps(res), file=sys.stderr)
-        rss = asyncio.run(run_load(url, take(args.rss_requests, 7), 32, deadline))
-        out["rss_run"] = rss
-        out["rss_mib_after_10k"] = round(on.rss_mib(), 1)
-        print(json.dumps(rss), file=sys.stderr)
+        out["rss_runs"] = []
+        for r in range(args.rss_rounds):  # 10,000 requests each; RSS after each (a plateau, or growth?)
+            rss = asyncio.run(run_load(url, take(args.rss_requests, 7 + 5000 * r), 32, deadline))
+            rss["rss_mib_after"] = round(on.rss_mib(), 1)
+            out["rss_runs"].append(rss)
+            print(json.dumps(rss), file=sys.stderr)
 
         off = Server(args.ckpt, logs / "batching_off.log", "--no-batching", *common, threads=args.threads)
         off_url = off.url + "/v1/models/madrec:predict"
         asyncio.run(run_load(off_url, take(200), 8, deadline))  # warm-up
+        # one at a time without batching: no --max-batch-wait-ms spent waiting for company
+        out["no_batching_c1"] = asyncio.run(run_load(off_url, take(args.requests_c1, 1000), 1, deadline))
         rounds = []
         for r in range(args.ab_rounds):
             pair = {}
