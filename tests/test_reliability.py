@@ -143,6 +143,14 @@ def test_recommend_and_evaluate_cli_report_a_truncated_checkpoint(good_ckpt, tmp
     (tmp_path / "t.ckpt").write_bytes(b"hello world\n")
     assert main(["recommend", "--ckpt", str(tmp_path / "t.ckpt"), "--history", "0"]) == 2
     assert "truncated or corrupt" in capsys.readouterr().err
+    assert main(["evaluate", f"ckpt_path={bad}", f"data_dir={tmp_path}", f"output_dir={tmp_path / 'ev'}"]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    # resuming training from it
+    (tmp_path / "data").mkdir()
+    assert main(["train", "experiment=tiny", f"data_dir={tmp_path / 'data'}", f"ckpt_path={bad}",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
 
 
 # ---------------------------------------------------------------- splits checked against each other
