@@ -136,9 +136,12 @@ def dataset_key(data_dir: str) -> str | None:
     return None
 
 
-def write_results(args, summaries: dict[str, dict], out: Path, started: str, load: tuple) -> None:
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+def git_commit() -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def write_results(args, summaries: dict[str, dict], out: Path, started: str, load: tuple, commit: str) -> None:
     pop = popular_row(args.data)
     lines = [
         "# Equal-budget quality benchmark", "",
@@ -186,9 +189,9 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    load = os.getloadavg()
+    load, commit = os.getloadavg(), git_commit()  # the code the trainings run
     summaries = run_all(args, out / "runs")
-    write_results(args, summaries, out, started, load)
+    write_results(args, summaries, out, started, load, commit)
     print((out / "results.md").read_text())
 
 
