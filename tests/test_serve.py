@@ -49,6 +49,13 @@ def _call(url: str, body=None, headers=None, timeout=60) -> tuple[int, dict | st
         return status, text
 
 
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM it when this process dies (a killed run leaves no server)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Server:
     def __init__(self, ckpt: Path, log: Path, *args: str):
         self.port = _free_port()
@@ -58,7 +65,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "madrec.cli", "serve", "--ckpt", str(ckpt), "--host", "127.0.0.1",
              "--port", str(self.port), "--threads", "1", *args],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         deadline = time.time() + 300  # a busy shared machine can take minutes to import torch
         while time.time() < deadline:
             if self.proc.poll() is not None:

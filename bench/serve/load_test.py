@@ -41,6 +41,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM it when this process dies (a killed run leaves no server)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Server:
     def __init__(self, ckpt: str, log: Path, *extra: str, threads: int = 1):
         self.port = free_port()
@@ -49,7 +56,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "madrec.cli", "serve", "--ckpt", ckpt, "--host", "127.0.0.1",
              "--port", str(self.port), "--threads", str(threads), *extra],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
