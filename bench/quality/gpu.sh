@@ -11,7 +11,7 @@
 # wheels in the working tree (see /work/.library/device/README.md); madrec runs from src/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${1:-/tmp/madrec-gpu}
+OUT=${1:-/tmp/madrec-gpu}; shift $(( $# > 0 ? 1 : 0 ))
 BEAUTY=${BEAUTY:-../shared/data/amazon_beauty}
 MINUTES=${MINUTES:-8}
 WARMUP=${WARMUP:-300}
@@ -32,7 +32,7 @@ rm -rf "$OUT/run"
     output_dir="$OUT/run" trainer.max_minutes="$MINUTES" trainer.max_steps=1000000 \
     optim.scheduler.warmup_steps="$WARMUP" trainer.compile="$COMPILE" trainer.val_every_n_steps=500 \
     trainer.checkpoint_every_n_steps=500 trainer.early_stopping_patience=0 eval.val_max_users=5000 \
-    trainer.progress_bar=false "$@" 2>&1 | grep -v "^decode\|it/s\]$" || true
+    trainer.progress_bar=false "$@" 2>&1 | grep --line-buffered -v "^decode\|it/s\]$" || true
 "$PY" - "$OUT/run" "$PEAK_TFLOPS" <<'PYEOF'
 import csv, json, sys
 from pathlib import Path

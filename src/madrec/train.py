@@ -189,7 +189,8 @@ class RecommenderModule(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.optimizer.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda" or None
+        # Lightning clips gradients itself under mixed precision, which a fused AdamW does not allow
+        fused = (self.device.type == "cuda" and not self.cfg.optim.grad_clip) or None
         optimizer = torch.optim.AdamW(groups, lr=o.optimizer.lr, betas=tuple(o.optimizer.betas),
                                       eps=o.optimizer.eps, fused=fused)
         warmup, min_ratio = o.scheduler.warmup_steps, o.scheduler.min_lr_ratio
