@@ -20,6 +20,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Input
 
 from components.compare import compare_models, plan_experiments
+from components.deploy import deploy
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.sids import build_sids, ingest_sids
@@ -61,6 +62,13 @@ def _on_gpu_pool(task, num_gpus, node_selector, tolerations):
     return _requests(task, GPU_STEP_RESOURCES)
 
 
+def _deploy(model, evaluated, settings: dict, image_tag):
+    """Create or update the InferenceService when the test Recall@10 reaches the threshold."""
+    task = deploy(model=model, metrics=evaluated.outputs["metrics"], image_tag=image_tag, **settings)
+    task.set_caching_options(False).set_display_name("deploy")
+    return _requests(_use_image(task, "madrec", image_tag), LAUNCHER_RESOURCES)
+
+
 def _evaluate(model, dataset, eval_overrides, num_gpus, image_tag, node_selector, tolerations):
     task = evaluate(model=model, dataset=dataset, split="test", overrides=eval_overrides, num_gpus=num_gpus)
     # Always runs, so every run ends with its own report (and local runs can find it).
@@ -82,10 +90,17 @@ def train_and_evaluate(
     image_tag: str,
     gpu_node_selector: dict,
     gpu_tolerations: list,
+    deploy_min_recall_at_10: float,
+    deploy_service_name: str,
+    deploy_namespace: str,
+    deploy_gpu: bool,
 ):
     """Train on one node (DDP through torchrun for several GPUs) or, with num_nodes > 1, as a
-    Kubeflow Trainer TrainJob on num_nodes x gpus_per_node GPUs; then evaluate."""
+    Kubeflow Trainer TrainJob on num_nodes x gpus_per_node GPUs; then evaluate, then deploy
+    when the test Recall@10 reaches deploy_min_recall_at_10."""
     pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+    serving = dict(min_recall_at_10=deploy_min_recall_at_10, service_name=deploy_service_name,
+                   namespace=deploy_namespace, use_gpu=deploy_gpu)
     with dsl.If(num_nodes > 1, name="multi-node"):
         job = launch_trainjob(
             dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_nodes=num_nodes,
@@ -94,13 +109,15 @@ def train_and_evaluate(
         job.set_display_name("train (TrainJob)")
         _requests(_use_image(job, "madrec", image_tag), LAUNCHER_RESOURCES)
         mount_shared_volume(job)
-        _evaluate(job.outputs["model"], dataset, eval_overrides, gpus_per_node, **pool)
+        evaluated = _evaluate(job.outputs["model"], dataset, eval_overrides, gpus_per_node, **pool)
+        _deploy(job.outputs["model"], evaluated, serving, image_tag)
     with dsl.Else(name="single-node"):
         trained = train(dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_gpus=num_gpus)
         trained.set_display_name("train")
         _use_image(trained, "madrec-cuda", image_tag)
         _on_gpu_pool(trained, num_gpus, gpu_node_selector, gpu_tolerations)
-        _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, **pool)
+        evaluated = _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, **pool)
+        _deploy(trained.outputs["model"], evaluated, serving, image_tag)
 
 
 @dsl.pipeline(name="madrec-compare", description="Train several experiments in parallel on the same data and SIDs, "
@@ -169,6 +186,10 @@ def madrec_pipeline(
     image_tag: str = image("madrec").rsplit(":", 1)[1],
     gpu_node_selector: dict = GPU_NODE_SELECTOR,
     gpu_tolerations: list = GPU_TOLERATIONS,
+    deploy_min_recall_at_10: float = 2.0,
+    deploy_service_name: str = "madrec",
+    deploy_namespace: str = "",
+    deploy_gpu: bool = False,
 ):
     """Parameters: `dataset` (ml-1m | sequences | interactions) read from `source` (+ `items`
     for the item texts); `sid_uri` a GRID SID file to ingest instead of building SIDs with
@@ -176,7 +197,10 @@ def madrec_pipeline(
     `eval_overrides` for `madrec evaluate`; `experiments` (comma-separated, e.g.
     `small,tiger_cpu,sasrec_cpu`) trains those side by side instead and publishes one table; `num_gpus` on one node, or `num_nodes` > 1 nodes
     with `gpus_per_node` each (Kubeflow Trainer); `image_tag` of the madrec images;
-    `gpu_node_selector` / `gpu_tolerations` place the GPU steps on the GPU node pool."""
+    `gpu_node_selector` / `gpu_tolerations` place the GPU steps on the GPU node pool;
+    `deploy_*`: create or update the KServe InferenceService `deploy_service_name` (in
+    `deploy_namespace`, default the run's own; `deploy_gpu` for the GPU variant) when the test
+    Recall@10 reaches `deploy_min_recall_at_10` (above 1, the default: never)."""
     prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
     prepared.set_display_name("prepare-data")
     _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)
@@ -185,6 +209,8 @@ def madrec_pipeline(
         dataset=data, experiment=experiment, train_overrides=train_overrides, eval_overrides=eval_overrides,
         num_gpus=num_gpus, num_nodes=num_nodes, gpus_per_node=gpus_per_node, image_tag=image_tag,
         gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations,
+        deploy_min_recall_at_10=deploy_min_recall_at_10, deploy_service_name=deploy_service_name,
+        deploy_namespace=deploy_namespace, deploy_gpu=deploy_gpu,
     )
     with dsl.If(sid_uri != "", name="sids-from-uri"):
         ingested = ingest_sids(source=sid_uri, dataset=data)

@@ -155,3 +155,14 @@ def test_multi_node_branch_launches_a_trainjob(compiled):
             f"{DEFAULT_REGISTRY}/madrec-cuda:{{{{$.inputs.parameters['pipelinechannel--image_tag']}}}}"
         )
         assert params["num_nodes"] == {"componentInputParameter": "pipelinechannel--num_nodes"}
+
+
+def test_deploy_follows_every_single_experiment_evaluation(compiled):
+    spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["deploy_min_recall_at_10"]["defaultValue"] > 1  # off unless a run asks for it
+    deploys = [task for _, _, task in _tasks(spec) if task["taskInfo"]["name"] == "deploy"]
+    assert len(deploys) == 4  # single- and multi-node, in both SID branches
+    for task in deploys:
+        assert task["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"].startswith("evaluate")
+        assert task.get("cachingOptions", {}).get("enableCache", False) is False

@@ -65,7 +65,7 @@ def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypat
     printed = capsys.readouterr().out
     results = (out / "latest").resolve()
     first_run = results.parent
-    assert _tasks(first_run) == {"prepare-data", "build-sids", "train", "evaluate"}
+    assert _tasks(first_run) == {"prepare-data", "build-sids", "train", "evaluate", "deploy"}
     assert sorted(p.name for p in results.iterdir()) == sorted(RESULT_LINKS)
 
     dataset = load_dataset(results / "dataset")
@@ -100,7 +100,7 @@ def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypat
     assert cli(["--data", str(data), "--out", str(out), "--sid-uri", str(results / "sids.pt"), *FAST]) == 0
     second = (out / "latest").resolve()
     assert second.parent != first_run
-    assert _tasks(second.parent) == {"ingest-sids", "train", "evaluate"}
+    assert _tasks(second.parent) == {"ingest-sids", "train", "evaluate", "deploy"}
     assert os.path.realpath(second / "dataset") == os.path.realpath(results / "dataset")
     assert torch.equal(load_sids(second / "sids.pt"), sids)
     # same data, same SIDs, same seed: the same model and the same metrics
