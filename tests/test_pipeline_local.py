@@ -120,11 +120,13 @@ def test_local_pipeline_compares_models_on_beauty_slice(shared_data, tmp_path, c
     printed = capsys.readouterr().out
     results = (out / "latest").resolve()
     run_dir = results.parent
-    assert _tasks(run_dir) == {"prepare-data", "build-sids", "plan-experiments", "train", "evaluate",
-                               "compare-models"}
+    # the ParallelFor's steps run in one folder per iteration
+    tasks = {p.parent.name.rstrip("-0123456789") for p in run_dir.rglob("executor_output.json")}
+    assert tasks == {"prepare-data", "build-sids", "plan-experiments", "train", "evaluate", "compare-models"}
+    assert len(list(run_dir.glob("for-loop-*/train*/executor_output.json"))) == len(experiments)
     # one evaluation per experiment, each on the same users, each a different model
     evaluated = {}
-    for output in run_dir.glob("evaluate*/executor_output.json"):
+    for output in run_dir.glob("for-loop-*/evaluate*/executor_output.json"):
         artifacts = json.loads(output.read_text())["artifacts"]
         summary = open(artifacts["summary"]["artifacts"][0]["uri"]).read()
         name = next(e for e in experiments if f"experiment `{e}`" in summary)
