@@ -150,7 +150,7 @@ def test_kill_build_sids(beauty, tmp_path):
     assert digest(out) == before
 
 
-TRAIN = ["experiment=tiny", "trainer.num_threads=1", "trainer.progress_bar=false", "model.dropout=0.1",
+TRAIN = ["experiment=tiny", "model.n_layer=1", "max_len=84", "trainer.num_threads=1", "trainer.progress_bar=false", "model.dropout=0.1",
          "batch_size=32", "trainer.max_steps=24", "trainer.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=12",
          "eval.val_max_users=40", "eval.batch_size=20", "test=false", "trainer.log_every_n_steps=1",
          "optim.scheduler.warmup_steps=4"]
