@@ -67,7 +67,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto: bf16-mixed on a GPU that has bf16, else 32-true
     compile: bool = False
     progress_bar: bool = True
-    num_threads: int = 0  # CPU threads for PyTorch; 0 = its default (all cores)
+    num_threads: int = 0  # CPU threads for PyTorch; 0 = sized from the CPUs this process may use (madrec.threads)
     max_minutes: float = 0.0  # training wall-time budget (validation excluded); 0 = max_steps only
     length_buckets: int = 1  # split each batch into this many groups of similar row length (less padding)
 
@@ -351,7 +351,7 @@ def validate(cfg: Config) -> None:
     _require(o.scheduler.warmup_steps >= 0, "optim.scheduler.warmup_steps", "must be >= 0")
     _require(0.0 <= o.scheduler.min_lr_ratio <= 1.0, "optim.scheduler.min_lr_ratio", "must be in [0, 1]")
     _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)")
-    _require(t.num_threads >= 0, "trainer.num_threads", "must be >= 0 (0 = PyTorch's default)")
+    _require(t.num_threads >= 0, "trainer.num_threads", "must be >= 0 (0 = sized from the CPU quota / affinity)")
     _require(t.early_stopping_patience >= 0, "trainer.early_stopping_patience", "must be >= 0 (0 = off)")
     _require(t.accelerator in ACCELERATORS, "trainer.accelerator", f"must be one of {ACCELERATORS}")
     _require(t.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
