@@ -177,7 +177,8 @@ def test_recommend(data):
     assert history
     out = in_container(data, "recommend", "--ckpt", "/data/run/checkpoints/best.ckpt", "--history",
                        ",".join(history), "-k", "5", network="none")
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    # the ranked table: "rank item_id score" lines (log lines on stderr may be interleaved)
+    rows = [row for row in (line.split() for line in out.splitlines()) if len(row) == 3 and row[0].isdigit()]
     assert [int(row[0]) for row in rows] == [1, 2, 3, 4, 5], out
     assert all(row[1] in known for row in rows), out  # real catalogue items
     assert len({row[1] for row in rows}) == 5, out
