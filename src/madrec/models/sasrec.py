@@ -9,17 +9,8 @@ rotary (relative) like the other two models rather than SASRec's learned absolut
 """
 from __future__ import annotations
 
-from madrec.model import CausalLM
-from madrec.models import Recommender
-from madrec.models.tiger import NextTokenLoss
+from madrec.models import Recommender, tiger
 
-
-def build_network(cfg, vocab) -> CausalLM:
-    return CausalLM(cfg.model, vocab.size, vocab.pad_id)
-
-
-def build_objective(cfg, vocab) -> NextTokenLoss:
-    return NextTokenLoss(vocab.pad_id)
-
-
-RECOMMENDER = Recommender("sasrec", uses_sids=False, build_network=build_network, build_objective=build_objective)
+# the same causal network and next-token loss as tiger; only the tokens differ (uses_sids=False)
+RECOMMENDER = Recommender("sasrec", uses_sids=False, build_network=tiger.build_network,
+                          build_objective=tiger.build_objective)
