@@ -90,6 +90,10 @@ def run_all(args, runs: Path) -> dict[str, dict]:
             else:
                 held = cores
             out.mkdir(parents=True)
+            started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            (out / "provenance.json").write_text(json.dumps(
+                {"commit": git_commit(), "started_utc": started, "load_average": os.getloadavg(),
+                 "cores": held}) + "\n")
             log = (out / "train.log").open("w")
             print(f"[{exp}] {' '.join(cmd)}", flush=True)
             active.append((exp, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, held))
@@ -105,16 +109,27 @@ def run_all(args, runs: Path) -> dict[str, dict]:
     return {exp: json.loads((runs / exp / "summary.json").read_text()) for exp in args.experiments}
 
 
-def curve(run: Path) -> list[tuple[float, float]]:
-    """(training seconds, validation Recall@10) at every validation of a run."""
+def curve(run: Path, with_steps: bool = False) -> list[tuple]:
+    """(training seconds, validation Recall@10) at every validation during training
+    (with_steps: (step, seconds, recall)); the final best-weights pass is not a point."""
     points, seconds = [], None
     with (run / "metrics.csv").open() as fh:
         for row in csv.DictReader(fh):
             if row.get("train/seconds"):
                 seconds = float(row["train/seconds"])
-            if row.get("val/recall@10") and seconds is not None:
-                points.append((seconds, float(row["val/recall@10"])))
+            if row.get("val/recall@10") and row.get("train/seconds"):
+                point = (seconds, float(row["val/recall@10"]))
+                points.append((int(row["step"]), *point) if with_steps else point)
     return points
+
+
+def provenance_row(exp: str, run: Path) -> str:
+    """Commit, start and load average of a training, as bench_quality recorded them at its start."""
+    p = json.loads((run / "provenance.json").read_text()) if (run / "provenance.json").is_file() else {}
+    load = p.get("load_average")
+    shown = " / ".join(f"{v:.2f}" for v in load) if load else "not recorded"
+    return (f"| {exp} | {p.get('commit', 'not recorded')} | {p.get('started_utc', 'not recorded')} | {shown} "
+            f"| {','.join(map(str, p.get('cores', []))) or '–'} |")
 
 
 def popular_row(data_dir: str) -> dict[str, float]:
@@ -141,15 +156,16 @@ def git_commit() -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def write_results(args, summaries: dict[str, dict], out: Path, started: str, load: tuple, commit: str) -> None:
+def write_results(args, summaries: dict[str, dict], out: Path) -> None:
     pop = popular_row(args.data)
     lines = [
         "# Equal-budget quality benchmark", "",
         f"Data: `{args.data}` (test split); SIDs: `{args.sids}`. Budget: {args.budget} of training wall time "
-        f"per model (validation excluded), {args.threads} thread(s) each, {args.jobs} training(s) at a time.",
-        f"Date {started} UTC; commit {commit}; machine {platform.machine()} {os.cpu_count()} cores, "
-        f"{platform.python_implementation()} {platform.python_version()}; load average at start "
-        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, at end {os.getloadavg()[0]:.2f}.", "",
+        f"per model (validation excluded), {args.threads} thread(s) each, {args.jobs} training(s) at a time. "
+        f"Machine {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}.", "",
+        "| experiment | commit | started (UTC) | load average at start | cores |", "|---|---|---|---|---|",
+        *[provenance_row(exp, out / "runs" / exp) for exp in summaries], "",
         "Command:", "", "    " + " ".join(["python", "bench/quality/bench_quality.py", *sys.argv[1:]]), "",
         "| model | experiment | R@5 | N@5 | R@10 | N@10 | parameters | steps | tokens seen | train s | "
         "best step | invalid | duplicates |",
@@ -166,8 +182,12 @@ def write_results(args, summaries: dict[str, dict], out: Path, started: str, loa
         lines.append(f"| published: {name} | – | " + " | ".join(f"{v:.4f}" for v in vals)
                      + " | – | – | – | – | – | – | – |")
     lines += ["", "Published numbers: method.md §9 (GPU training to convergence, other SIDs); here: equal CPU "
-              "wall time. Curves: `curves.html` (validation Recall@10 against training seconds).", ""]
-    (out / "results.md").write_text("\n".join(lines))
+              "wall time. Reading and context: `README.md` beside this file.", "",
+              "Validation Recall@10 against training seconds (every validation of each run; `curves.html`):", "",
+              "| experiment | step | training s | val Recall@10 |", "|---|---|---|---|"]
+    lines += [f"| {exp} | {step} | {x:.0f} | {y:.4f} |" for exp in summaries
+              for step, x, y in curve(out / "runs" / exp, with_steps=True)]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
     series = {exp: [(round(x), y) for x, y in curve(out / "runs" / exp)] for exp in summaries}
     chart = report.xy_chart(series, "validation Recall@10", "training seconds")
     table = [{"experiment": e, "seconds": x, "val Recall@10": y} for e, pts in series.items() for x, y in pts]
@@ -188,10 +208,8 @@ def main() -> None:
     p.add_argument("override", nargs="*", help="key=value overrides for every experiment")
     args = p.parse_args()
     out = Path(args.out)
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    load, commit = os.getloadavg(), git_commit()  # the code the trainings run
     summaries = run_all(args, out / "runs")
-    write_results(args, summaries, out, started, load, commit)
+    write_results(args, summaries, out)
     print((out / "results.md").read_text())
 
 
