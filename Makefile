@@ -40,7 +40,7 @@ train-gpu:  ## DDP over $(GPUS) local GPUs via torchrun; ARGS as for train (ckpt
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m madrec.cli train trainer.accelerator=gpu $(ARGS)
 
 # Container images (docker/): `madrec` (CPU torch) for data/SID steps and the pipeline's
-# launchers, `madrec-cuda` (CUDA torch) for train/evaluate; names as in madrec.images.
+# launchers, `madrec-cuda` (CUDA torch) for train/evaluate; names as in madrec.ops.images.
 # DOCKER: the container CLI, detected: `docker` when a Docker engine answers, else `podman`
 # (machines without a Docker engine; docker/podman/setup.sh installs it). BUILDER: the build
 # command (`docker build`, or `podman build --isolation chroot`). PYTHON_IMAGE: the base image
