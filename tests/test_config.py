@@ -1,4 +1,4 @@
-"""Typed config: experiment YAMLs, key=value overrides, validation (contract 3)."""
+"""Typed config: experiment YAMLs, key=value overrides, validation (madrec.config)."""
 from __future__ import annotations
 
 import pytest
@@ -72,7 +72,7 @@ def test_wrong_type_names_the_key(override, key):
     ("model.dropout=1.0", "model.dropout"),
     ("eval.monitor=recall@20", "eval.monitor"),
     ("eval.beam_size=5", "eval.beam_size"),
-    ("diffusion.schedule=sqrt", "diffusion.schedule"),
+    ("diffusion.schedule=sqrt", "unknown noise schedule"),
     ("batch_size=0", "batch_size"),
     ("trainer.precision=fp8", "trainer.precision"),
 ])

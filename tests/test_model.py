@@ -1,4 +1,4 @@
-"""The masked-diffusion transformer (method.md §5, contract 5)."""
+"""The masked-diffusion transformer (madrec.model; docs/method.md)."""
 from __future__ import annotations
 
 import math

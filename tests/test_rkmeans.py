@@ -1,4 +1,4 @@
-"""Exact k-means, residual k-means and the de-dup digit (method.md §3)."""
+"""Exact k-means, residual k-means and the de-dup digit (madrec.rkmeans)."""
 from __future__ import annotations
 
 import pytest

@@ -13,7 +13,8 @@ import torch
 from madrec import cli
 from madrec.errors import MadrecError
 from madrec.rkmeans import assign_codes, dedup_digit
-from madrec.sids import ingest_sids, load_sids, validate_sids
+from madrec.sid_build import ingest_sids
+from madrec.sids import load_sids, validate_sids
 from madrec.tfrecord import encode_example, write_records
 
 N = 300
@@ -218,6 +219,6 @@ def test_build_input_errors(beauty, tmp_path):
 
 def cli_build(data: Path, out: Path, *extra: str) -> int:
     """build_cli directly, so MadrecError reaches the test instead of becoming exit code 2."""
-    from madrec.sids import build_cli
+    from madrec.sid_cli import build_cli
 
     return build_cli(["--data", str(data), "--out", str(out), "--device", "cpu", *extra])

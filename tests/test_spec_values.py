@@ -1,4 +1,4 @@
-"""Values the method fixes (method.md §4-6), asserted directly: token ids, the learning-rate
+"""Values the method fixes (the reference configuration; docs/method.md), asserted directly: token ids, the learning-rate
 schedule at given steps, the reference experiment's masking / position settings."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from madrec.config import load_config
 from madrec.tokens import SIDVocab
-from madrec.train import lr_factor
+from madrec.train_module import lr_factor
 
 BASE = ["data_dir=/data", "sid_data_path=/sids.pt"]
 

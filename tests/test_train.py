@@ -18,7 +18,8 @@ from madrec.data import load_dataset
 from madrec.errors import MadrecError
 from madrec.evaluate import evaluate_split
 from madrec.tokens import SIDVocab
-from madrec.train import lr_factor, run
+from madrec.train import run
+from madrec.train_module import lr_factor
 from planted import planted_dataset
 
 # small and single-threaded: the planted rule is learned in well under a minute on a shared CPU

@@ -1,6 +1,6 @@
 """Small stand-ins for the masked-diffusion model in decoding / evaluation tests.
 
-Each maps tokens (B, L) -> logits (B, L, vocab.size) like MaskedDiffusionLM (contract 5).
+Each maps tokens (B, L) -> logits (B, L, vocab.size) like MaskedDiffusionLM (madrec.model).
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class RecordingLM(torch.nn.Module):
 
 
 def write_checkpoint(path, sids: torch.Tensor, item_ids: list[str], max_len: int, codebook_size: int, seed: int = 0):
-    """A real (randomly initialised) MaskedDiffusionLM saved as a madrec checkpoint (contract 4)."""
+    """A real (randomly initialised) MaskedDiffusionLM saved as a madrec checkpoint (madrec.checkpoint)."""
     from madrec.checkpoint import WEIGHTS_PREFIX, payload
     from madrec.config import Config
     from madrec.model import MaskedDiffusionLM, ModelConfig

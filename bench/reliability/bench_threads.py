@@ -49,13 +49,13 @@ def child(args) -> None:
     from madrec.checkpoint import load_checkpoint
     from madrec.data import load_dataset
     from madrec.decode import SIDIndex
-    from madrec.evaluate import _subset, predict_split
+    from madrec.evaluate import predict_split
 
     loaded = load_checkpoint(args.ckpt)
     split = load_dataset(args.data, splits=("testing",)).splits["testing"]
     index = SIDIndex(loaded.sids, loaded.vocab.codebook_size)
     kw = dict(top_k=10, beam_size=10, batch_size=16, progress=False, index=index)
-    predict_split(loaded.model, loaded.vocab, loaded.sids, _subset(split, 16), loaded.max_len, **kw)
+    predict_split(loaded.model, loaded.vocab, loaded.sids, split.first(16), loaded.max_len, **kw)
     users, start, lo = 0, time.perf_counter(), 0
     while time.perf_counter() - start < args.seconds:
         chunk = type(split)(split.name, split.user_ids[lo:lo + 32], split.sequences[lo:lo + 32])

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from madrec.data import read_items
 from madrec.rkmeans import dedup_digit, residual_kmeans
-from madrec.sids import build_sids, sid_report
+from madrec.sid_build import build_sids
+from madrec.sids import sid_report
 
 HERE = Path(__file__).resolve().parent
 

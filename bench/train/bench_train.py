@@ -32,7 +32,8 @@ from madrec.data import load_dataset
 from madrec.rows import StepSampler, TrainingRows, step_seed
 from madrec.sids import load_sids
 from madrec.tokens import SIDVocab
-from madrec.train import item_tokenizer, resolve_max_len
+from madrec.train import resolve_max_len
+from madrec.train_module import item_tokenizer
 
 EXPERIMENTS = {"tiny": "tiny", "reference": "discrete_diffusion_train"}  # aliases; any experiment name works
 # dense bf16 tensor-core peaks (TFLOP/s) for MFU

@@ -1,4 +1,4 @@
-"""Self-contained checkpoints (contract 4): evaluation and recommendation need nothing else.
+"""Self-contained checkpoints: evaluation and recommendation need nothing else.
 
 A checkpoint is a PyTorch Lightning checkpoint (so `ckpt_path=` resumes training exactly:
 optimiser, LR schedule, loop state) with one extra entry, `madrec`, holding the SID table,

@@ -16,10 +16,10 @@ from madrec.errors import MadrecError
 # returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
     "prepare-data": ("madrec.prepare:cli", "prepare ML-1M / sequences / interactions into TFRecord splits"),
-    "build-sids": ("madrec.sids:build_cli", "build semantic IDs from item text (encoder + residual k-means)"),
-    "ingest-sids": ("madrec.sids:ingest_cli", "validate and ingest a SID file made by GRID (local or gs://)"),
+    "build-sids": ("madrec.sid_cli:build_cli", "build semantic IDs from item text (encoder + residual k-means)"),
+    "ingest-sids": ("madrec.sid_cli:ingest_cli", "validate and ingest a SID file made by GRID (local or gs://)"),
     "train": ("madrec.train:cli", "train the masked-diffusion model (key=value config overrides)"),
-    "evaluate": ("madrec.evaluate:cli", "evaluate a checkpoint: metrics.json, report.html"),
+    "evaluate": ("madrec.evaluate_cli:cli", "evaluate a checkpoint: metrics.json, report.html"),
     "recommend": ("madrec.recommend:cli", "recommend the next items for a history of item ids"),
     "serve": ("madrec.ops.serve:cli", "serve a checkpoint over HTTP with KServe (V1 and V2 protocols)"),
     "run-local": ("madrec.ops.local_run:cli", "run the whole Kubeflow pipeline locally (KFP local runner)"),

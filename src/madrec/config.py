@@ -5,7 +5,7 @@
 Precedence: schema defaults < `configs/experiment/NAME.yaml` < command-line overrides. Keys
 are dotted paths into the schema; an unknown key or a value of the wrong type is an error
 listing the valid keys, raised before anything heavy starts. The defaults are the reference
-configuration of method.md §5–6.
+configuration (experiment `discrete_diffusion_train`; docs/method.md).
 """
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from madrec.diffusion import MASKINGS, SCHEDULES, DiffusionConfig
+from madrec.diffusion import DiffusionConfig
+from madrec.dist import launch_layout
 from madrec.errors import MadrecError
 from madrec.io import is_remote
 from madrec.model import ModelConfig
+from madrec.overrides import pairs as _pairs
+from madrec.overrides import yaml_value
 
 # keys of the prior research system that mean one of ours
 ALIASES = {"paths.output_dir": "output_dir"}
@@ -74,7 +77,7 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Validation / test decoding (method.md §7–8)."""
+    """Validation / test decoding (madrec.decode, madrec.evaluate)."""
 
     beam_size: int = 10
     ks: list[int] = field(default_factory=lambda: [5, 10])
@@ -271,29 +274,16 @@ def _read_yaml(path: Path) -> dict:
 
 # --- public API ------------------------------------------------------------------------
 
-def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MadrecError(f"argument {item!r}: expected key=value (e.g. trainer.max_steps=1000)")
-        pairs.append((key.strip().lstrip("+"), value))
-    return pairs
-
-
 def load_config(overrides: list[str]) -> Config:
     """Defaults, then the experiment YAML named by `experiment=`, then the overrides; validated."""
-    pairs = parse_overrides(overrides)
+    pairs = _pairs(overrides)
     cfg = Config()
     experiment = next((v for k, v in reversed(pairs) if k == "experiment"), cfg.experiment)
     path = experiment_path(experiment)
     for key, value in _read_yaml(path).items():
         _set(cfg, key, value, str(path))
     for key, value in pairs:
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value
+        parsed = yaml_value(value)
         raw = None if parsed is None and value.strip().lower() in ("null", "none", "~", "") else value
         _set(cfg, key, parsed, "command line", raw=raw)
     cfg.experiment = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
@@ -317,10 +307,10 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Checks across keys and ranges; file checks are `check_inputs`."""
     m, o, t, e = cfg.model, cfg.optim, cfg.trainer, cfg.eval
-    from madrec.models import NAMES
+    from madrec.decode import check_beam_width
     from madrec.rows import ROW_MODES
 
-    _require(m.name in NAMES, "model.name", f"{m.name!r} is not one of {', '.join(NAMES)}")
+    _check_model_and_objective(cfg)
     _require(cfg.rows in ROW_MODES, "rows", f"{cfg.rows!r} is not one of {', '.join(ROW_MODES)}")
     _require(cfg.max_len >= 0, "max_len", f"must be >= 0 (0 = sized from the data), got {cfg.max_len}")
     _require(t.max_minutes >= 0, "trainer.max_minutes", f"must be >= 0 (0 = no time budget), got {t.max_minutes}")
@@ -335,14 +325,8 @@ def validate(cfg: Config) -> None:
         for part in key.split("."):
             obj = getattr(obj, part)
         _require(obj > 0, key, f"must be positive, got {obj}")
-    _require(m.n_embd % m.n_head == 0 and (m.n_embd // m.n_head) % 2 == 0, "model.n_head",
-             f"n_embd={m.n_embd} must split into {m.n_head} heads of even size (rotary embeddings)")
     _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     _require(m.rope_base > 1.0, "model.rope_base", f"must be > 1, got {m.rope_base}")
-    _require(cfg.diffusion.schedule in SCHEDULES, "diffusion.schedule",
-             f"{cfg.diffusion.schedule!r} is not one of {sorted(SCHEDULES)}")
-    _require(cfg.diffusion.masking in MASKINGS, "diffusion.masking",
-             f"{cfg.diffusion.masking!r} is not one of {sorted(MASKINGS)}")
     _require(0.0 < cfg.diffusion.t_min < 1.0, "diffusion.t_min", f"must be in (0, 1), got {cfg.diffusion.t_min}")
     _require(o.optimizer.lr > 0, "optim.optimizer.lr", f"must be positive, got {o.optimizer.lr}")
     _require(o.optimizer.weight_decay >= 0, "optim.optimizer.weight_decay", "must be >= 0")
@@ -356,8 +340,10 @@ def validate(cfg: Config) -> None:
     _require(t.accelerator in ACCELERATORS, "trainer.accelerator", f"must be one of {ACCELERATORS}")
     _require(t.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
     _require(bool(e.ks) and all(k > 0 for k in e.ks), "eval.ks", f"expected positive cut-offs, got {e.ks}")
-    _require(max(e.ks) <= e.beam_size, "eval.beam_size",
-             f"beam search returns beam_size={e.beam_size} items, fewer than the largest cut-off {max(e.ks)}")
+    try:
+        check_beam_width(e.beam_size, max(e.ks), "max(eval.ks)")
+    except MadrecError as exc:
+        raise MadrecError(f"config key eval.beam_size: {exc}") from None
     metric, _, k = e.monitor.partition("@")
     _require(metric in ("recall", "ndcg") and k.isdigit() and int(k) in e.ks, "eval.monitor",
              f"expected recall@K or ndcg@K with K in eval.ks={e.ks}, got {e.monitor!r}")
@@ -370,9 +356,31 @@ def validate(cfg: Config) -> None:
     else:
         _require(cfg.sid_data_path is not None or cfg.ckpt_path is not None or m.name == "sasrec", "sid_data_path",
                  "required to train: the SID file (madrec build-sids --out OUT gives OUT/sids.pt)")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launch_layout().world_size
     _require(cfg.batch_size % world == 0, "batch_size",
              f"{cfg.batch_size} sequences do not split evenly over WORLD_SIZE={world} processes")
+
+
+def _check_model_and_objective(cfg: Config) -> None:
+    """The settings the model name, the network and the diffusion objective check themselves
+    (madrec.models, madrec.model, madrec.diffusion), asked now so that a bad value is refused
+    before any data loads. The network is built on the meta device: nothing is allocated."""
+    import torch
+
+    from madrec import models
+    from madrec.diffusion import MaskedDiffusion
+    from madrec.model import MaskedDiffusionLM
+
+    models.get(cfg.model.name)
+    for group, build in (
+        ("model", lambda: MaskedDiffusionLM(cfg.model, vocab_size=2, pad_id=0, sid_len=1)),
+        ("diffusion", lambda: MaskedDiffusion(cfg.diffusion, mask_id=0, pad_id=1, sid_len=1)),
+    ):
+        try:
+            with torch.device("meta"):
+                build()
+        except ValueError as exc:
+            raise MadrecError(f"config key {group}: {exc}") from None
 
 
 def check_inputs(cfg: Config) -> None:

@@ -1,6 +1,6 @@
 """Reading a prepared dataset folder back: per-split item-index sequences and item texts.
 
-Layout (method.md §2), written by `madrec prepare-data` or by the prior research system:
+Layout (docs/architecture.md, "Data flow"), written by `madrec prepare-data` or by the prior research system:
 
     DIR/dataset.json                      counts and the item-index -> original-id map
     DIR/items/*.tfrecord.gz               id (int64), text (bytes)
@@ -42,6 +42,20 @@ class Split:
     def __len__(self) -> int:
         return len(self.sequences)
 
+    def first(self, n: int) -> Split:
+        """The first `n` users (all of them when n is 0 or at least the split's size)."""
+        if n <= 0 or n >= len(self):
+            return self
+        return Split(self.name, self.user_ids[:n], self.sequences[:n])
+
+    def sample(self, n: int, seed: int) -> Split:
+        """A fixed random subset of `n` users, in the split's order (all of them when n is 0 or
+        at least the split's size)."""
+        if n <= 0 or n >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return Split(self.name, self.user_ids[keep], [self.sequences[i] for i in keep])
+
 
 @dataclass
 class PreparedDataset:
@@ -76,7 +90,7 @@ def _check_features(path: Path, index: int, example: dict, expected: frozenset) 
     if missing:
         raise MadrecError(
             f"{path}: record {index} lacks feature(s) {sorted(missing)}; found {sorted(example)}, "
-            f"expected {sorted(expected)} (method.md §2)"
+            f"expected {sorted(expected)} (madrec prepare-data writes them)"
         )
 
 
@@ -130,7 +144,7 @@ _NESTING = (("evaluation", "testing", 1), ("training", "testing", 2), ("training
 
 
 def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, int]]] | None = None) -> None:
-    """Leave-one-out consistency (method.md §2): for every user, evaluation == testing minus its
+    """Leave-one-out consistency: for every user, evaluation == testing minus its
     last item and training == testing minus its last two. Checked between whichever of the
     splits are present (against testing when it is); the first offending user is named."""
     origins = origins or {}
@@ -165,7 +179,7 @@ def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, i
                 raise MadrecError(
                     f"{where(name, k)}: user {u}'s {name} row {_show(seq)} is not the {ref} row {_show(full)} "
                     f"minus its last {drop} item(s) ({where(ref, ref_rows[u])}); the splits must be leave-one-out "
-                    "as written by `madrec prepare-data` (method.md §2), otherwise targets leak into training"
+                    "as written by `madrec prepare-data`, otherwise targets leak into training"
                 )
         for u, k in ref_rows.items():
             if u not in rows:

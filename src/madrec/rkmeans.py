@@ -1,4 +1,4 @@
-"""Exact k-means and residual k-means (RK-Means) for semantic IDs (method.md §3).
+"""Exact k-means and residual k-means (RK-Means) for semantic IDs (docs/method.md, "Deviations": exact, seeded).
 
     result = residual_kmeans(embeddings, levels=3, codebook_size=256, seed=42)
     result.codes        # (L, N) int64, level-l code of every item

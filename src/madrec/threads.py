@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from madrec.dist import launch_layout
 from madrec.errors import MadrecError
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,9 @@ def choose(explicit: int | None = None, *, environ=None, cgroup_root: Path = CGR
     if quota is not None and math.ceil(quota) < cpus:
         cpus = max(1, math.ceil(quota))
         source = f"cgroup CPU quota: {quota:g} CPUs"
-    local = env.get("LOCAL_WORLD_SIZE", "").strip()
-    if local.isdigit() and int(local) > 1:
-        cpus = max(1, cpus // int(local))
+    local = launch_layout(env).local_world_size
+    if local > 1:
+        cpus = max(1, cpus // local)
         source += f", shared by {local} local processes"
     return ThreadChoice(cpus, source)
 

@@ -1,4 +1,4 @@
-"""Semantic-ID tokenisation (method.md §4).
+"""Semantic-ID tokenisation (docs/architecture.md, "Data flow").
 
 A digit v at SID position l becomes token ``l * (V + 1) + v`` (V = codebook size); one
 shared MASK token and one PAD token follow the digit tokens. A user's history is the

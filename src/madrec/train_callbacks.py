@@ -1,0 +1,96 @@
+"""Lightning plumbing of a training run: atomic checkpoint files, last.ckpt on a schedule,
+a progress bar over optimiser steps, and RUN/metrics.csv."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
+
+from madrec.io import atomic_file, write_text_atomic
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_file(path) as fh:
+            torch.save(checkpoint, fh)
+
+
+class LastCheckpoint(Checkpoint):
+    """RUN/checkpoints/last.ckpt every n steps and after every validation (Lightning's save points)."""
+
+    def __init__(self, path: Path, every_n_steps: int, val_every_n_steps: int):
+        self.path, self.every, self.val_every = path, every_n_steps, val_every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        validating_now = step % self.val_every == 0 or step >= trainer.max_steps
+        if step % self.every == 0 and not validating_now:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar over optimiser steps up to max_steps (rate and ETA), not per epoch."""
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        super().on_train_epoch_start(trainer)
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = trainer.global_step
+        bar.set_description("train steps")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
+
+
+class MetricsCSV(Logger):
+    """RUN/metrics.csv: one row per logging step; a resumed run keeps the rows up to its checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        super().__init__()
+        self.path = path
+        self.rows: list[dict] = []
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as fh:
+                # rows logged before the checkpoint have step < its global_step (Lightning's counter)
+                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
+
+    @property
+    def name(self) -> str:
+        return "csv"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """The config is written to RUN/config.yaml and into every checkpoint instead."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        # Lightning adds "epoch"; the step stream has no epochs worth logging
+        self.rows.append({"step": step, **{k: float(v) for k, v in metrics.items() if k != "epoch"}})
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self.rows:
+            return
+        keys = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, buf.getvalue())
