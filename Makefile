@@ -4,14 +4,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch unless a GPU is present; override e.g. TORCH_SPEC="torch==2.13.0"
-# TORCH_INDEX=https://download.pytorch.org/whl/cpu on a laptop without a local wheel.
+# torch is installed first, as TORCH_SPEC from pip's configured index and find-links (nothing
+# detects a GPU): TORCH_INDEX=https://download.pytorch.org/whl/cpu picks the CPU build.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 ARGS ?=
 GPUS ?= 1
 
-.PHONY: help setup test test-fast lint-infra train train-gpu evaluate run submit compile-pipeline \
+.PHONY: help setup test test-fast lint lint-infra train train-gpu run submit compile-pipeline \
         build-images build-image-cpu build-image-cuda push-images test-images lock-images bench-sids bench-quality clean
 
 help:  ## list targets
@@ -29,6 +29,10 @@ test:  ## run the whole test suite
 
 test-fast:  ## the suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
+
+lint:  ## ruff lint and format check (settings: pyproject.toml [tool.ruff]; `ruff format .` fixes the format)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Training (configs/experiment/*.yaml); ARGS are key=value overrides (`madrec train --help`):
 #   make train ARGS="experiment=tiny data_dir=DIR sid_data_path=OUT/sids.pt output_dir=RUN"
@@ -106,15 +110,18 @@ clean:  ## remove build and run outputs (keeps .venv)
 	rm -rf runs outputs .pytest_cache build dist
 
 # The Kubeflow pipeline (pipelines/, components/). `make run` runs it locally on CPU with the
-# tiny experiment: MovieLens-1M from GroupLens by default, or DATA=folder (SEQUENCES=/ITEMS=
-# pick files when the folder has several); ARGS are training overrides.
+# tiny experiment: MovieLens-1M from GroupLens by default, or DATA=folder or file (ml-1m.zip,
+# a sequences .txt, an interactions .csv / .parquet); SEQUENCES= / ITEMS= pick files when a
+# folder has several, DATASET= names the kind when the file name does not (ml-1m, sequences,
+# interactions); ARGS are training overrides and `madrec run-local` options.
 DATA ?=
 SEQUENCES ?=
 ITEMS ?=
+DATASET ?=
 
-run:  ## run the whole pipeline locally (KFP SubprocessRunner, CPU, experiment tiny); DATA=, SEQUENCES=, ITEMS=
+run:  ## run the whole pipeline locally (KFP SubprocessRunner, CPU, experiment tiny); DATA=, SEQUENCES=, ITEMS=, DATASET=
 	$(BIN)/madrec run-local $(if $(DATA),--data "$(DATA)") $(if $(SEQUENCES),--sequences "$(SEQUENCES)") \
-		$(if $(ITEMS),--items "$(ITEMS)") $(ARGS)
+		$(if $(ITEMS),--items "$(ITEMS)") $(if $(DATASET),--dataset "$(DATASET)") $(ARGS)
 
 submit:  ## upload pipelines/madrec_pipeline.yaml and start a run on $$KFP_HOST (token: $$KFP_TOKEN); ARGS="--param k=v"
 	$(BIN)/madrec submit $(ARGS)

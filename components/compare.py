@@ -9,7 +9,14 @@ from madrec.ops.images import image
 
 @dsl.component(base_image=image("madrec"), install_kfp_package=False)
 def plan_experiments(experiments: str) -> List[str]:
-    """The comma-separated `experiments` run parameter as a list (each a configs/experiment name)."""
+    """The experiments to train side by side, checked up front.
+
+    Args:
+        experiments: Comma-separated configs/experiment names, e.g. `small,tiger_cpu,sasrec_cpu`.
+
+    Returns:
+        Output: The names as a list.
+    """
     from madrec.ops.steps import experiment_list
 
     return experiment_list(experiments)
@@ -23,8 +30,17 @@ def compare_models(
     report: Output[HTML],
     comparison: Output[Metrics],
 ):
-    """One table of the test metrics of every experiment trained in parallel (Markdown and HTML),
-    and the same numbers as `<experiment>/test/recall@10`-style metrics."""
+    """One table of the test metrics of every experiment trained side by side.
+
+    Args:
+        summaries: The evaluate steps' Markdown summaries (they name their experiment).
+        metrics: The evaluate steps' metrics, in the same order.
+
+    Returns:
+        table: The comparison as Markdown, best test Recall@10 first, with most-popular.
+        report: The same table as HTML.
+        comparison: The same numbers as `<experiment>/test/recall@10`-style metrics.
+    """
     from madrec.ops.steps import compare_step
 
     compare_step(summaries, metrics, table, report, comparison)

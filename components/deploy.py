@@ -26,9 +26,20 @@ def deploy(
     use_gpu: bool,
     image_tag: str,
 ) -> str:
-    """Create or update InferenceService `service_name` (in `namespace`, default: the step's own)
-    serving `model` with `madrec serve` when the evaluation's test/recall@10 >= min_recall_at_10;
-    returns the decision ("deployed: ..." or "skipped: ...")."""
+    """Serve `model` as a KServe InferenceService when its test Recall@10 is high enough.
+
+    Args:
+        model: The checkpoint to serve (its URI must be remote storage KServe can fetch).
+        metrics: The evaluate step's metrics on the test split.
+        min_recall_at_10: Deploy only when test/recall@10 reaches this; above 1 never deploys.
+        service_name: Name of the InferenceService to create or update.
+        namespace: Its namespace; empty: the namespace the step runs in.
+        use_gpu: Serve on the madrec-cuda image with one GPU instead of the CPU image.
+        image_tag: Tag of the madrec images; empty: the tag set in this image.
+
+    Returns:
+        Output: The decision, "deployed: ..." or "skipped: ...".
+    """
     from madrec.ops.deploy import deploy_step
 
     return deploy_step(model.uri, metrics.path, dict(metrics.metadata), min_recall_at_10, service_name,

@@ -16,9 +16,22 @@ def train(
     metrics: Output[Metrics],
     run: Output[Artifact],
 ):
-    """Train with `experiment` plus `overrides` (`key=value ...`); more than one GPU launches
-    DDP through torchrun. Outputs the self-contained best checkpoint, the final validation
-    metrics and the run folder (metrics.csv, summary.json, last.ckpt to resume from)."""
+    """Train on one node (`madrec train`); more than one GPU launches DDP through torchrun.
+
+    Args:
+        dataset: The prepared dataset (prepare-data).
+        sids: The (H, N) SID tensor (build-sids or ingest-sids).
+        experiment: Training configuration: a configs/experiment name, e.g. tiny, small,
+            discrete_diffusion_train, tiger, sasrec.
+        overrides: Extra `madrec train` config overrides, `key=value ...` (shell quoting),
+            e.g. `trainer.max_steps=20000 optim.optimizer.lr=1e-3`.
+        num_gpus: GPUs on the node; 0 trains on CPU, more than one runs DDP.
+
+    Returns:
+        model: The self-contained best checkpoint (weights, SIDs, item ids, config).
+        metrics: Validation metrics of the best checkpoint, steps and wall time.
+        run: The run folder: metrics.csv, summary.json, config.yaml, last.ckpt to resume from.
+    """
     from madrec.ops.steps import train_step
 
     train_step(dataset, sids, experiment, overrides, num_gpus, model, metrics, run)

@@ -1,4 +1,4 @@
-"""Component: train on several nodes as a Kubeflow Trainer TrainJob (contract 10).
+"""Component: train on several nodes as a Kubeflow Trainer TrainJob (madrec.ops.trainjob).
 
 Same inputs and outputs as `components.train.train`, so the pipeline can pick either behind
 `num_nodes > 1`. How data moves: the launcher pod and every TrainJob pod mount the shared PVC
@@ -32,18 +32,35 @@ def launch_trainjob(
     shared_dir: str = "/mnt/madrec",
     timeout_hours: float = 48.0,
 ):
-    """Train `experiment` + `overrides` (`key=value ...`) on `num_nodes` x `gpus_per_node` GPUs
-    as a TrainJob on `runtime`; `trainer_image` defaults to the madrec-cuda image of the same build
-    (MADREC_REGISTRY / MADREC_TAG set in the image)."""
+    """Train on several nodes as a Kubeflow Trainer TrainJob, launched and followed from this step.
+
+    Args:
+        dataset: The prepared dataset (copied to the shared volume for the job).
+        sids: The (H, N) SID tensor (copied to the shared volume for the job).
+        experiment: Training configuration: a configs/experiment name.
+        overrides: Extra `madrec train` config overrides, `key=value ...` (shell quoting).
+        num_nodes: Nodes (pods) of the TrainJob.
+        gpus_per_node: GPUs per node; one torchrun process each (0: one CPU process per node).
+        trainer_image: Image of the job's pods; empty: the madrec-cuda image of this build.
+        runtime: The TrainingRuntime the job refers to (manifests/base: madrec-torch).
+        shared_dir: Where the shared volume is mounted, here and in the job's pods.
+        timeout_hours: Delete the job (freeing its GPUs) and fail when it runs longer.
+
+    Returns:
+        model: The self-contained best checkpoint.
+        metrics: Validation metrics of the best checkpoint, steps and wall time.
+        run: The job's run folder: metrics.csv, summary.json, config.yaml, last.ckpt.
+    """
     from madrec.cli import configure_logging
     from madrec.ops.images import image as image_ref
-    from madrec.ops.steps import publish_metrics, split_overrides
+    from madrec.ops.steps import publish_metrics
+    from madrec.overrides import split_words
     from madrec.ops.trainjob import launch
 
     configure_logging()
     summary = launch(
         dataset.path, sids.path, model.path, run.path,
-        experiment=experiment, overrides=split_overrides(overrides),
+        experiment=experiment, overrides=split_words(overrides),
         num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         image=trainer_image or image_ref("madrec-cuda"), runtime=runtime,
         shared_dir=shared_dir, timeout_s=timeout_hours * 3600,

@@ -97,7 +97,32 @@ def train_and_evaluate(
 ):
     """Train on one node (DDP through torchrun for several GPUs) or, with num_nodes > 1, as a
     Kubeflow Trainer TrainJob on num_nodes x gpus_per_node GPUs; then evaluate, then deploy
-    when the test Recall@10 reaches deploy_min_recall_at_10."""
+    when the test Recall@10 reaches deploy_min_recall_at_10.
+
+    Args:
+        dataset: The prepared dataset.
+        sids: The (H, N) SID tensor.
+        experiment: Training configuration: a configs/experiment name (tiny, small,
+            discrete_diffusion_train, tiger, sasrec, ...).
+        train_overrides: Extra `madrec train` config overrides, `key=value ...`, e.g.
+            `trainer.max_steps=20000 optim.optimizer.lr=1e-3`; data_dir, sid_data_path,
+            output_dir, ckpt_path and split are set by the pipeline.
+        eval_overrides: Extra `madrec evaluate` settings, `key=value ...`, e.g. `beam_size=20`.
+        num_gpus: GPUs of the single-node train and evaluate steps; 0 runs on CPU, more than one
+            runs DDP through torchrun.
+        num_nodes: More than 1 trains as a Kubeflow Trainer TrainJob on num_nodes x gpus_per_node
+            GPUs instead of the single-node train step.
+        gpus_per_node: GPUs per node of the TrainJob (num_nodes > 1), and of evaluation after it.
+        image_tag: Tag of the madrec and madrec-cuda images every step runs on.
+        gpu_node_selector: Node labels that place the GPU steps on the GPU node pool (JSON object).
+        gpu_tolerations: Tolerations of the GPU node pool's taints (JSON list of Kubernetes
+            tolerations).
+        deploy_min_recall_at_10: Deploy the evaluated model as a KServe InferenceService when its
+            test Recall@10 reaches this; above 1 (the default) never deploys.
+        deploy_service_name: Name of the InferenceService to create or update.
+        deploy_namespace: Its namespace; empty: the namespace the run's steps run in.
+        deploy_gpu: Serve on the madrec-cuda image with one GPU instead of the CPU image.
+    """
     pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
     serving = dict(min_recall_at_10=deploy_min_recall_at_10, service_name=deploy_service_name,
                    namespace=deploy_namespace, use_gpu=deploy_gpu)
@@ -133,7 +158,20 @@ def compare_experiments(
     gpu_node_selector: dict,
     gpu_tolerations: list,
 ):
-    """One branch per experiment in `experiments` (comma-separated), single-node each; then the table."""
+    """One branch per experiment in `experiments` (comma-separated), single-node each; then the table.
+
+    Args:
+        dataset: The prepared dataset.
+        sids: The (H, N) SID tensor.
+        experiments: Comma-separated configs/experiment names, e.g. `small,tiger_cpu,sasrec_cpu`.
+        train_overrides: Extra `madrec train` config overrides for every experiment, `key=value ...`.
+        eval_overrides: Extra `madrec evaluate` settings, `key=value ...`.
+        num_gpus: GPUs of each train and evaluate step; 0 runs on CPU.
+        image_tag: Tag of the madrec and madrec-cuda images every step runs on.
+        gpu_node_selector: Node labels that place the GPU steps on the GPU node pool (JSON object).
+        gpu_tolerations: Tolerations of the GPU node pool's taints (JSON list of Kubernetes
+            tolerations).
+    """
     pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
     plan = plan_experiments(experiments=experiments)
     plan.set_display_name("plan-experiments")
@@ -191,16 +229,45 @@ def madrec_pipeline(
     deploy_namespace: str = "",
     deploy_gpu: bool = False,
 ):
-    """Parameters: `dataset` (ml-1m | sequences | interactions) read from `source` (+ `items`
-    for the item texts); `sid_uri` a GRID SID file to ingest instead of building SIDs with
-    `sid_*`; `experiment` and `train_overrides` (`key=value ...`) for `madrec train`,
-    `eval_overrides` for `madrec evaluate`; `experiments` (comma-separated, e.g.
-    `small,tiger_cpu,sasrec_cpu`) trains those side by side instead and publishes one table; `num_gpus` on one node, or `num_nodes` > 1 nodes
-    with `gpus_per_node` each (Kubeflow Trainer); `image_tag` of the madrec images;
-    `gpu_node_selector` / `gpu_tolerations` place the GPU steps on the GPU node pool;
-    `deploy_*`: create or update the KServe InferenceService `deploy_service_name` (in
-    `deploy_namespace`, default the run's own; `deploy_gpu` for the GPU variant) when the test
-    Recall@10 reaches `deploy_min_recall_at_10` (above 1, the default: never)."""
+    """Prepare data, get semantic IDs, train, evaluate (and optionally deploy).
+
+    Args:
+        dataset: Input format: `ml-1m` (GroupLens MovieLens-1M), `sequences` (one line per user,
+            "user item item ..." oldest first) or `interactions` (CSV or Parquet with user_id,
+            item_id, timestamp).
+        source: Path or URI (gs://, https://) of the input; for ml-1m the GroupLens archive.
+        items: Item texts for sequences / interactions: items.jsonl[.gz] (item_id, text),
+            movies.dat, or a CSV / Parquet item_id,text table; empty for ml-1m.
+        min_item_count: Items with fewer interactions are removed before splitting.
+        sid_uri: A SID file made by GRID (path, gs:// or https://) to ingest; empty: build SIDs
+            from the item texts with the sid_* settings.
+        sid_encoder: Text encoder for build-sids (Hugging Face name); empty: all-MiniLM-L6-v2.
+        sid_levels: Residual k-means levels; SIDs get one more digit (de-duplication).
+        sid_codebook_size: Codes per k-means level.
+        sid_seed: Seed of the k-means initialisation.
+        experiment: Training configuration: a configs/experiment name (tiny, small,
+            discrete_diffusion_train, tiger, sasrec, ...).
+        train_overrides: Extra `madrec train` config overrides, `key=value ...`, e.g.
+            `trainer.max_steps=20000 optim.optimizer.lr=1e-3`; data_dir, sid_data_path,
+            output_dir, ckpt_path and split are set by the pipeline.
+        eval_overrides: Extra `madrec evaluate` settings, `key=value ...`, e.g. `beam_size=20`.
+        num_gpus: GPUs of the single-node train and evaluate steps; 0 runs on CPU, more than one
+            runs DDP through torchrun.
+        experiments: Comma-separated experiment names to train side by side and compare in one
+            table (single-node each); empty: train `experiment` only.
+        num_nodes: More than 1 trains as a Kubeflow Trainer TrainJob on num_nodes x gpus_per_node
+            GPUs instead of the single-node train step.
+        gpus_per_node: GPUs per node of the TrainJob (num_nodes > 1), and of evaluation after it.
+        image_tag: Tag of the madrec and madrec-cuda images every step runs on.
+        gpu_node_selector: Node labels that place the GPU steps on the GPU node pool (JSON object).
+        gpu_tolerations: Tolerations of the GPU node pool's taints (JSON list of Kubernetes
+            tolerations).
+        deploy_min_recall_at_10: Deploy the evaluated model as a KServe InferenceService when its
+            test Recall@10 reaches this; above 1 (the default) never deploys.
+        deploy_service_name: Name of the InferenceService to create or update.
+        deploy_namespace: Its namespace; empty: the namespace the run's steps run in.
+        deploy_gpu: Serve on the madrec-cuda image with one GPU instead of the CPU image.
+    """
     prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
     prepared.set_display_name("prepare-data")
     _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)

@@ -102,7 +102,7 @@ def test_ratings_and_sequences_together_is_ambiguous(tmp_path):
     _write(tmp_path / "ratings.dat", "1::10::5::978300760\n")
     _write(tmp_path / "movies.dat", MOVIES)
     seq = _write(tmp_path / "seq.txt", SEQUENCES)
-    with pytest.raises(MadrecError, match=r"both MovieLens-1M files \(ratings.dat\) and sequences \(seq.txt\)"):
+    with pytest.raises(MadrecError, match=r"both MovieLens-1M files \(ratings.dat\) and sequences or interactions \(seq.txt\)"):
         find_data(str(tmp_path))
     spec = find_data(str(tmp_path), sequences=str(seq))
     assert (spec.kind, spec.source, spec.items) == ("sequences", str(seq), str(tmp_path / "movies.dat"))
@@ -143,8 +143,65 @@ def test_empty_folder_and_missing_paths(tmp_path):
         find_data(str(tmp_path))
     with pytest.raises(MadrecError, match=r"--data .*nowhere: no such file"):
         find_data(str(tmp_path / "nowhere"))
-    with pytest.raises(MadrecError, match="--items needs --sequences or --data"):
+    with pytest.raises(MadrecError, match="--items / --dataset need --data"):
         find_data(items=str(tmp_path / "items.jsonl"))
+
+
+# --- interactions tables (prepare-data --dataset interactions) --------------------------
+
+def _interactions_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "a"],
+                             "timestamp": [1, 2, 3]}), path)
+    return path
+
+
+def test_interactions_table_given_as_data_with_items(tmp_path):
+    logs = _interactions_parquet(tmp_path / "logs.parquet")
+    items = _write(tmp_path / "elsewhere" / "texts.csv", "item_id,text\na,A\nb,B\n")
+    spec = find_data(str(logs), items=str(items))
+    assert (spec.kind, spec.source, spec.items) == ("interactions", str(logs), str(items))
+
+
+def test_interactions_folder_finds_table_and_items(tmp_path):
+    logs = _write(tmp_path / "logs.csv", "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\n")
+    items = _write(tmp_path / "items.csv", "item_id,text\na,A\nb,B\n")  # a table, but not interactions
+    for data in (tmp_path, logs):
+        spec = find_data(str(data))
+        assert (spec.kind, spec.source, spec.items) == ("interactions", str(logs), str(items))
+    _interactions_parquet(tmp_path / "more.parquet")
+    with pytest.raises(MadrecError, match=r"several interactions tables \(logs.csv, more.parquet\)"):
+        find_data(str(tmp_path))
+    _write(tmp_path / "s.txt", SEQUENCES)
+    with pytest.raises(MadrecError, match="both sequences .* and interactions tables"):
+        find_data(str(tmp_path))
+    assert find_data(str(tmp_path), sequences=str(tmp_path / "s.txt")).kind == "sequences"
+
+
+def test_interactions_without_items_file(tmp_path):
+    logs = _interactions_parquet(tmp_path / "logs.parquet")
+    with pytest.raises(MadrecError, match="no items file.*ITEMS="):
+        find_data(str(logs))
+
+
+def test_dataset_kind_forced_and_remote_sources(tmp_path):
+    odd = _write(tmp_path / "export.tsv", "1 10 11\n2 11 12\n")
+    items = _items_jsonl_gz(tmp_path / "items.jsonl.gz")
+    assert find_data(str(odd), kind="sequences") == find_data(str(odd))
+    spec = find_data("gs://bucket/logs.parquet", items="gs://bucket/items.csv")
+    assert (spec.kind, spec.source, spec.items) == ("interactions", "gs://bucket/logs.parquet", "gs://bucket/items.csv")
+    assert find_data("https://host/ml-1m.zip").kind == "ml-1m"
+    with pytest.raises(MadrecError, match="need their item texts too"):
+        find_data("gs://bucket/Beauty.txt")
+    assert find_data("gs://bucket/x", items=str(items), kind="sequences").items == str(items)
+
+
+def test_make_run_takes_an_interactions_table():
+    out = subprocess.run(["make", "--no-print-directory", "-n", "run", "DATA=logs.parquet", "ITEMS=items.csv"],
+                         cwd=REPO, check=True, capture_output=True, text=True).stdout
+    assert " ".join(out.replace("\\\n", " ").split()) == '.venv/bin/madrec run-local --data "logs.parquet" --items "items.csv"'
 
 
 def test_make_run_passes_data_sequences_items():

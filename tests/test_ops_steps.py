@@ -48,7 +48,7 @@ def test_split_overrides():
         "trainer.max_steps=5", "model.dropout=0.1", "ks=[5,10]"]
     with pytest.raises(MadrecError, match="the pipeline sets data_dir itself"):
         split_overrides("batch_size=8 data_dir=/elsewhere")
-    with pytest.raises(MadrecError, match="'beam_size' is not key=value"):
+    with pytest.raises(MadrecError, match="override 'beam_size': expected key=value"):
         split_overrides("beam_size")
 
 

@@ -166,3 +166,26 @@ def test_deploy_follows_every_single_experiment_evaluation(compiled):
     for task in deploys:
         assert task["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"].startswith("evaluate")
         assert task.get("cachingOptions", {}).get("enableCache", False) is False
+
+
+def test_every_run_parameter_is_described(compiled):
+    """The KFP UI's run form shows these descriptions (the pipeline docstring's Args:)."""
+    spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params, "the pipeline has no run parameters?"
+    missing = sorted(name for name, p in params.items() if not p.get("description", "").strip())
+    assert not missing, f"run parameters without a description (add them to Args: of madrec_pipeline): {missing}"
+
+
+def test_every_component_input_and_output_is_described(compiled):
+    """Every component and sub-pipeline documents its inputs and outputs (Args: / Returns:);
+    only the channels kfp adds to its condition and loop DAGs (pipelinechannel--*) carry none."""
+    spec, _ = compiled
+    missing = []
+    for name, component in spec["components"].items():
+        for side in ("inputDefinitions", "outputDefinitions"):
+            for kind in ("parameters", "artifacts"):
+                for key, entry in component.get(side, {}).get(kind, {}).items():
+                    if not key.startswith("pipelinechannel--") and not entry.get("description", "").strip():
+                        missing.append(f"{name}.{key}")
+    assert not missing, f"undescribed component inputs/outputs: {missing}"

@@ -144,3 +144,44 @@ def test_local_pipeline_compares_models_on_beauty_slice(shared_data, tmp_path, c
                f"{metrics['test/recall@10']:.4f} |" in table
     assert "| most popular |" in table and table in printed
     assert (results / "comparison.html").read_text().lstrip().lower().startswith("<!doctype html")
+
+
+def interactions_table(folder, users: int = 150, items: int = 100, seed: int = 0):
+    """A user's own logs: a Parquet user_id,item_id,timestamp table and an items.csv of texts,
+    with string ids and users who favour neighbouring items (something to learn)."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    words = ["red", "blue", "soft", "matte", "gloss", "travel", "mini", "rose", "mint", "gold", "clear", "dark"]
+    folder.mkdir(parents=True)
+    rows = {"user_id": [], "item_id": [], "timestamp": []}
+    for u in range(users):
+        start = int(rng.integers(0, items))
+        for t in range(int(rng.integers(5, 12))):
+            rows["user_id"].append(f"user-{u}")
+            rows["item_id"].append(f"SKU{(start + t + int(rng.integers(0, 3))) % items:04d}")
+            rows["timestamp"].append(1_700_000_000 + 3600 * t + u)
+    pq.write_table(pa.table(rows), folder / "logs.parquet")
+    lines = ["item_id,text"] + [f"SKU{i:04d},{' '.join(rng.choice(words, 3))} item {i}" for i in range(items)]
+    (folder / "items.csv").write_text("\n".join(lines) + "\n")
+    return folder / "logs.parquet", folder / "items.csv"
+
+
+@pytest.mark.slow
+def test_local_pipeline_on_an_interactions_table(tmp_path, capsys, monkeypatch):
+    """`make run DATA=logs.parquet ITEMS=items.csv`: the interactions kind of prepare-data."""
+    monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))
+    logs, items = interactions_table(tmp_path / "mine")
+    out = tmp_path / "runs"
+    assert cli(["--data", str(logs), "--items", str(items), "--out", str(out), *FAST,
+                "--param", "sid_codebook_size=16", "--min-item-count", "3"]) == 0
+    assert "interactions: " in capsys.readouterr().out
+    results = (out / "latest").resolve()
+    dataset = load_dataset(results / "dataset")
+    assert dataset.info["dataset"] == "interactions" and dataset.info["min_item_count"] == 3
+    assert all(i.startswith("SKU") for i in dataset.item_ids)
+    users = len(dataset.splits["testing"].user_ids)
+    _check_metrics(json.loads((results / "metrics.json").read_text()), users)
+    predictions = pq.read_table(results / "predictions.parquet")
+    assert set(predictions.column("item_id").to_pylist()) <= set(dataset.item_ids)

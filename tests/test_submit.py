@@ -59,7 +59,7 @@ def test_params_are_typed_from_the_pipeline_yaml():
         parse_params(["num_gpus=two"], inputs)
     with pytest.raises(MadrecError, match="expected a JSON object"):
         parse_params(["gpu_node_selector=[1]"], inputs)
-    with pytest.raises(MadrecError, match="expected KEY=VALUE"):
+    with pytest.raises(MadrecError, match="expected key=value"):
         parse_params(["num_gpus"], inputs)
 
 

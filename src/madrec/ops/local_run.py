@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +24,11 @@ from madrec.io import content_digest, is_remote
 from madrec.ops.pipeline_params import PIPELINE_FILE, REPO, parse_params, pipeline_inputs
 from madrec.prepare import ML1M_URL
 
-ITEM_PATTERNS = ("*.jsonl", "*.jsonl.gz", "movies.dat")
+# Items files next to sequences or an interactions table (prepare-data --items reads them all).
+ITEM_PATTERNS = ("*.jsonl", "*.jsonl.gz", "movies.dat", "items.csv", "items.csv.gz", "items.parquet")
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")  # interactions tables (prepare-data --dataset interactions)
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+KINDS = ("ml-1m", "sequences", "interactions")
 # Artifacts of a finished run, linked under OUT/latest: link name -> evaluate output or lineage key.
 RESULT_LINKS = {
     "dataset": "dataset", "sids.pt": "sids", "sid_report.html": "sid_report", "model.ckpt": "model",
@@ -54,18 +59,40 @@ def _looks_like_sequences(path: Path, lines: int = 5) -> bool:
     return bool(head) and all(len(t) >= 2 and all(x.isdigit() for x in t) for t in head)
 
 
+def _is_table(path: Path) -> bool:
+    return path.name.lower().endswith(TABLE_SUFFIXES)
+
+
+def _looks_like_interactions(path: Path) -> bool:
+    """True for a CSV / Parquet table with user_id, item_id and timestamp columns."""
+    try:
+        if path.name.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            columns = pq.read_schema(path).names
+        else:
+            import gzip
+
+            opener = gzip.open if path.name.lower().endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+                columns = [c.strip().strip('"') for c in fh.readline().split(",")]
+    except Exception:  # unreadable or not a table: not a candidate
+        return False
+    return set(INTERACTION_COLUMNS) <= set(columns)
+
+
 def _listing(paths) -> str:
     return ", ".join(sorted(p.name for p in paths))
 
 
-def _pick_items(folder: Path, items: str | None) -> Path:
+def _pick_items(folder: Path, items: str | None, exclude: Path | None = None) -> Path:
     if items:
         return _existing(items, "--items")
-    found = sorted({p for pattern in ITEM_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    found = sorted({p for pattern in ITEM_PATTERNS for p in folder.glob(pattern) if p.is_file() and p != exclude})
     if not found:
         raise MadrecError(
-            f"{folder}: no items file (items.jsonl, items.jsonl.gz or movies.dat) next to the sequences; "
-            "pass --items FILE (make run ITEMS=...)"
+            f"{folder}: no items file (items.jsonl[.gz], movies.dat or items.csv / items.parquet) next to the "
+            "sequences or interactions; pass --items FILE (make run ITEMS=...)"
         )
     if len(found) > 1:
         raise MadrecError(f"{folder}: several items files ({_listing(found)}); pick one with --items FILE (make run ITEMS=...)")
@@ -83,52 +110,102 @@ def _sequences(seq: Path, items: str | None) -> DataSpec:
     return DataSpec("sequences", str(seq), str(_pick_items(seq.parent, items)))
 
 
-def find_data(data: str | None = None, sequences: str | None = None, items: str | None = None) -> DataSpec:
+def _interactions(table: Path, items: str | None) -> DataSpec:
+    return DataSpec("interactions", str(table), str(_pick_items(table.parent, items, exclude=table)))
+
+
+def _kind_of_file(name: str) -> str:
+    """The input kind a single file's name implies."""
+    lower = name.lower()
+    if lower.endswith(".zip"):
+        return "ml-1m"
+    return "interactions" if lower.endswith(TABLE_SUFFIXES) else "sequences"
+
+
+def find_data(data: str | None = None, sequences: str | None = None, items: str | None = None,
+              kind: str | None = None) -> DataSpec:
     """Recognise the input layout.
 
     - nothing given: MovieLens-1M from GroupLens;
     - `ml-1m.zip`, or a folder with `ml-1m.zip` or `ratings.dat` + `movies.dat`: ML-1M;
     - a sequences file (`*.txt`, `user item item ...` per line, integer ids) with an items file
-      (`items.jsonl[.gz]` or `movies.dat`) in the same folder.
-    Several candidates are an error that lists them; `sequences` / `items` pick.
+      (`items.jsonl[.gz]`, `movies.dat`, `items.csv` or `items.parquet`) in the same folder;
+    - an interactions table (`*.csv[.gz]` or `*.parquet` with user_id, item_id, timestamp)
+      with an items file (the same names);
+    - a remote source (gs://, https://): its kind from its name, its items from `items`.
+    Several candidates are an error that lists them; `sequences` / `items` pick. `kind`
+    (prepare-data's --dataset) forces the kind of `data`.
     """
+    if kind is not None and kind not in KINDS:
+        raise MadrecError(f"--dataset {kind}: expected one of {', '.join(KINDS)}")
     if sequences:
         return _sequences(_existing(sequences, "--sequences"), items or None)
     if data is None:
-        if items:
-            raise MadrecError("--items needs --sequences or --data (the folder or file of the sequences)")
+        if items or kind not in (None, "ml-1m"):
+            raise MadrecError("--items / --dataset need --data (the folder or file of the interactions)")
         return DataSpec("ml-1m", ML1M_URL)
+    if is_remote(data):
+        return _remote(data, items, kind)
     path = _existing(data, "--data")
     if path.is_file():
-        if path.suffix == ".zip":
+        kind = kind or _kind_of_file(path.name)
+        if kind == "ml-1m":
             return DataSpec("ml-1m", str(path))
-        return _sequences(path, items)
+        return _interactions(path, items) if kind == "interactions" else _sequences(path, items)
+    return _find_in_folder(path, items, kind)
+
+
+def _remote(uri: str, items: str | None, kind: str | None) -> DataSpec:
+    kind = kind or _kind_of_file(uri.rsplit("/", 1)[-1])
+    if kind != "ml-1m" and not items:
+        raise MadrecError(f"--data {uri}: {kind} need their item texts too; pass --items FILE_OR_URI")
+    if items and not is_remote(items):
+        items = str(_existing(items, "--items"))
+    return DataSpec(kind, uri, items or "")
+
+
+def _find_in_folder(path: Path, items: str | None, kind: str | None) -> DataSpec:
+    """The one recognised input in a folder (module docstring)."""
     ml1m = [p for p in (path / "ml-1m.zip",) if p.is_file()]
     for folder in (path, path / "ml-1m"):
         if (folder / "ratings.dat").is_file() and (folder / "movies.dat").is_file():
             ml1m.append(folder / "ratings.dat")
     texts = sorted(p for p in path.glob("*.txt") if p.is_file())
     seqs = [p for p in texts if _looks_like_sequences(p)]
-    if ml1m and (seqs or items):
+    tables = sorted(p for p in path.iterdir() if p.is_file() and _is_table(p) and _looks_like_interactions(p))
+    found = {"ml-1m": ml1m, "sequences": seqs, "interactions": tables}
+    if kind is not None:
+        found = {kind: found[kind]}
+    if ml1m and kind is None and (seqs or tables or items):
+        others = _listing(seqs + tables) or "with --items"
         raise MadrecError(
-            f"{path}: both MovieLens-1M files ({_listing(ml1m)}) and sequences ({_listing(seqs) or 'with --items'}); "
-            f"use --data {ml1m[0]} for the ratings, or --sequences FILE (make run SEQUENCES=...)"
+            f"{path}: both MovieLens-1M files ({_listing(ml1m)}) and sequences or interactions ({others}); "
+            f"use --data {ml1m[0]} for the ratings, or --sequences FILE / --data TABLE (make run SEQUENCES=... / DATA=...)"
         )
-    if len(ml1m) > 1:
+    if seqs and tables and kind is None:
+        raise MadrecError(f"{path}: both sequences ({_listing(seqs)}) and interactions tables ({_listing(tables)}); "
+                          "pick one with --sequences FILE or --data TABLE")
+    if len(found.get("ml-1m", [])) > 1:
         raise MadrecError(f"{path}: several MovieLens-1M sources ({_listing(ml1m)}); pick one with --data FILE_OR_FOLDER")
-    if ml1m:
+    if found.get("ml-1m"):
         return DataSpec("ml-1m", str(ml1m[0] if ml1m[0].suffix == ".zip" else ml1m[0].parent))
-    if len(seqs) > 1:
+    if len(found.get("sequences", [])) > 1:
         raise MadrecError(
             f"{path}: several sequences files ({_listing(seqs)}); pick one with --sequences FILE (make run SEQUENCES=...)"
         )
-    if not seqs:
-        found = f"; its .txt files ({_listing(texts)}) are not 'user item item ...' lines of integer ids" if texts else ""
-        raise MadrecError(
-            f"{path}: no recognised data: expected ml-1m.zip, ratings.dat + movies.dat, or a sequences "
-            f"*.txt with an items file{found}; pass --sequences FILE --items FILE"
-        )
-    return _sequences(seqs[0], items)
+    if len(found.get("interactions", [])) > 1:
+        raise MadrecError(f"{path}: several interactions tables ({_listing(tables)}); pick one with --data TABLE "
+                          "(make run DATA=...)")
+    if found.get("sequences"):
+        return _sequences(seqs[0], items)
+    if found.get("interactions"):
+        return _interactions(tables[0], items)
+    hint = f"; its .txt files ({_listing(texts)}) are not 'user item item ...' lines of integer ids" if texts else ""
+    raise MadrecError(
+        f"{path}: no recognised data: expected ml-1m.zip, ratings.dat + movies.dat, a sequences *.txt or an "
+        f"interactions table (*.csv / *.parquet with {', '.join(INTERACTION_COLUMNS)}) with an items file{hint}; "
+        "pass --sequences FILE --items FILE or --data TABLE --items FILE"
+    )
 
 
 def stage_input(source: str, store: Path) -> str:
@@ -241,9 +318,15 @@ def cli(argv: list[str]) -> int:
         "`madrec train` overrides, e.g. trainer.max_steps=200.",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
-    p.add_argument("--data", help="folder (ml-1m.zip, ratings.dat + movies.dat, or sequences *.txt + items) or file")
+    p.add_argument("--data", help="a folder or file: ml-1m.zip, ratings.dat + movies.dat, a sequences *.txt or an "
+                   "interactions table (*.csv / *.parquet: user_id, item_id, timestamp) with items; or a gs:// / "
+                   "https:// URI")
     p.add_argument("--sequences", help="the sequences file, when the folder has several")
-    p.add_argument("--items", help="the items file (items.jsonl[.gz] or movies.dat), when the folder has several")
+    p.add_argument("--items", help="the items file (items.jsonl[.gz], movies.dat, CSV / Parquet item_id,text), "
+                   "when the folder has several or has none")
+    p.add_argument("--dataset", choices=KINDS, help="the kind of --data, when its name does not say it "
+                   "(as madrec prepare-data --dataset)")
+    p.add_argument("--min-item-count", type=int, default=None, help="as madrec prepare-data (default 5)")
     p.add_argument("--sid-uri", default="", help="a GRID SID file to ingest instead of building SIDs")
     p.add_argument("--experiment", default="tiny", help="training experiment (configs/experiment/NAME.yaml)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -253,7 +336,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--pipeline-file", type=Path, default=PIPELINE_FILE, help="compiled pipeline YAML")
     args = p.parse_args(argv)
 
-    spec = find_data(args.data, args.sequences, args.items)
+    spec = find_data(args.data, args.sequences, args.items, args.dataset)
     if args.sid_uri and not is_remote(args.sid_uri):
         _existing(args.sid_uri, "--sid-uri")
     out = args.out.resolve()
@@ -261,7 +344,8 @@ def cli(argv: list[str]) -> int:
     arguments = {
         "dataset": spec.kind, "source": stage_input(spec.source, store), "items": stage_input(spec.items, store),
         "sid_uri": stage_input(args.sid_uri, store), "experiment": args.experiment,
-        "train_overrides": " ".join(args.overrides), "num_gpus": 0,
+        "train_overrides": shlex.join(args.overrides), "num_gpus": 0,
+        **({"min_item_count": args.min_item_count} if args.min_item_count is not None else {}),
         **parse_params(args.param, pipeline_inputs(args.pipeline_file)),
     }
     cache_root = None if args.no_cache else out / ".cache" / code_fingerprint()

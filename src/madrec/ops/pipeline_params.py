@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from madrec.errors import MadrecError
+from madrec.overrides import pairs
 
 REPO = Path(__file__).resolve().parents[3]
 PIPELINE_FILE = REPO / "pipelines" / "madrec_pipeline.yaml"
@@ -35,13 +36,10 @@ def pipeline_inputs(pipeline_file: Path) -> dict[str, dict]:
     return spec["root"]["inputDefinitions"]["parameters"]
 
 
-def parse_params(pairs: list[str], inputs: dict[str, dict]) -> dict:
+def parse_params(items: list[str], inputs: dict[str, dict]) -> dict:
     """`KEY=VALUE` strings -> typed run parameters; unknown keys and bad values are errors."""
     params = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise MadrecError(f"--param {pair!r}: expected KEY=VALUE")
+    for key, raw in pairs(items, what="--param", example="sid_levels=4"):
         if key not in inputs:
             raise MadrecError(f"--param {key}: not a pipeline parameter; valid: {', '.join(sorted(inputs))}")
         kind = inputs[key]["parameterType"]

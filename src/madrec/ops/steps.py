@@ -20,9 +20,10 @@ from pathlib import Path
 
 from madrec.errors import MadrecError
 from madrec.io import content_digest, default_cache_dir, write_text_atomic
+from madrec.overrides import refuse_keys, split_words
 
-# Keys of `madrec train` / `madrec evaluate` that the pipeline wires itself.
-_PIPELINE_KEYS = ("data_dir", "sid_data_path", "output_dir", "ckpt_path", "split")
+# Keys of `madrec train` / `madrec evaluate` that the pipeline's steps set themselves.
+PIPELINE_KEYS = ("data_dir", "sid_data_path", "output_dir", "ckpt_path", "split")
 
 
 def run_verb(argv: list[str], nproc: int = 1) -> None:
@@ -43,16 +44,7 @@ def run_verb(argv: list[str], nproc: int = 1) -> None:
 
 def split_overrides(overrides: str) -> list[str]:
     """`key=value key=value` (shell quoting allowed) -> list; refuses keys the pipeline sets."""
-    items = shlex.split(overrides or "")
-    for item in items:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if "=" not in item:
-            raise MadrecError(f"override {item!r} is not key=value")
-        if key in _PIPELINE_KEYS:
-            raise MadrecError(
-                f"override {item!r}: the pipeline sets {key} itself; remove it from the overrides"
-            )
-    return items
+    return refuse_keys(split_words(overrides), PIPELINE_KEYS, "the pipeline")
 
 
 def scalar_metrics(values: dict, prefix: str = "") -> dict[str, float]:

@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 from madrec.errors import MadrecError
 from madrec.ops.images import image as image_ref
 from madrec.io import atomic_dir, atomic_file
+from madrec.ops.steps import PIPELINE_KEYS
+from madrec.overrides import refuse_keys
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,6 @@ DEFAULT_RUNTIME = "madrec-torch"
 SHARED_PVC = "madrec-data"
 SHARED_MOUNT = "/mnt/madrec"
 COMMAND = ("torchrun", "-m", "madrec.cli", "train")
-# Config keys the launcher sets itself from the staged inputs.
-STAGED_KEYS = ("data_dir", "sid_data_path", "output_dir")
 # Waiting reasons that never resolve on their own: fail now instead of at the timeout.
 # A progress line at least this often, even when nothing changed.
 HEARTBEAT_S = 300.0
@@ -376,20 +376,8 @@ def launch(
     job's folder removed; without it, or when the job fails, the folder stays for inspection.
     Returns the run's summary.json.
     """
-    taken = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in STAGED_KEYS]
-    if taken:
-        raise MadrecError(f"overrides {taken}: the launcher sets {', '.join(STAGED_KEYS)} itself "
-                          "from its input artifacts; remove them")
-    shared = Path(shared_dir)
-    if not shared.is_dir():
-        raise MadrecError(f"shared volume {shared} is not mounted in the launcher; mount PVC {SHARED_PVC} "
-                          f"there (components/trainjob.py: mount_shared_volume(task))")
-    data_dir, sid_path = Path(data_dir), Path(sid_path)
-    if sid_path.is_dir():
-        sid_path = sid_path / "sids.pt"
-    for path, what in ((data_dir / "dataset.json", "data_dir (prepared dataset)"), (sid_path, "SID file")):
-        if not path.is_file():
-            raise MadrecError(f"{path}: missing {what}; the launcher needs prepare-data and SID outputs")
+    overrides = refuse_keys(overrides, PIPELINE_KEYS, "the pipeline")
+    shared, data_dir, sid_path = _check_launch_inputs(Path(shared_dir), Path(data_dir), Path(sid_path))
     client = client or TrainJobClient()
     name = job_name()
     stage = shared / "trainjobs" / name
@@ -397,14 +385,7 @@ def launch(
             f"output_dir={stage / 'run'}", *overrides]
     job = build_trainjob(name, args, num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
                          runtime=runtime, namespace=client.namespace)
-    log.info("staging inputs in %s", stage)
-    try:
-        shutil.copytree(data_dir, stage / "data")
-        shutil.copyfile(sid_path, stage / "sids.pt")
-        client.create(job)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    _stage_and_create(client, job, stage, data_dir, sid_path)
     try:
         client.wait(name, timeout_s=timeout_s, poll_s=poll_s)
     except MadrecError as exc:
@@ -414,11 +395,43 @@ def launch(
         # The staged copies are only the job's inputs; the run folder stays for inspection.
         shutil.rmtree(stage / "data", ignore_errors=True)
         (stage / "sids.pt").unlink(missing_ok=True)
-    best = stage / "run" / "checkpoints" / "best.ckpt"
+    return _collect_run(client, name, stage / "run", Path(model_path), run_dir)
+
+
+def _check_launch_inputs(shared: Path, data_dir: Path, sid_path: Path) -> tuple[Path, Path, Path]:
+    """The shared volume is mounted and the prepared data and SID file are there to stage."""
+    if not shared.is_dir():
+        raise MadrecError(f"shared volume {shared} is not mounted in the launcher; mount PVC {SHARED_PVC} "
+                          f"there (components/trainjob.py: mount_shared_volume(task))")
+    if sid_path.is_dir():
+        sid_path = sid_path / "sids.pt"
+    for path, what in ((data_dir / "dataset.json", "data_dir (prepared dataset)"), (sid_path, "SID file")):
+        if not path.is_file():
+            raise MadrecError(f"{path}: missing {what}; the launcher needs prepare-data and SID outputs")
+    return shared, data_dir, sid_path
+
+
+def _stage_and_create(client: TrainJobClient, job: dict, stage: Path, data_dir: Path, sid_path: Path) -> None:
+    """Copy the inputs to the shared volume and create the job; nothing stays behind on failure."""
+    log.info("staging inputs in %s", stage)
+    try:
+        shutil.copytree(data_dir, stage / "data")
+        shutil.copyfile(sid_path, stage / "sids.pt")
+        client.create(job)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _collect_run(client: TrainJobClient, name: str, run: Path, model_path: Path,
+                 run_dir: str | Path | None) -> dict:
+    """The finished job's best checkpoint to `model_path`, its run folder to `run_dir` (then the
+    job's folder is removed); returns its summary.json."""
+    best = run / "checkpoints" / "best.ckpt"
     if not best.is_file():
         raise MadrecError(f"TrainJob {name} completed but wrote no {best}; check its logs "
                           f"(kubectl -n {client.namespace} logs -l jobset.sigs.k8s.io/jobset-name={name} -c node)")
-    summary_path = stage / "run" / "summary.json"
+    summary_path = run / "summary.json"
     if not summary_path.is_file():
         raise MadrecError(f"TrainJob {name} completed but wrote no {summary_path}; check its logs")
     summary = json.loads(summary_path.read_text())
@@ -427,7 +440,7 @@ def launch(
     log.info("TrainJob %s: best checkpoint copied to %s", name, model_path)
     if run_dir is not None:
         with atomic_dir(run_dir) as tmp:
-            shutil.copytree(stage / "run", tmp, ignore=lambda d, names: ["best.ckpt"] if d == str(best.parent) else [],
+            shutil.copytree(run, tmp, ignore=lambda d, names: ["best.ckpt"] if d == str(best.parent) else [],
                             dirs_exist_ok=True)
-        shutil.rmtree(stage)
+        shutil.rmtree(run.parent)
     return summary
