@@ -40,7 +40,7 @@ train-gpu:  ## DDP over $(GPUS) local GPUs via torchrun; ARGS as for train (ckpt
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m madrec.cli train trainer.accelerator=gpu $(ARGS)
 
 # Container images (docker/): `madrec` (CPU torch) for data/SID steps and the pipeline's
-# launchers, `madrec-cuda` (CUDA torch) for train/evaluate; names as in madrec.images.
+# launchers, `madrec-cuda` (CUDA torch) for train/evaluate; names as in madrec.ops.images.
 # DOCKER: the container CLI, detected: `docker` when a Docker engine answers, else `podman`
 # (machines without a Docker engine; docker/podman/setup.sh installs it). BUILDER: the build
 # command (`docker build`, or `podman build --isolation chroot`). PYTHON_IMAGE: the base image
@@ -50,7 +50,12 @@ train-gpu:  ## DDP over $(GPUS) local GPUs via torchrun; ARGS as for train (ckpt
 # (default: torch-$(TORCH_VERSION)+cpu in pip's find-links folders, when there is one).
 REGISTRY ?= $(or $(MADREC_REGISTRY),ghcr.io/madrec-project)
 TAG ?= $(or $(MADREC_TAG),0.1.0)
-DOCKER ?= $(shell if docker info >/dev/null 2>&1 || ! command -v podman >/dev/null; then echo docker; else echo podman; fi)
+# A machine with no Docker engine gets podman: installed already, or installable here (root with
+# apt-get; `make test-images` installs it through docker/podman/setup.sh); else docker.
+DOCKER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v podman >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; }; then echo podman; \
+	else echo docker; fi)
+DOCKER := $(DOCKER)
 BUILDER ?= $(if $(filter podman,$(notdir $(DOCKER))),$(DOCKER) build --isolation chroot,$(DOCKER) build)
 LOCAL_PYTHON_IMAGE := localhost/python:3.11-bookworm
 PYTHON_IMAGE ?= $(if $(filter podman,$(notdir $(DOCKER))),$(shell podman image exists $(LOCAL_PYTHON_IMAGE) 2>/dev/null && echo $(LOCAL_PYTHON_IMAGE)))
@@ -84,7 +89,7 @@ push-images:  ## push both images (after build-images and `docker login`)
 test-images:  ## build the CPU image and run every step and the pipeline in containers
 	$(if $(filter podman,$(notdir $(DOCKER))),nice -n 19 docker/podman/setup.sh)
 	nice -n 19 $(BIN)/pip install --quiet $(IMAGE_TEST_PACKAGES)
-	nice -n 19 $(MAKE) --no-print-directory build-image-cpu TAG=$(TAG)
+	nice -n 19 $(MAKE) --no-print-directory build-image-cpu TAG=$(TAG) DOCKER=$(DOCKER)
 	MADREC_IMAGE_TESTS=1 MADREC_TEST_IMAGE=$(REGISTRY)/madrec:$(TAG) MADREC_TEST_DOCKER=$(DOCKER) \
 		nice -n 19 $(BIN)/pytest -q -m slow -p no:cacheprovider tests/test_images_build.py
 IMAGE_TEST_PACKAGES ?= docker==7.1.0 podman-compose==1.5.0

@@ -1,6 +1,6 @@
-"""Kubeflow Pipelines components: one per step, each a thin wrapper over `madrec.kfp_steps`.
+"""Kubeflow Pipelines components: one per step, each a thin wrapper over `madrec.ops.steps`.
 
-The function bodies run inside the step's image (`madrec.images`), where madrec and kfp are
+The function bodies run inside the step's image (`madrec.ops.images`), where madrec and kfp are
 installed: nothing is pip-installed at run time, and the same code runs under kfp's local
 SubprocessRunner.
 """

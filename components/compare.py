@@ -4,13 +4,13 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import HTML, Input, Markdown, Metrics, Output
 
-from madrec.images import image
+from madrec.ops.images import image
 
 
 @dsl.component(base_image=image("madrec"), install_kfp_package=False)
 def plan_experiments(experiments: str) -> List[str]:
     """The comma-separated `experiments` run parameter as a list (each a configs/experiment name)."""
-    from madrec.kfp_steps import experiment_list
+    from madrec.ops.steps import experiment_list
 
     return experiment_list(experiments)
 
@@ -25,6 +25,6 @@ def compare_models(
 ):
     """One table of the test metrics of every experiment trained in parallel (Markdown and HTML),
     and the same numbers as `<experiment>/test/recall@10`-style metrics."""
-    from madrec.kfp_steps import compare_step
+    from madrec.ops.steps import compare_step
 
     compare_step(summaries, metrics, table, report, comparison)

@@ -13,7 +13,7 @@ nothing, so a pipeline can always include it and turn deployment on by the run p
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model
 
-from madrec.images import image
+from madrec.ops.images import image
 
 
 @dsl.component(base_image=image("madrec"), install_kfp_package=False)
@@ -29,7 +29,7 @@ def deploy(
     """Create or update InferenceService `service_name` (in `namespace`, default: the step's own)
     serving `model` with `madrec serve` when the evaluation's test/recall@10 >= min_recall_at_10;
     returns the decision ("deployed: ..." or "skipped: ...")."""
-    from madrec.deploy import deploy_step
+    from madrec.ops.deploy import deploy_step
 
     return deploy_step(model.uri, metrics.path, dict(metrics.metadata), min_recall_at_10, service_name,
                        namespace, gpu=use_gpu, tag=image_tag or None)

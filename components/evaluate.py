@@ -2,7 +2,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
-from madrec.images import image
+from madrec.ops.images import image
 
 
 @dsl.component(base_image=image("madrec-cuda"), install_kfp_package=False)
@@ -19,6 +19,6 @@ def evaluate(
 ):
     """Recall@K / NDCG@K on `split` (overrides such as `beam_size=20`), the HTML report, the
     top-K predictions (Parquet) and a Markdown summary table."""
-    from madrec.kfp_steps import evaluate_step
+    from madrec.ops.steps import evaluate_step
 
     evaluate_step(model, dataset, split, overrides, num_gpus, metrics, report, predictions, summary)

@@ -2,7 +2,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from madrec.images import image
+from madrec.ops.images import image
 
 
 @dsl.component(base_image=image("madrec"), install_kfp_package=False)
@@ -15,7 +15,7 @@ def ingest_sids(
 ):
     """Validate a GRID SID file (local path, http(s) or gs:// URI) against the dataset and
     publish it as the (H, N) int64 SID tensor with its quality report."""
-    from madrec.kfp_steps import ingest_sids_step
+    from madrec.ops.steps import ingest_sids_step
 
     ingest_sids_step(source, dataset.path, sids, sid_report, sid_metrics)
 
@@ -34,6 +34,6 @@ def build_sids(
 ):
     """Embed every item's text, quantise with residual k-means and add the de-dup digit:
     the (H, N) int64 SID tensor, the codebooks and the quality report."""
-    from madrec.kfp_steps import build_sids_step
+    from madrec.ops.steps import build_sids_step
 
     build_sids_step(dataset.path, encoder, levels, codebook_size, seed, sids, codebooks, sid_report, sid_metrics)

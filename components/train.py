@@ -2,7 +2,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from madrec.images import image
+from madrec.ops.images import image
 
 
 @dsl.component(base_image=image("madrec-cuda"), install_kfp_package=False)
@@ -19,6 +19,6 @@ def train(
     """Train with `experiment` plus `overrides` (`key=value ...`); more than one GPU launches
     DDP through torchrun. Outputs the self-contained best checkpoint, the final validation
     metrics and the run folder (metrics.csv, summary.json, last.ckpt to resume from)."""
-    from madrec.kfp_steps import train_step
+    from madrec.ops.steps import train_step
 
     train_step(dataset, sids, experiment, overrides, num_gpus, model, metrics, run)

@@ -12,8 +12,8 @@ as a service account bound to the `madrec-trainjob-launcher` Role (manifests/).
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from madrec.images import image
-from madrec.trainjob import SHARED_MOUNT, SHARED_PVC
+from madrec.ops.images import image
+from madrec.ops.trainjob import SHARED_MOUNT, SHARED_PVC
 
 
 @dsl.component(base_image=image("madrec"), install_kfp_package=False)
@@ -35,13 +35,12 @@ def launch_trainjob(
     """Train `experiment` + `overrides` (`key=value ...`) on `num_nodes` x `gpus_per_node` GPUs
     as a TrainJob on `runtime`; `trainer_image` defaults to the madrec-cuda image of the same build
     (MADREC_REGISTRY / MADREC_TAG set in the image)."""
-    import logging
+    from madrec.cli import configure_logging
+    from madrec.ops.images import image as image_ref
+    from madrec.ops.steps import publish_metrics, split_overrides
+    from madrec.ops.trainjob import launch
 
-    from madrec.images import image as image_ref
-    from madrec.kfp_steps import publish_metrics, split_overrides
-    from madrec.trainjob import launch
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     summary = launch(
         dataset.path, sids.path, model.path, run.path,
         experiment=experiment, overrides=split_overrides(overrides),

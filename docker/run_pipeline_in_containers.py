@@ -37,7 +37,7 @@ IMAGE_USER = (1000, 1000)  # docker/Dockerfile: USER 1000:1000
 
 def resolve_images(pipeline_text: str, tag: str, registry: str | None) -> str:
     """The pipeline YAML with concrete image references (tag, and optionally registry)."""
-    from madrec.images import DEFAULT_REGISTRY
+    from madrec.ops.images import DEFAULT_REGISTRY
 
     lines = []
     for line in pipeline_text.splitlines(keepends=True):
@@ -60,7 +60,7 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
 def run(args) -> Path:
     from kfp import components, local
 
-    from madrec.local_run import PIPELINE_FILE, collect_results, link_results, parse_params, pipeline_inputs
+    from madrec.ops.local_run import PIPELINE_FILE, collect_results, link_results, parse_params, pipeline_inputs
 
     pipeline_file = args.pipeline_file or PIPELINE_FILE
     out = args.out.resolve()
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="tiny")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="other pipeline parameters")
     p.add_argument("--image-tag", default=os.environ.get("MADREC_TAG") or "0.1.0")
-    p.add_argument("--registry", default=os.environ.get("MADREC_REGISTRY"), help="default: madrec.images'")
+    p.add_argument("--registry", default=os.environ.get("MADREC_REGISTRY"), help="default: madrec.ops.images'")
     p.add_argument("--network", default="none", help="container network ('none': the steps run offline; '' = default)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS in the steps")
     p.add_argument("--pipeline-file", type=Path, default=None)

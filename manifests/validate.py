@@ -2,14 +2,14 @@
 
 - Kubernetes kinds: the official OpenAPI schemas of --kubernetes-version (kubernetes-validate,
   strict: unknown fields are errors).
-- Kubeflow Trainer kinds (TrainingRuntime, and the TrainJob that madrec.trainjob builds): the
-  Trainer v2.3 API models of the `kubeflow-trainer-api` package (madrec.trainjob.validate_trainer_object).
+- Kubeflow Trainer kinds (TrainingRuntime, and the TrainJob that madrec.ops.trainjob builds): the
+  Trainer v2.3 API models of the `kubeflow-trainer-api` package (madrec.ops.trainjob.validate_trainer_object).
 - References between them: the TrainJob's runtime, and the volume claim, config map and service
   account the runtime's pods use, exist in the same overlay; the shared volume is mounted where
   the launcher stages inputs.
 - Serving (serving/cpu, serving/gpu): the KServe InferenceService against the v1beta1 API of the
   `kserve` SDK (its OpenAPI-generated models, strict: unknown fields and wrong types are errors)
-  and its predictor's pod fields against Kubernetes (madrec.deploy.validate_inferenceservice);
+  and its predictor's pod fields against Kubernetes (madrec.ops.deploy.validate_inferenceservice);
   the deploy step's Role may get/create/update InferenceServices and is bound.
 
 Usage: python manifests/validate.py [--kubernetes-version 1.32] [OVERLAY_DIR ...]
@@ -40,13 +40,13 @@ def check_schemas(docs: list[dict], k8s_version: str) -> list[str]:
     import kubernetes_validate
 
     from madrec.errors import MadrecError
-    from madrec.trainjob import GROUP, validate_trainer_object
+    from madrec.ops.trainjob import GROUP, validate_trainer_object
 
     problems = []
     for doc in docs:
         label = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
         if str(doc.get("apiVersion", "")).startswith("serving.kserve.io/"):
-            from madrec.deploy import validate_inferenceservice
+            from madrec.ops.deploy import validate_inferenceservice
 
             problems += validate_inferenceservice(doc, k8s_version)
             continue
@@ -69,13 +69,13 @@ def check_schemas(docs: list[dict], k8s_version: str) -> list[str]:
 def check_references(docs: list[dict]) -> list[str]:
     """The sample TrainJob's runtime and the runtime pods' claim/config map/account are defined."""
     from madrec.errors import MadrecError
-    from madrec.trainjob import SHARED_MOUNT, SHARED_PVC, build_trainjob, validate_trainer_object
+    from madrec.ops.trainjob import SHARED_MOUNT, SHARED_PVC, build_trainjob, validate_trainer_object
 
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     job = build_trainjob("madrec-train-check", ["experiment=tiny"], num_nodes=2, gpus_per_node=4)
     problems = []
     try:
-        validate_trainer_object(job, "madrec.trainjob.build_trainjob")
+        validate_trainer_object(job, "madrec.ops.trainjob.build_trainjob")
     except MadrecError as exc:
         problems.append(str(exc))
     runtime_name = job["spec"]["runtimeRef"]["name"]
@@ -111,7 +111,7 @@ def check_references(docs: list[dict]) -> list[str]:
 
 def check_serving(docs: list[dict]) -> list[str]:
     """One InferenceService with a model to fetch; the deploy step's Role is granted and bound."""
-    from madrec.deploy import CONTAINER, PLURAL
+    from madrec.ops.deploy import CONTAINER, PLURAL
 
     problems = []
     services = [d for d in docs if d["kind"] == "InferenceService"]

@@ -4,7 +4,7 @@
 
 compiles the IR YAML (`make compile-pipeline`; the result is committed). The same YAML runs
 on a cluster (`madrec submit`, or upload it in the KFP UI) and on a laptop (`madrec
-run-local`, kfp's SubprocessRunner). Images follow `madrec.images` (MADREC_REGISTRY /
+run-local`, kfp's SubprocessRunner). Images follow `madrec.ops.images` (MADREC_REGISTRY /
 MADREC_TAG at compile time); the `image_tag` run parameter switches the tag per run.
 
 kfp's local runner cannot resolve `dsl.OneOf` over artifacts (kfp 2.17), so instead of
@@ -26,11 +26,11 @@ from components.prepare_data import prepare_data
 from components.sids import build_sids, ingest_sids
 from components.train import train
 from components.trainjob import launch_trainjob, mount_shared_volume
-from madrec.images import image
+from madrec.ops.images import image
+from madrec.ops.pipeline_params import PIPELINE_FILE
 from madrec.io import write_text_atomic
 from madrec.prepare import ML1M_URL
 
-PIPELINE_FILE = Path(__file__).with_name("madrec_pipeline.yaml")
 GPU_RESOURCE = "nvidia.com/gpu"
 # Labels and taints of a typical GPU node pool: the NVIDIA GPU operator labels its nodes
 # nvidia.com/gpu.present=true; GKE, AKS and EKS GPU pools carry the nvidia.com/gpu taint.
@@ -44,7 +44,7 @@ LAUNCHER_RESOURCES = {"cpu": "1", "memory": "4Gi"}  # copies the inputs to the s
 
 
 def _use_image(task, name: str, tag):
-    """Run `task` on image `name` with the run's `tag` (registry from madrec.images)."""
+    """Run `task` on image `name` with the run's `tag` (registry from madrec.ops.images)."""
     return task.set_container_image(f"{image(name).rsplit(':', 1)[0]}:{tag}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from madrec.errors import MadrecError
-from madrec.images import DEFAULT_REGISTRY, DEFAULT_TAG, image
+from madrec.ops.images import DEFAULT_REGISTRY, DEFAULT_TAG, image
 
 
 def test_defaults(monkeypatch):

@@ -17,7 +17,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from madrec.images import DEFAULT_REGISTRY, DEFAULT_TAG, IMAGES
+from madrec.ops.images import DEFAULT_REGISTRY, DEFAULT_TAG, IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from madrec.errors import MadrecError
-from madrec.local_run import find_data, stage_input
+from madrec.ops.local_run import find_data, stage_input
 from madrec.prepare import ML1M_URL
 
 SEQUENCES = "1 10 11 12\n2 11 12 13 10\n"

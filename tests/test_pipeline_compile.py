@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from madrec.images import DEFAULT_REGISTRY, DEFAULT_TAG
+from madrec.ops.images import DEFAULT_REGISTRY, DEFAULT_TAG
 
 PIPELINE_YAML = REPO / "pipelines" / "madrec_pipeline.yaml"
 CPU_STEPS = ("prepare-data", "ingest-sids", "build-sids", "launch-trainjob")

@@ -16,8 +16,8 @@ import torch
 
 from madrec.checkpoint import load_checkpoint
 from madrec.data import load_dataset
-from madrec import local_run
-from madrec.local_run import RESULT_LINKS, cli
+from madrec.ops import local_run
+from madrec.ops.local_run import RESULT_LINKS, cli
 from madrec.sids import load_sids
 
 SLICE_USERS = 1000  # lines of Beauty.txt; the >= 5 interactions filter leaves a few hundred users

@@ -22,7 +22,7 @@ pytest.importorskip("kserve")
 
 from madrec.errors import MadrecError  # noqa: E402
 from madrec.recommend import Recommender  # noqa: E402
-from madrec.serve import resolve_checkpoint  # noqa: E402
+from madrec.ops.serve import resolve_checkpoint  # noqa: E402
 
 N = 40
 IDS = [f"A{i * 7:04d}" for i in range(N)]
@@ -297,7 +297,7 @@ def test_inferenceservice_manifests_are_the_deploy_steps_object_and_validate():
 
     import yaml
 
-    from madrec.deploy import build_inferenceservice, validate_inferenceservice
+    from madrec.ops.deploy import build_inferenceservice, validate_inferenceservice
 
     if shutil.which("kubectl") is None:
         pytest.fail("kubectl not found: it renders the kustomize folders (apt-get install kubectl)")
@@ -318,7 +318,7 @@ def test_inferenceservice_manifests_are_the_deploy_steps_object_and_validate():
 def test_inferenceservice_validation_names_the_problems():
     import copy
 
-    from madrec.deploy import build_inferenceservice, validate_inferenceservice
+    from madrec.ops.deploy import build_inferenceservice, validate_inferenceservice
 
     good = build_inferenceservice("madrec", "gs://b/m")
     bad = copy.deepcopy(good)
@@ -361,7 +361,7 @@ class FakeCustomObjects:
 
 
 def test_deploy_step_creates_then_updates_only_above_the_threshold(tmp_path):
-    from madrec.deploy import deploy_step
+    from madrec.ops.deploy import deploy_step
 
     metrics = tmp_path / "metrics"
     metrics.write_text(json.dumps({"test/recall@10": 0.042, "test/ndcg@10": 0.02}))

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from madrec.errors import MadrecError
-from madrec.local_run import PIPELINE_FILE, parse_params, pipeline_inputs
-from madrec.submit import cli, submit, upload
+from madrec.ops.pipeline_params import PIPELINE_FILE, parse_params, pipeline_inputs
+from madrec.ops.submit import cli, submit, upload
 
 VERSION = f"madrec-{hashlib.sha256(PIPELINE_FILE.read_bytes()).hexdigest()[:12]}"
 

@@ -2,7 +2,7 @@
 
 Kubeflow Trainer's torch plugin sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK,
 PET_MASTER_ADDR and PET_MASTER_PORT on each node and runs `torchrun -m madrec.cli train ...`
-(madrec.trainjob.COMMAND); torchrun reads them as its defaults and hands every process RANK,
+(madrec.ops.trainjob.COMMAND); torchrun reads them as its defaults and hands every process RANK,
 LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT. This test does exactly that on one node.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from madrec.checkpoint import load_checkpoint
 from madrec.data import load_dataset
 from madrec.evaluate import evaluate_split
-from madrec.trainjob import COMMAND
+from madrec.ops.trainjob import COMMAND
 from planted import planted_dataset
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

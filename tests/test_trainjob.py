@@ -14,9 +14,9 @@ from kubernetes.client import (V1ContainerState, V1ContainerStateTerminated, V1C
                                V1PodCondition, V1PodStatus)
 from kubernetes.client.exceptions import ApiException
 
-from madrec import trainjob
+from madrec.ops import trainjob
 from madrec.errors import MadrecError
-from madrec.images import image
+from madrec.ops.images import image
 
 _REAL_CLIENT = trainjob.TrainJobClient
 
@@ -153,7 +153,7 @@ def test_wait_logs_progress_until_complete(caplog):
         ([], [_pod("j-node-0-0", "Running"), _pod("j-node-0-1", "Running", index="1")]),
         ([("Complete", "done")], []),
     ], logs={"j-node-0-0": "epoch 0\rstep 5/100 loss 3.2\rstep 9/100 loss 2.9\n"})
-    with caplog.at_level(logging.INFO, logger="madrec.trainjob"):
+    with caplog.at_level(logging.INFO, logger="madrec.ops.trainjob"):
         _client(fake).wait("j", timeout_s=3600, poll_s=30)
     text = caplog.text
     assert "waiting for pods" in text
@@ -382,7 +382,7 @@ def test_rejected_job_leaves_nothing_on_the_shared_volume(tmp_path):
 def test_quiet_job_still_logs_a_heartbeat(caplog):
     fake = FakeCluster([([], [_pod("j-node-0-0", "Running")])] * 12 + [([("Complete", "")], [])],
                        logs={"j-node-0-0": "step 7/100"})
-    with caplog.at_level(logging.INFO, logger="madrec.trainjob"):
+    with caplog.at_level(logging.INFO, logger="madrec.ops.trainjob"):
         _client(fake).wait("j", timeout_s=3600, poll_s=60)
     beats = [r.getMessage() for r in caplog.records if "node 0: step 7/100" in r.getMessage()]
     assert beats[0].startswith("TrainJob j [0h00m00s]") and len(beats) == 3  # at 0, 5 and 10 minutes

@@ -21,10 +21,18 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("madrec.train:cli", "train the masked-diffusion model (key=value config overrides)"),
     "evaluate": ("madrec.evaluate:cli", "evaluate a checkpoint: metrics.json, report.html"),
     "recommend": ("madrec.recommend:cli", "recommend the next items for a history of item ids"),
-    "serve": ("madrec.serve:cli", "serve a checkpoint over HTTP with KServe (V1 and V2 protocols)"),
-    "run-local": ("madrec.local_run:cli", "run the whole Kubeflow pipeline locally (KFP local runner)"),
-    "submit": ("madrec.submit:cli", "upload and start the pipeline on a KFP endpoint"),
+    "serve": ("madrec.ops.serve:cli", "serve a checkpoint over HTTP with KServe (V1 and V2 protocols)"),
+    "run-local": ("madrec.ops.local_run:cli", "run the whole Kubeflow pipeline locally (KFP local runner)"),
+    "submit": ("madrec.ops.submit:cli", "upload and start the pipeline on a KFP endpoint"),
 }
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """INFO logs with time and logger name, for every verb and pipeline step."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def _usage() -> str:
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"madrec: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     module_name, func_name = VERBS[verb][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:

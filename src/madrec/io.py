@@ -77,6 +77,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+def content_digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's file names and contents."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "gs://"))
 

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from madrec.errors import MadrecError
-from madrec.images import image
+from madrec.ops.images import image
 
 log = logging.getLogger(__name__)
 

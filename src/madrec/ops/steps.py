@@ -8,7 +8,6 @@ into HTML artifacts, and a short Markdown summary. Artifacts are duck-typed (`.p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -20,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from madrec.errors import MadrecError
-from madrec.io import default_cache_dir, write_text_atomic
+from madrec.io import content_digest, default_cache_dir, write_text_atomic
 
 # Keys of `madrec train` / `madrec evaluate` that the pipeline wires itself.
 _PIPELINE_KEYS = ("data_dir", "sid_data_path", "output_dir", "ckpt_path", "split")
@@ -82,18 +81,6 @@ def publish_metrics(artifact, values: dict) -> dict[str, float]:
         artifact.log_metric(name, value)
     write_text_atomic(artifact.path, json.dumps(flat, indent=1, sort_keys=True) + "\n")
     return flat
-
-
-def content_digest(path: Path) -> str:
-    """sha256 of a file, or of a folder's file names and contents."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _copy(src: Path, dst: str) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from madrec.errors import MadrecError
-from madrec.local_run import PIPELINE_FILE, parse_params, pipeline_inputs
+from madrec.ops.pipeline_params import PIPELINE_FILE, parse_params, pipeline_inputs
 
 
 def upload(client, pipeline_file: Path, name: str) -> tuple[str, str]:

@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from madrec.errors import MadrecError
-from madrec.io import is_remote
-from madrec.kfp_steps import content_digest
+from madrec.io import content_digest, is_remote
+from madrec.ops.pipeline_params import PIPELINE_FILE, REPO, parse_params, pipeline_inputs
 from madrec.prepare import ML1M_URL
 
-REPO = Path(__file__).resolve().parents[2]
-PIPELINE_FILE = REPO / "pipelines" / "madrec_pipeline.yaml"
 ITEM_PATTERNS = ("*.jsonl", "*.jsonl.gz", "movies.dat")
 # Artifacts of a finished run, linked under OUT/latest: link name -> evaluate output or lineage key.
 RESULT_LINKS = {
@@ -32,46 +30,6 @@ RESULT_LINKS = {
     "train_run": "run", "metrics.json": "metrics", "report.html": "report",
     "predictions.parquet": "predictions", "summary.md": "summary",
 }
-
-
-_CONVERTERS = {
-    "STRING": str,
-    "NUMBER_INTEGER": int,
-    "NUMBER_DOUBLE": float,
-    "BOOLEAN": lambda v: {"true": True, "false": False}[v.lower()],
-    "STRUCT": json.loads,
-    "LIST": json.loads,
-}
-
-
-def pipeline_inputs(pipeline_file: Path) -> dict[str, dict]:
-    """The pipeline's run parameters: name -> {parameterType, defaultValue, ...}."""
-    import yaml
-
-    if not pipeline_file.is_file():
-        raise MadrecError(f"{pipeline_file}: no compiled pipeline; run `make compile-pipeline` in a source checkout")
-    with pipeline_file.open() as fh:
-        spec = next(yaml.safe_load_all(fh))
-    return spec["root"]["inputDefinitions"]["parameters"]
-
-
-def parse_params(pairs: list[str], inputs: dict[str, dict]) -> dict:
-    """`KEY=VALUE` strings -> typed run parameters; unknown keys and bad values are errors."""
-    params = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise MadrecError(f"--param {pair!r}: expected KEY=VALUE")
-        if key not in inputs:
-            raise MadrecError(f"--param {key}: not a pipeline parameter; valid: {', '.join(sorted(inputs))}")
-        kind = inputs[key]["parameterType"]
-        try:
-            params[key] = _CONVERTERS[kind](raw)
-        except (ValueError, KeyError) as exc:
-            raise MadrecError(f"--param {key}={raw!r}: not a valid {kind.lower()} ({exc})") from exc
-        if kind in ("STRUCT", "LIST") and not isinstance(params[key], dict if kind == "STRUCT" else list):
-            raise MadrecError(f"--param {key}: expected a JSON {'object' if kind == 'STRUCT' else 'array'}, got {raw!r}")
-    return params
 
 
 @dataclass(frozen=True)

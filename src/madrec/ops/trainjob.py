@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from madrec.errors import MadrecError
-from madrec.images import image as image_ref
+from madrec.ops.images import image as image_ref
 from madrec.io import atomic_dir, atomic_file
 
 log = logging.getLogger(__name__)

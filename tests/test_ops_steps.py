@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from madrec import kfp_steps
+from madrec.ops import steps
 from madrec.errors import MadrecError
-from madrec.kfp_steps import metrics_table, publish_metrics, run_verb, scalar_metrics, split_overrides
+from madrec.ops.steps import metrics_table, publish_metrics, run_verb, scalar_metrics, split_overrides
 
 
 class FakeMetrics:
@@ -63,12 +63,12 @@ def test_metrics_table():
 
 def test_run_verb_uses_torchrun_for_several_gpus(monkeypatch):
     calls = []
-    monkeypatch.setattr(kfp_steps.subprocess, "run",
+    monkeypatch.setattr(steps.subprocess, "run",
                         lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     run_verb(["train", "experiment=tiny"], nproc=4)
     assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
                       "-m", "madrec.cli", "train", "experiment=tiny"]]
-    monkeypatch.setattr(kfp_steps.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 1))
+    monkeypatch.setattr(steps.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(SystemExit, match="madrec train failed with exit code 1"):
         run_verb(["train"], nproc=2)
 

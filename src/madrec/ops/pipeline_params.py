@@ -1,0 +1,54 @@
+"""The compiled pipeline's run parameters, shared by `madrec run-local` and `madrec submit`.
+
+`PIPELINE_FILE` is the committed IR YAML (`make compile-pipeline` writes it); its root inputs
+are the run parameters, and `parse_params` turns `--param KEY=VALUE` strings into values of
+their declared types.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from madrec.errors import MadrecError
+
+REPO = Path(__file__).resolve().parents[3]
+PIPELINE_FILE = REPO / "pipelines" / "madrec_pipeline.yaml"
+
+_CONVERTERS = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": lambda v: {"true": True, "false": False}[v.lower()],
+    "STRUCT": json.loads,
+    "LIST": json.loads,
+}
+
+
+def pipeline_inputs(pipeline_file: Path) -> dict[str, dict]:
+    """The pipeline's run parameters: name -> {parameterType, defaultValue, ...}."""
+    import yaml
+
+    if not pipeline_file.is_file():
+        raise MadrecError(f"{pipeline_file}: no compiled pipeline; run `make compile-pipeline` in a source checkout")
+    with pipeline_file.open() as fh:
+        spec = next(yaml.safe_load_all(fh))
+    return spec["root"]["inputDefinitions"]["parameters"]
+
+
+def parse_params(pairs: list[str], inputs: dict[str, dict]) -> dict:
+    """`KEY=VALUE` strings -> typed run parameters; unknown keys and bad values are errors."""
+    params = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise MadrecError(f"--param {pair!r}: expected KEY=VALUE")
+        if key not in inputs:
+            raise MadrecError(f"--param {key}: not a pipeline parameter; valid: {', '.join(sorted(inputs))}")
+        kind = inputs[key]["parameterType"]
+        try:
+            params[key] = _CONVERTERS[kind](raw)
+        except (ValueError, KeyError) as exc:
+            raise MadrecError(f"--param {key}={raw!r}: not a valid {kind.lower()} ({exc})") from exc
+        if kind in ("STRUCT", "LIST") and not isinstance(params[key], dict if kind == "STRUCT" else list):
+            raise MadrecError(f"--param {key}: expected a JSON {'object' if kind == 'STRUCT' else 'array'}, got {raw!r}")
+    return params
