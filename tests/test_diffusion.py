@@ -21,7 +21,7 @@ def test_only_non_pad_tokens_are_masked_at_rate_t():
     assert not masked[:, :1000].any()
     assert torch.equal(noisy[masked], torch.full_like(noisy[masked], MASK))
     assert torch.equal(noisy[~masked], tokens[~masked])
-    t = 1.0 / weight  # linear schedule: weight = 1/t
+    t = 1.0 / weight[:, 0]  # linear schedule: weight = 1/t
     rate = masked[:, 1000:].float().mean(1)
     assert (rate - t).abs().max() < 0.04  # per sequence, 3000 tokens each
     assert 0.3 < t.mean() < 0.7 and t.min() >= 1e-3
@@ -67,7 +67,7 @@ def test_weighted_loss_is_a_weighted_mean_of_cross_entropies():
     torch.manual_seed(1)
     _, masked, weight = diffusion.corrupt(tokens)
     ce = torch.nn.functional.cross_entropy(model.table.transpose(1, 2), tokens, reduction="none")
-    w = weight[:, None] * masked
+    w = weight * masked
     assert masked.any() and loss.item() == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-5)
 
 
@@ -133,7 +133,7 @@ def test_suffix_masking_noises_whole_trailing_items_and_keeps_a_clean_prefix():
     diffusion = MaskedDiffusion(DiffusionConfig(masking="suffix"), MASK, PAD, sid_len=2)
     maskable = torch.ones(400, 10, dtype=torch.bool)  # 5 items of 2 tokens
     maskable[200:, :4] = False  # 3 items, left-padded
-    masked = diffusion.masking(maskable, torch.ones(400), 2)
+    masked = diffusion.masking(maskable, torch.ones(400, 1), 2)
     assert not (masked & ~maskable).any()
     first = masked.int().argmax(1)  # the suffix starts at an item boundary and runs to the end
     assert all(masked[i, first[i]:].all() and not masked[i, :first[i]].any() for i in range(400))

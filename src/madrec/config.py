@@ -67,7 +67,7 @@ class TrainerConfig:
     early_stopping_patience: int = 10  # validations without a better monitored metric; 0 = off
     log_every_n_steps: int = 50
     accelerator: str = "auto"
-    precision: str = "auto"  # auto: bf16-mixed on a GPU that has bf16, else 32-true
+    precision: str = "auto"  # auto: bf16-mixed where the GPU or CPU computes bf16 natively, else 32-true
     compile: bool = False
     progress_bar: bool = True
     num_threads: int = 0  # CPU threads for PyTorch; 0 = sized from the CPUs this process may use (madrec.threads)

@@ -357,7 +357,8 @@ def _model_order(model: torch.nn.Module, order: str, reveal_per_step: int, next_
 
     A causal model (tiger, sasrec) predicts a position only from the tokens before it, so it
     reveals left to right, one position per call (`confidence`, the default, means that for it).
-    A masked-diffusion model trained only on next-item masking never saw two masked items.
+    A masked-diffusion model trained with next_item or every_item masking never saw two
+    masked items at once.
     """
     if getattr(model, "causal", False):
         if order == "random" or reveal_per_step > 1:
@@ -366,9 +367,10 @@ def _model_order(model: torch.nn.Module, order: str, reveal_per_step: int, next_
         return "left_to_right"
     limit = getattr(model, "max_next_items", None)
     if limit is not None and next_items > limit:
-        raise MadrecError(f"next_items={next_items}: this checkpoint was trained with diffusion.masking=next_item "
-                          "(only each row's last item noised), so it never learned several masked items at once; "
-                          "decode next_items=1, or train with masking=uniform or mixed")
+        raise MadrecError(f"next_items={next_items}: this checkpoint was trained with diffusion.masking="
+                          f"{getattr(model, 'masking', 'next_item')} (one masked item per prediction), so it never "
+                          "learned several masked items at once; decode next_items=1, or train with masking=uniform "
+                          "or mixed")
     return order
 
 

@@ -57,8 +57,8 @@ class UniformMasking:
         self.cfg = cfg
 
     def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> torch.Tensor:
-        """maskable: (B, L) bool; prob: (B,) -> (B, L) bool, True where the token becomes MASK."""
-        return maskable & (torch.rand(maskable.shape, device=maskable.device) < prob[:, None])
+        """maskable: (B, L) bool; prob: (B, 1) or (B, L) -> (B, L) bool, True where the token becomes MASK."""
+        return maskable & (torch.rand(maskable.shape, device=maskable.device) < prob)
 
 
 class NextItemMasking(UniformMasking):
@@ -104,9 +104,25 @@ class MixedMasking(NextItemMasking):
         return torch.where(next_rows[:, None], NextItemMasking.__call__(self, maskable, prob, sid_len), uniform)
 
 
+class EveryItemMasking(UniformMasking):
+    """Noise every item of a row but its first, each at its own rate t (block diffusion's forward
+    process, one item per block). Needs the item-causal network (madrec.model.ItemCausalDiffusionLM):
+    noised item b is predicted from the clean items before it, so each item is a next-item
+    target, which is the conditional decoding asks for. A row's first item has no history
+    before it and is not a target.
+    """
+
+    per_item = True
+
+    def __call__(self, maskable: torch.Tensor, prob: torch.Tensor, sid_len: int) -> torch.Tensor:
+        item = torch.div(maskable.flip(1).cumsum(1).flip(1) + sid_len - 1, sid_len, rounding_mode="floor")
+        first = item == item.max(dim=1, keepdim=True).values
+        return super().__call__(maskable & ~first, prob, sid_len)
+
+
 SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule}
 MASKINGS = {"uniform": UniformMasking, "next_item": NextItemMasking, "suffix": SuffixMasking,
-            "mixed": MixedMasking}
+            "mixed": MixedMasking, "every_item": EveryItemMasking}
 
 
 class MaskedDiffusion:
@@ -123,13 +139,26 @@ class MaskedDiffusion:
         self.mask_id, self.pad_id, self.sid_len = mask_id, pad_id, sid_len
 
     def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, L) clean tokens -> (noisy tokens, masked (B, L) bool, per-sequence weight (B,)).
+        """(B, L) clean tokens -> (noisy tokens, masked (B, L) bool, weight (B, 1) or (B, L)).
 
         Randomness comes from the global torch RNG, so a seeded step is reproducible.
         """
-        t = self.cfg.t_min + (1.0 - self.cfg.t_min) * torch.rand(tokens.shape[0], device=tokens.device)
+        t = self._noise_levels(tokens)
         masked = self.masking(tokens != self.pad_id, self.schedule.mask_prob(t), self.sid_len)
         return tokens.masked_fill(masked, self.mask_id), masked, self.schedule.loss_weight(t)
+
+    def _noise_levels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """t ~ U(t_min, 1): (B, 1), one per sequence, or (B, L), one per item when the policy says so."""
+        b, length = tokens.shape
+        per_item = getattr(self.masking, "per_item", False)
+        draws = torch.rand(b, length // self.sid_len + 2, device=tokens.device) if per_item else \
+            torch.rand(b, device=tokens.device)[:, None]
+        t = self.cfg.t_min + (1.0 - self.cfg.t_min) * draws
+        if not per_item:
+            return t
+        real = tokens != self.pad_id
+        item = torch.div(real.flip(1).cumsum(1).flip(1) * real + self.sid_len - 1, self.sid_len, rounding_mode="floor")
+        return t.gather(1, item)
 
     def loss_terms(self, model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise a batch of clean (B, L) tokens; return (weighted CE sum, weight sum) over masked positions.
@@ -138,8 +167,11 @@ class MaskedDiffusion:
         the ratio; keeping both lets data-parallel ranks share one global denominator.
         """
         noisy, masked, weight = self.corrupt(tokens)
-        logits = model(noisy, select=masked)
-        weights = weight[:, None].expand_as(masked)[masked]
+        if getattr(self.masking, "per_item", False):
+            logits = model(noisy, select=masked, clean=tokens)  # noised items beside the clean row
+        else:
+            logits = model(noisy, select=masked)
+        weights = weight.expand_as(masked)[masked]
         ce = F.cross_entropy(logits.float(), tokens[masked], reduction="none")
         return (ce * weights).sum(), weights.sum()
 

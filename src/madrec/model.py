@@ -48,9 +48,11 @@ class Rotary(nn.Module):
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[-2]
-        angles = torch.outer(torch.arange(length, device=x.device, dtype=torch.float32), self.inv_freq)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """positions: (L,) token positions; None is 0 .. L-1."""
+        if positions is None:
+            positions = torch.arange(x.shape[-2], device=x.device)
+        angles = torch.outer(positions.to(torch.float32), self.inv_freq)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         # rotate each (even, odd) pair by its position's angle; interleave back
@@ -67,11 +69,11 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, C); keep: (B, 1, 1, L) bool, True for keys that may be attended to."""
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, C); keep: (B, 1, 1 or L, L) bool, True for keys that may be attended to."""
         b, length, c = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
-        q, k = self.rotary(q), self.rotary(k)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, length, c)))
 
@@ -95,9 +97,20 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), keep)
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), keep, positions)
         return x + self.mlp(self.ln2(x))
+
+
+def tokens_from_end(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, L): 1 at each row's last real token, 2 at the one before it, ...; 0 at PAD."""
+    real = tokens != pad_id
+    return real.flip(1).cumsum(1).flip(1) * real
+
+
+def items_from_end(tokens: torch.Tensor, pad_id: int, sid_len: int) -> torch.Tensor:
+    """(B, L): 1 at the tokens of each row's last item, 2 at the item before it, ...; 0 at PAD."""
+    return torch.div(tokens_from_end(tokens, pad_id) + sid_len - 1, sid_len, rounding_mode="floor")
 
 
 class MaskedDiffusionLM(nn.Module):
@@ -146,19 +159,28 @@ class MaskedDiffusionLM(nn.Module):
         With `select` ((B, L) bool), only the selected positions' logits: (M, vocab_size),
         which spares training the full (B, L, vocab_size) tensor.
         """
-        keep = self.attention_mask(tokens)
+        return self.logits(tokens, self.attention_mask(tokens), self.slots(tokens), select)
+
+    def logits(self, tokens: torch.Tensor, keep: torch.Tensor, slots: torch.Tensor | None,
+               select: torch.Tensor | None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The transformer on given attention `keep` mask, SID slots and rotary positions."""
         x = self.embed(tokens)
         if self.slot is not None:
-            # sequences end with a whole item (history items, then the MASKs of the next one):
-            # the last real token is slot H-1, the one before it H-2, ... whatever the padding
-            from_end = (tokens != self.pad_id).flip(1).cumsum(1).flip(1)
-            x = x + self.slot(torch.remainder(-from_end, self.sid_len))
+            x = x + self.slot(slots)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, keep, positions)
         x = self.position_outputs(x)
         h = self.ln_f(x if select is None else x[select]) / math.sqrt(self.cfg.n_embd)
         return h @ self.embed.weight.t()
+
+    def slots(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) SID position of each token (None without slot embeddings). Sequences end with
+        a whole item (history items, then the MASKs of the next one): the last real token is
+        slot H-1, the one before it H-2, ... whatever the padding."""
+        if self.slot is None:
+            return None
+        return torch.remainder(-tokens_from_end(tokens, self.pad_id), self.sid_len)
 
     def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, 1, 1, L) bool: every query may attend to every non-PAD key (bidirectional)."""
@@ -202,3 +224,46 @@ class CausalLM(MaskedDiffusionLM):
 
     def position_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[:, :1], x[:, :-1]], dim=1)  # shift right: state i-1 predicts token i
+
+
+class ItemCausalDiffusionLM(MaskedDiffusionLM):
+    """Masked diffusion within each item, causal across items: block diffusion (BD3-LM,
+    Arriola et al. 2025) with one item's semantic ID as the block (docs/method.md, deviations).
+
+    Each token attends to the tokens of its own item and of every item before it. On a
+    decoding input (the history, then the next item's masked slot) the slot therefore sees the
+    whole clean history and its own revealed digits, as in MaskedDiffusionLM. In training
+    (`forward(noisy, select, clean=row)`) the clean row and its noised copy run side by side,
+    as BD3-LM does: noised item b attends to clean items before b and to itself, so one pass
+    trains every item of a row as a next item, where next-item noising trains one.
+    """
+
+    max_next_items = 1  # a masked item sees clean items only: one next item at a time
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int):
+        super().__init__(cfg, vocab_size, pad_id, sid_len)
+
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None,
+                clean: torch.Tensor | None = None) -> torch.Tensor:
+        if clean is None:
+            return super().forward(tokens, select)
+        length = tokens.shape[1]
+        item = items_from_end(clean, self.pad_id, self.sid_len)
+        query, key, real_key = item[:, :, None], item[:, None, :], (item > 0)[:, None, :]
+        sees_clean = real_key & (key >= query)  # clean -> clean: own item and earlier ones
+        noisy_sees_clean = real_key & (key > query)  # noised -> clean: strictly earlier items
+        noisy_sees_noisy = real_key & (key == query)  # noised -> noised: its own item only
+        keep = torch.cat([torch.cat([sees_clean, torch.zeros_like(sees_clean)], 2),
+                          torch.cat([noisy_sees_clean, noisy_sees_noisy], 2)], 1)
+        keep = keep | torch.eye(2 * length, dtype=torch.bool, device=tokens.device)
+        positions = torch.arange(length, device=tokens.device).repeat(2)  # a copy keeps its item's positions
+        slots = None if self.slot is None else self.slots(clean).repeat(1, 2)
+        if select is not None:
+            select = torch.cat([torch.zeros_like(select), select], 1)
+        return self.logits(torch.cat([clean, tokens], 1), keep[:, None], slots, select, positions)
+
+    def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L, L) bool: non-PAD keys of the query's own item and of earlier items."""
+        item = items_from_end(tokens, self.pad_id, self.sid_len)
+        keep = (item > 0)[:, None, :] & (item[:, None, :] >= item[:, :, None])
+        return (keep | torch.eye(tokens.shape[1], dtype=torch.bool, device=tokens.device))[:, None]

@@ -74,14 +74,21 @@ def one_batch_loader() -> DataLoader:
     return DataLoader(OneBatch(), batch_size=None)
 
 
+def auto_precision(accelerator: str) -> str:
+    """bf16 autocast where the hardware computes bf16 natively (a bf16 GPU; a CPU with AVX-512
+    BF16 or AMX: 1.3x the steps of float32 on a Zen 4 core, bench/train/results.md), else float32."""
+    if accelerator == "gpu":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+        else "32-true"
+
+
 def make_trainer(cfg: Config, out: Path, resume_step: int | None, fitting: bool) -> L.Trainer:
     t = cfg.trainer
     accelerator = t.accelerator if t.accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise MadrecError("config key trainer.accelerator: gpu requested but no CUDA device is visible")
-    precision = t.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if accelerator == "gpu" and torch.cuda.is_bf16_supported() else "32-true"
+    precision = auto_precision(accelerator) if t.precision == "auto" else t.precision
     layout = launch_layout()
     devices, nodes = layout.local_world_size, layout.nodes
     callbacks, loggers = [], []

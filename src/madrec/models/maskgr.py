@@ -6,14 +6,18 @@ objective is madrec.diffusion. Decoding may reveal positions in any order, sever
 from __future__ import annotations
 
 from madrec.diffusion import MaskedDiffusion
-from madrec.model import MaskedDiffusionLM
+from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM
 from madrec.models import Recommender
 
 
 def build_network(cfg, vocab) -> MaskedDiffusionLM:
-    net = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
-    # only the last item was ever noised: the model has not learned several masked items at once
-    net.max_next_items = 1 if cfg.diffusion.masking == "next_item" else None
+    if cfg.diffusion.masking == "every_item":  # every item noised given the clean ones before it
+        net = ItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+    else:
+        net = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+        # only the last item was ever noised: the model has not learned several masked items at once
+        net.max_next_items = 1 if cfg.diffusion.masking == "next_item" else None
+    net.masking = cfg.diffusion.masking
     return net
 
 
