@@ -6,6 +6,7 @@ increase along each user's sequence) and times both input paths:
 
     .venv/bin/python bench/prepare_ml1m.py [--shared ../shared/data] [--append bench/results.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,30 +53,51 @@ def main() -> None:
     p.add_argument("--append", type=Path, help="append a result block to this Markdown file")
     args = p.parse_args()
     madrec = str(Path(sys.executable).with_name("madrec"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = build_archive(args.shared, tmp)
         runs = {
-            "ml-1m (official zip format, 1,000,209 ratings)": [madrec, "prepare-data", "--dataset", "ml-1m",
-                                                               "--source", str(archive), "--out", str(tmp / "a")],
-            "sequences (sequences_chrono.txt + movies.dat)": [madrec, "prepare-data", "--dataset", "sequences",
-                "--source", str(args.shared / "movielens_1m/sequences_chrono.txt"),
-                "--items", str(args.shared / "movielens_1m/movies.dat"), "--out", str(tmp / "b")],
+            "ml-1m (official zip format, 1,000,209 ratings)": [
+                madrec,
+                "prepare-data",
+                "--dataset",
+                "ml-1m",
+                "--source",
+                str(archive),
+                "--out",
+                str(tmp / "a"),
+            ],
+            "sequences (sequences_chrono.txt + movies.dat)": [
+                madrec,
+                "prepare-data",
+                "--dataset",
+                "sequences",
+                "--source",
+                str(args.shared / "movielens_1m/sequences_chrono.txt"),
+                "--items",
+                str(args.shared / "movielens_1m/movies.dat"),
+                "--out",
+                str(tmp / "b"),
+            ],
         }
         rows = []
         for name, cmd in runs.items():
             wall, peak, summary = timed(cmd)
             rows.append(f"| {name} | {wall:.2f} | {peak:.0f} | {summary.split(': ', 1)[1].split('; dropped')[0]} |")
-    block = "\n".join([
-        f"### prepare-data ML-1M — {datetime.date.today()} — commit {commit}",
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "",
-        "| input | wall s | peak RSS MiB | result |",
-        "|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    block = "\n".join(
+        [
+            f"### prepare-data ML-1M — {datetime.date.today()} — commit {commit}",
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "",
+            "| input | wall s | peak RSS MiB | result |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     print(block)
     if args.append:
         with open(args.append, "a") as fh:

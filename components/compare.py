@@ -1,5 +1,4 @@
 """Components of the comparison branch: the experiments to train side by side, and one table."""
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Input, Markdown, Metrics, Output
@@ -8,7 +7,7 @@ from madrec.ops.images import image
 
 
 @dsl.component(base_image=image("madrec"), install_kfp_package=False)
-def plan_experiments(experiments: str) -> List[str]:
+def plan_experiments(experiments: str) -> list[str]:
     """The experiments to train side by side, checked up front.
 
     Args:
@@ -24,8 +23,8 @@ def plan_experiments(experiments: str) -> List[str]:
 
 @dsl.component(base_image=image("madrec"), install_kfp_package=False)
 def compare_models(
-    summaries: Input[List[Markdown]],
-    metrics: Input[List[Metrics]],
+    summaries: Input[list[Markdown]],
+    metrics: Input[list[Metrics]],
     table: Output[Markdown],
     report: Output[HTML],
     comparison: Output[Metrics],

@@ -10,6 +10,7 @@ Wiring (in a pipeline, after the evaluate task on the test split):
 With `min_recall_at_10` > 1 (no Recall@10 reaches it) the step decides "skipped" and touches
 nothing, so a pipeline can always include it and turn deployment on by the run parameter.
 """
+
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model
 
@@ -42,5 +43,13 @@ def deploy(
     """
     from madrec.ops.deploy import deploy_step
 
-    return deploy_step(model.uri, metrics.path, dict(metrics.metadata), min_recall_at_10, service_name,
-                       namespace, gpu=use_gpu, tag=image_tag or None)
+    return deploy_step(
+        model.uri,
+        metrics.path,
+        dict(metrics.metadata),
+        min_recall_at_10,
+        service_name,
+        namespace,
+        gpu=use_gpu,
+        tag=image_tag or None,
+    )

@@ -1,4 +1,5 @@
 """Component: evaluate a checkpoint with constrained beam decoding (`madrec evaluate`)."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 

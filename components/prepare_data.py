@@ -1,4 +1,5 @@
 """Component: prepare a dataset into leave-one-out TFRecord splits (`madrec prepare-data`)."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 

@@ -1,4 +1,5 @@
 """Components: the semantic IDs, either ingested from a GRID file or built from item text."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 

@@ -1,4 +1,5 @@
 """Component: train the masked-diffusion model on one node (`madrec train`, torchrun for N GPUs)."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 

@@ -9,6 +9,7 @@ then copies the best checkpoint into the Model artifact and the run folder into 
 KFP uploads to its artifact store. Apply `mount_shared_volume` to the task, and run the pipeline
 as a service account bound to the `madrec-trainjob-launcher` Role (manifests/).
 """
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -54,24 +55,40 @@ def launch_trainjob(
     from madrec.cli import configure_logging
     from madrec.ops.images import image as image_ref
     from madrec.ops.steps import publish_metrics
-    from madrec.overrides import split_words
     from madrec.ops.trainjob import launch
+    from madrec.overrides import split_words
 
     configure_logging()
     summary = launch(
-        dataset.path, sids.path, model.path, run.path,
-        experiment=experiment, overrides=split_words(overrides),
-        num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-        image=trainer_image or image_ref("madrec-cuda"), runtime=runtime,
-        shared_dir=shared_dir, timeout_s=timeout_hours * 3600,
+        dataset.path,
+        sids.path,
+        model.path,
+        run.path,
+        experiment=experiment,
+        overrides=split_words(overrides),
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        image=trainer_image or image_ref("madrec-cuda"),
+        runtime=runtime,
+        shared_dir=shared_dir,
+        timeout_s=timeout_hours * 3600,
     )
     publish_metrics(metrics, summary)
-    model.metadata.update({"experiment": experiment, "overrides": overrides, "num_nodes": num_nodes,
-                           "gpus_per_node": gpus_per_node, "dataset": dataset.uri, "sids": sids.uri})
+    model.metadata.update(
+        {
+            "experiment": experiment,
+            "overrides": overrides,
+            "num_nodes": num_nodes,
+            "gpus_per_node": gpus_per_node,
+            "dataset": dataset.uri,
+            "sids": sids.uri,
+        }
+    )
 
 
-def mount_shared_volume(task: dsl.PipelineTask, pvc_name: str = SHARED_PVC,
-                        mount_path: str = SHARED_MOUNT) -> dsl.PipelineTask:
+def mount_shared_volume(
+    task: dsl.PipelineTask, pvc_name: str = SHARED_PVC, mount_path: str = SHARED_MOUNT
+) -> dsl.PipelineTask:
     """Mount the shared PVC on the launcher task where `launch_trainjob` stages its inputs."""
     from kfp import kubernetes
 

@@ -15,6 +15,7 @@
 Usage: python manifests/validate.py [--kubernetes-version 1.32] [OVERLAY_DIR ...]
 Exit status 1 with one line per problem.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,20 +86,27 @@ def check_references(docs: list[dict]) -> list[str]:
     jobs = runtimes[0]["spec"]["template"]["spec"]["replicatedJobs"]
     nodes = [j for j in jobs if j["name"] == "node"]
     if not nodes:
-        return problems + [f"TrainingRuntime {runtime_name}: no replicatedJob 'node' (the one the torch plugin configures)"]
+        return problems + [
+            f"TrainingRuntime {runtime_name}: no replicatedJob 'node' (the one the torch plugin configures)"
+        ]
     pod = nodes[0]["template"]["spec"]["template"]["spec"]
     containers = [c for c in pod["containers"] if c["name"] == "node"]
     if not containers:
         return problems + [f"TrainingRuntime {runtime_name}: no container 'node' in replicatedJob 'node'"]
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
-              if "persistentVolumeClaim" in v}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod.get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
     for claim in claims.values():
         if ("PersistentVolumeClaim", claim) not in names:
             problems.append(f"TrainingRuntime {runtime_name}: PersistentVolumeClaim {claim} is not defined")
     mounts = {m["mountPath"]: m["name"] for m in containers[0].get("volumeMounts", [])}
     if claims.get(mounts.get(SHARED_MOUNT)) != SHARED_PVC:
-        problems.append(f"TrainingRuntime {runtime_name}: container 'node' must mount PVC {SHARED_PVC} at "
-                        f"{SHARED_MOUNT}, where the launcher stages the inputs")
+        problems.append(
+            f"TrainingRuntime {runtime_name}: container 'node' must mount PVC {SHARED_PVC} at "
+            f"{SHARED_MOUNT}, where the launcher stages the inputs"
+        )
     for source in containers[0].get("envFrom", []):
         ref = source.get("configMapRef", {}).get("name")
         if ref and ("ConfigMap", ref) not in names:
@@ -118,8 +126,12 @@ def check_serving(docs: list[dict]) -> list[str]:
     if len(services) != 1:
         problems.append(f"expected one InferenceService, found {len(services)}")
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
-    granted = [name for name, role in roles.items() for rule in role.get("rules", [])
-               if PLURAL in rule.get("resources", []) and {"get", "create", "update"} <= set(rule.get("verbs", []))]
+    granted = [
+        name
+        for name, role in roles.items()
+        for rule in role.get("rules", [])
+        if PLURAL in rule.get("resources", []) and {"get", "create", "update"} <= set(rule.get("verbs", []))
+    ]
     if not granted:
         problems.append("no Role lets the deploy step get/create/update inferenceservices")
     bound = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["name"] in granted]
@@ -128,8 +140,10 @@ def check_serving(docs: list[dict]) -> list[str]:
     for svc in services:
         container = (svc["spec"]["predictor"].get("containers") or [{}])[0]
         if container.get("name") == CONTAINER and container.get("args", [None])[0] != "serve":
-            problems.append(f"InferenceService {svc['metadata']['name']}: the container must run `madrec serve` "
-                            "(args starting with serve; the image's entrypoint is madrec)")
+            problems.append(
+                f"InferenceService {svc['metadata']['name']}: the container must run `madrec serve` "
+                "(args starting with serve; the image's entrypoint is madrec)"
+            )
     return problems
 
 
@@ -157,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         failed |= bool(problems)
         if not problems:
             kinds = ", ".join(sorted({d["kind"] for d in docs}))
-            print(f"{variant}: {len(docs)} serving objects pass the KServe v1beta1 API of the kserve SDK "
-                  f"and Kubernetes {args.kubernetes_version} ({kinds})")
+            print(
+                f"{variant}: {len(docs)} serving objects pass the KServe v1beta1 API of the kserve SDK "
+                f"and Kubernetes {args.kubernetes_version} ({kinds})"
+            )
     for overlay in overlays:
         try:
             docs = render(overlay)
@@ -172,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         failed |= bool(problems)
         if not problems:
             kinds = ", ".join(sorted({d["kind"] for d in docs}))
-            print(f"{overlay}: {len(docs)} objects valid for Kubernetes {args.kubernetes_version} "
-                  f"and Kubeflow Trainer v1alpha1 ({kinds})")
+            print(
+                f"{overlay}: {len(docs)} objects valid for Kubernetes {args.kubernetes_version} "
+                f"and Kubeflow Trainer v1alpha1 ({kinds})"
+            )
     return 1 if failed else 0
 
 

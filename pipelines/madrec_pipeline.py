@@ -10,6 +10,7 @@ MADREC_TAG at compile time); the `image_tag` run parameter switches the tag per 
 kfp's local runner cannot resolve `dsl.OneOf` over artifacts (kfp 2.17), so instead of
 joining the branches, each branch calls the downstream steps as a sub-pipeline.
 """
+
 import argparse
 import ast
 import re
@@ -26,9 +27,9 @@ from components.prepare_data import prepare_data
 from components.sids import build_sids, ingest_sids
 from components.train import train
 from components.trainjob import launch_trainjob, mount_shared_volume
+from madrec.io import write_text_atomic
 from madrec.ops.images import image
 from madrec.ops.pipeline_params import PIPELINE_FILE
-from madrec.io import write_text_atomic
 from madrec.prepare import ML1M_URL
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -77,7 +78,9 @@ def _evaluate(model, dataset, eval_overrides, num_gpus, image_tag, node_selector
     return _on_gpu_pool(task, num_gpus, node_selector, tolerations)
 
 
-@dsl.pipeline(name="madrec-train-evaluate", description="Train on prepared data and SIDs, then evaluate on the test split.")
+@dsl.pipeline(
+    name="madrec-train-evaluate", description="Train on prepared data and SIDs, then evaluate on the test split."
+)
 def train_and_evaluate(
     dataset: Input[Dataset],
     sids: Input[Artifact],
@@ -124,12 +127,21 @@ def train_and_evaluate(
         deploy_gpu: Serve on the madrec-cuda image with one GPU instead of the CPU image.
     """
     pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
-    serving = dict(min_recall_at_10=deploy_min_recall_at_10, service_name=deploy_service_name,
-                   namespace=deploy_namespace, use_gpu=deploy_gpu)
+    serving = dict(
+        min_recall_at_10=deploy_min_recall_at_10,
+        service_name=deploy_service_name,
+        namespace=deploy_namespace,
+        use_gpu=deploy_gpu,
+    )
     with dsl.If(num_nodes > 1, name="multi-node"):
         job = launch_trainjob(
-            dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_nodes=num_nodes,
-            gpus_per_node=gpus_per_node, trainer_image=f"{image('madrec-cuda').rsplit(':', 1)[0]}:{image_tag}",
+            dataset=dataset,
+            sids=sids,
+            experiment=experiment,
+            overrides=train_overrides,
+            num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            trainer_image=f"{image('madrec-cuda').rsplit(':', 1)[0]}:{image_tag}",
         )
         job.set_display_name("train (TrainJob)")
         _requests(_use_image(job, "madrec", image_tag), LAUNCHER_RESOURCES)
@@ -145,8 +157,11 @@ def train_and_evaluate(
         _deploy(trained.outputs["model"], evaluated, serving, image_tag)
 
 
-@dsl.pipeline(name="madrec-compare", description="Train several experiments in parallel on the same data and SIDs, "
-              "evaluate each, and publish one comparison table.")
+@dsl.pipeline(
+    name="madrec-compare",
+    description="Train several experiments in parallel on the same data and SIDs, "
+    "evaluate each, and publish one comparison table.",
+)
 def compare_experiments(
     dataset: Input[Dataset],
     sids: Input[Artifact],
@@ -182,8 +197,9 @@ def compare_experiments(
         _use_image(trained, "madrec-cuda", image_tag)
         _on_gpu_pool(trained, num_gpus, gpu_node_selector, gpu_tolerations)
         evaluated = _evaluate(trained.outputs["model"], dataset, eval_overrides, num_gpus, **pool)
-    table = compare_models(summaries=dsl.Collected(evaluated.outputs["summary"]),
-                           metrics=dsl.Collected(evaluated.outputs["metrics"]))
+    table = compare_models(
+        summaries=dsl.Collected(evaluated.outputs["summary"]), metrics=dsl.Collected(evaluated.outputs["metrics"])
+    )
     table.set_display_name("compare").set_caching_options(False)
     _requests(_use_image(table, "madrec", image_tag), LAUNCHER_RESOURCES)
 
@@ -193,10 +209,18 @@ def train_evaluate_or_compare(sids, experiments, **downstream):
     with dsl.If(experiments == "", name="one-experiment"):
         train_and_evaluate(sids=sids, **downstream).set_display_name("train-and-evaluate")
     with dsl.Else(name="compare-experiments"):
-        keep = ("dataset", "train_overrides", "eval_overrides", "num_gpus", "image_tag", "gpu_node_selector",
-                "gpu_tolerations")
-        compare_experiments(sids=sids, experiments=experiments, **{k: downstream[k] for k in keep}) \
-            .set_display_name("train-and-compare")
+        keep = (
+            "dataset",
+            "train_overrides",
+            "eval_overrides",
+            "num_gpus",
+            "image_tag",
+            "gpu_node_selector",
+            "gpu_tolerations",
+        )
+        compare_experiments(sids=sids, experiments=experiments, **{k: downstream[k] for k in keep}).set_display_name(
+            "train-and-compare"
+        )
 
 
 @dsl.pipeline(
@@ -273,11 +297,20 @@ def madrec_pipeline(
     _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)
     data = prepared.outputs["dataset"]
     downstream = dict(
-        dataset=data, experiment=experiment, train_overrides=train_overrides, eval_overrides=eval_overrides,
-        num_gpus=num_gpus, num_nodes=num_nodes, gpus_per_node=gpus_per_node, image_tag=image_tag,
-        gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations,
-        deploy_min_recall_at_10=deploy_min_recall_at_10, deploy_service_name=deploy_service_name,
-        deploy_namespace=deploy_namespace, deploy_gpu=deploy_gpu,
+        dataset=data,
+        experiment=experiment,
+        train_overrides=train_overrides,
+        eval_overrides=eval_overrides,
+        num_gpus=num_gpus,
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        image_tag=image_tag,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+        deploy_min_recall_at_10=deploy_min_recall_at_10,
+        deploy_service_name=deploy_service_name,
+        deploy_namespace=deploy_namespace,
+        deploy_gpu=deploy_gpu,
     )
     with dsl.If(sid_uri != "", name="sids-from-uri"):
         ingested = ingest_sids(source=sid_uri, dataset=data)
@@ -302,6 +335,7 @@ def _sorted_keys(value):
 def _stable_header(text: str) -> str:
     """Sort the dict keys of defaults in the YAML's header comment: kfp prints them in
     protobuf map order, which changes from run to run, and the committed file must not."""
+
     def fix(m: re.Match) -> str:
         return f"{m[1]}{_sorted_keys(ast.literal_eval(m[2]))!r}]"
 

@@ -1,4 +1,5 @@
 """Shared fixtures: where the real data lives, and small helpers."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Synthetic prepared datasets with planted, learnable next-item rules (for training tests)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,13 +13,22 @@ from madrec.prepare import write_prepared
 def random_sids(num_items: int, sid_len: int, codebook_size: int, seed: int) -> torch.Tensor:
     """(sid_len, num_items) distinct random SIDs."""
     rng = np.random.default_rng(seed)
-    codes = rng.choice(codebook_size ** sid_len, size=num_items, replace=False)
-    digits = [(codes // codebook_size ** (sid_len - 1 - l)) % codebook_size for l in range(sid_len)]
+    codes = rng.choice(codebook_size**sid_len, size=num_items, replace=False)
+    digits = [(codes // codebook_size ** (sid_len - 1 - p)) % codebook_size for p in range(sid_len)]
     return torch.from_numpy(np.stack(digits)).long()
 
 
-def planted_dataset(root: Path, *, num_items: int = 40, num_users: int = 300, sid_len: int = 3,
-                    codebook_size: int = 8, min_len: int = 5, max_len: int = 9, seed: int = 0) -> tuple[Path, Path]:
+def planted_dataset(
+    root: Path,
+    *,
+    num_items: int = 40,
+    num_users: int = 300,
+    sid_len: int = 3,
+    codebook_size: int = 8,
+    min_len: int = 5,
+    max_len: int = 9,
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """Write a prepared dataset whose users follow a fixed successor rule item -> next[item].
 
     Each user starts at a random item and walks the rule, so the last item of every split is
@@ -34,8 +44,14 @@ def planted_dataset(root: Path, *, num_items: int = 40, num_users: int = 300, si
         sequences.append(np.asarray(walk, dtype=np.int64))
     item_ids = [f"item{i}" for i in range(num_items)]
     data_dir = root / "data"
-    write_prepared(data_dir, item_ids, {k: f"text of {k}" for k in item_ids}, list(range(num_users)), sequences,
-                   {"num_items": num_items})
+    write_prepared(
+        data_dir,
+        item_ids,
+        {k: f"text of {k}" for k in item_ids},
+        list(range(num_users)),
+        sequences,
+        {"num_items": num_items},
+    )
     sids_path = root / "sids.pt"
     torch.save(random_sids(num_items, sid_len, codebook_size, seed), sids_path)
     return data_dir, sids_path

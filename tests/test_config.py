@@ -1,4 +1,5 @@
 """Typed config: experiment YAMLs, key=value overrides, validation (madrec.config)."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,12 @@ def test_reference_experiment_is_the_method_configuration():
     cfg = load_config(["experiment=discrete_diffusion_train", *BASE])
     m, o = cfg.model, cfg.optim
     assert (m.n_layer, m.n_embd, m.n_head, m.d_ff, m.dropout) == (8, 128, 8, 3072, 0.25)
-    assert (o.optimizer.lr, o.optimizer.weight_decay, o.scheduler.warmup_steps, o.grad_clip) == (3e-3, 1e-3, 10_000, 1.0)
+    assert (o.optimizer.lr, o.optimizer.weight_decay, o.scheduler.warmup_steps, o.grad_clip) == (
+        3e-3,
+        1e-3,
+        10_000,
+        1.0,
+    )
     assert (cfg.batch_size, cfg.max_len, cfg.diffusion.schedule, cfg.eval.monitor) == (2048, 120, "linear", "recall@5")
     # the YAML restates the schema defaults: nothing differs from Config()
     assert cfg.to_dict() == {**Config().to_dict(), "data_dir": "/data", "sid_data_path": "/sids.pt"}
@@ -27,9 +33,20 @@ def test_tiny_experiment_overrides_part_of_the_reference():
 
 
 def test_overrides_users_know():
-    cfg = load_config([*BASE, "optim.optimizer.lr=1e-4", "batch_size=512", "trainer.max_steps=2e4",
-                       "train=false", "ckpt_path=/runs/x/checkpoints/best.ckpt", "eval.ks=[5,10,20]",
-                       "eval.beam_size=20", "paths.output_dir=/runs/y", "seed=7"])
+    cfg = load_config(
+        [
+            *BASE,
+            "optim.optimizer.lr=1e-4",
+            "batch_size=512",
+            "trainer.max_steps=2e4",
+            "train=false",
+            "ckpt_path=/runs/x/checkpoints/best.ckpt",
+            "eval.ks=[5,10,20]",
+            "eval.beam_size=20",
+            "paths.output_dir=/runs/y",
+            "seed=7",
+        ]
+    )
     assert cfg.optim.optimizer.lr == 1e-4 and isinstance(cfg.optim.optimizer.lr, float)
     assert cfg.batch_size == 512 and cfg.trainer.max_steps == 20_000 and isinstance(cfg.trainer.max_steps, int)
     assert cfg.train is False and cfg.ckpt_path == "/runs/x/checkpoints/best.ckpt"
@@ -54,28 +71,34 @@ def test_unknown_key_lists_the_valid_keys():
     assert all(key in msg for key in valid_keys())
 
 
-@pytest.mark.parametrize("override, key", [
-    ("trainer.max_steps=abc", "trainer.max_steps"),
-    ("trainer.max_steps=1.5", "trainer.max_steps"),
-    ("train=maybe", "train"),
-    ("optim.optimizer.lr=fast", "optim.optimizer.lr"),
-    ("eval.ks=5", "eval.ks"),
-    ("model=big", "model"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainer.max_steps=abc", "trainer.max_steps"),
+        ("trainer.max_steps=1.5", "trainer.max_steps"),
+        ("train=maybe", "train"),
+        ("optim.optimizer.lr=fast", "optim.optimizer.lr"),
+        ("eval.ks=5", "eval.ks"),
+        ("model=big", "model"),
+    ],
+)
 def test_wrong_type_names_the_key(override, key):
     with pytest.raises(MadrecError, match=key):
         load_config([*BASE, override])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.n_head=3", "heads of even size"),
-    ("model.dropout=1.0", "model.dropout"),
-    ("eval.monitor=recall@20", "eval.monitor"),
-    ("eval.beam_size=5", "eval.beam_size"),
-    ("diffusion.schedule=sqrt", "unknown noise schedule"),
-    ("batch_size=0", "batch_size"),
-    ("trainer.precision=fp8", "trainer.precision"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.n_head=3", "heads of even size"),
+        ("model.dropout=1.0", "model.dropout"),
+        ("eval.monitor=recall@20", "eval.monitor"),
+        ("eval.beam_size=5", "eval.beam_size"),
+        ("diffusion.schedule=sqrt", "unknown noise schedule"),
+        ("batch_size=0", "batch_size"),
+        ("trainer.precision=fp8", "trainer.precision"),
+    ],
+)
 def test_inconsistent_values_are_refused(override, message):
     with pytest.raises(MadrecError, match=message):
         load_config([*BASE, override])

@@ -1,4 +1,5 @@
 """Reading prepared datasets back: validation of layout, features and ranges."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,12 @@ from madrec.tfrecord import encode_example, write_records
 @pytest.fixture()
 def prepared(tmp_path):
     (tmp_path / "seq.txt").write_text("1 1 2 3 4\n2 2 3 4\n3 4 3 2 1\n")
-    (tmp_path / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "text": f"t{i}"}) + "\n" for i in range(1, 5)))
-    prepare("sequences", str(tmp_path / "seq.txt"), tmp_path / "ds", items=str(tmp_path / "items.jsonl"), min_item_count=1)
+    (tmp_path / "items.jsonl").write_text(
+        "".join(json.dumps({"item_id": i, "text": f"t{i}"}) + "\n" for i in range(1, 5))
+    )
+    prepare(
+        "sequences", str(tmp_path / "seq.txt"), tmp_path / "ds", items=str(tmp_path / "items.jsonl"), min_item_count=1
+    )
     return tmp_path / "ds"
 
 

@@ -8,6 +8,7 @@ token the masking policy may noise is masked with weight 1, and dropout is off. 
 left is exactly the data-parallel path: the global batch split over the ranks, the loss
 normalised by the global weight sum, gradients averaged by DDP, one optimiser per rank.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,19 +35,56 @@ def free_port() -> int:
 
 def test_two_processes_end_with_the_one_process_weights(tmp_path):
     data, sids = planted_dataset(tmp_path, num_users=120)
-    args = ["experiment=tiny", f"data_dir={data}", f"sid_data_path={sids}", "codebook_size=8", "batch_size=32",
-            "max_len=30", "model.dropout=0", "diffusion.t_min=0.999999999", "trainer.max_steps=30",
-            "trainer.val_every_n_steps=30", "optim.scheduler.warmup_steps=5", "eval.val_max_users=20",
-            "eval.batch_size=20", "trainer.num_threads=1", "trainer.progress_bar=false", "test=false"]
+    args = [
+        "experiment=tiny",
+        f"data_dir={data}",
+        f"sid_data_path={sids}",
+        "codebook_size=8",
+        "batch_size=32",
+        "max_len=30",
+        "model.dropout=0",
+        "diffusion.t_min=0.999999999",
+        "trainer.max_steps=30",
+        "trainer.val_every_n_steps=30",
+        "optim.scheduler.warmup_steps=5",
+        "eval.val_max_users=20",
+        "eval.batch_size=20",
+        "trainer.num_threads=1",
+        "trainer.progress_bar=false",
+        "test=false",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
     env["OMP_NUM_THREADS"] = "1"
-    one = subprocess.run([sys.executable, "-m", "madrec.cli", "train", *args, f"output_dir={tmp_path / 'one'}"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    one = subprocess.run(
+        [sys.executable, "-m", "madrec.cli", "train", *args, f"output_dir={tmp_path / 'one'}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert one.returncode == 0, one.stderr[-4000:]
-    two = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", str(free_port()), "-m", "madrec.cli", "train", *args,
-                          f"output_dir={tmp_path / 'two'}"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=900)
+    two = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "madrec.cli",
+            "train",
+            *args,
+            f"output_dir={tmp_path / 'two'}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
 
     a = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=True)

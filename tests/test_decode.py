@@ -1,4 +1,5 @@
 """Beam decoding: hand-checked beams, constraint index, validity, batching, parallel decoding."""
+
 from __future__ import annotations
 
 import math
@@ -6,11 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from toy_lm import FixedLM, MixLM, random_sids
 
 from madrec.decode import SIDIndex, _first_occurrence, beam_search, build_histories
 from madrec.errors import MadrecError
 from madrec.tokens import SIDVocab
+
+from toy_lm import FixedLM, MixLM, random_sids
 
 # Hand-checked catalogue, H = 2, V = 3: item index -> SID (d0, d1). (1, 0) is not an item.
 HAND_SIDS = torch.tensor([[0, 0], [2, 0], [0, 1], [1, 1], [1, 2]]).t()
@@ -85,7 +87,7 @@ def brute_force_left_to_right(model, vocab, sids, hist):
         slot, score = [vocab.mask_id] * H, 0.0
         for p in range(H):
             logits = model(torch.cat([hist, torch.tensor([slot])], 1))[0, hist.shape[1] + p]
-            lg = logits[p * (V + 1): p * (V + 1) + V].clone()
+            lg = logits[p * (V + 1) : p * (V + 1) + V].clone()
             agree = (digits[:, :p] == torch.tensor(d[:p])).all(1)
             allowed = torch.zeros(V, dtype=torch.bool)
             allowed[digits[agree, p]] = True
@@ -116,13 +118,24 @@ def test_constrained_beams_are_distinct_catalogue_items(order, reveal):
     seqs = [np.random.default_rng(i).integers(0, 40, size=i % 5 + 1) for i in range(12)]
     hist = build_histories(vocab, sids, seqs, max_len=15, drop_last=False)
     gen = torch.Generator().manual_seed(0)
-    res = beam_search(model, vocab, sids, hist, beam_size=10, top_k=10, order=order,
-                      reveal_per_step=reveal, generator=gen)
+    res = beam_search(
+        model, vocab, sids, hist, beam_size=10, top_k=10, order=order, reveal_per_step=reveal, generator=gen
+    )
     assert (res.items >= 0).all()
     assert all(len(set(row)) == 10 for row in res.items.tolist())
     assert (res.scores[:, :-1] >= res.scores[:, 1:]).all()
-    free = beam_search(model, vocab, sids, hist, beam_size=10, top_k=10, order=order,
-                       reveal_per_step=reveal, constrained=False, generator=torch.Generator().manual_seed(0))
+    free = beam_search(
+        model,
+        vocab,
+        sids,
+        hist,
+        beam_size=10,
+        top_k=10,
+        order=order,
+        reveal_per_step=reveal,
+        constrained=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     valid = free.items[free.items >= 0]
     assert (free.items < 0).any(), "a random model should propose SIDs outside a sparse catalogue"
     assert len(valid) > 0
@@ -145,8 +158,7 @@ def test_next_items_decodes_a_joint_tuple():
     vocab = SIDVocab(2, 4)
     sids = random_sids(2, 4, 9, seed=5)
     model = MixLM(vocab, seed=5).eval()
-    hist = build_histories(vocab, sids, [np.array([1, 2, 3]), np.array([4])], max_len=10, drop_last=False,
-                           next_items=2)
+    hist = build_histories(vocab, sids, [np.array([1, 2, 3]), np.array([4])], max_len=10, drop_last=False, next_items=2)
     res = beam_search(model, vocab, sids, hist, beam_size=6, top_k=6, next_items=2, reveal_per_step=2)
     assert res.items.shape == (2, 6, 2)
     assert (res.items >= 0).all()

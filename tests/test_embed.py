@@ -1,4 +1,5 @@
 """Frozen text encoders: the packaged default offline, masked mean pooling, T5 encoders, cache."""
+
 from __future__ import annotations
 
 import gzip
@@ -72,8 +73,16 @@ def test_t5_family_runs_its_encoder_only(tmp_path, beauty_texts):
 
     folder = tmp_path / "tiny-t5"
     packaged = Path(resolve_encoder(None).path)
-    config = T5Config(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                      decoder_start_token_id=0, pad_token_id=0)
+    config = T5Config(
+        vocab_size=30522,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     T5ForConditionalGeneration(config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -121,8 +130,10 @@ def test_encoder_identity_follows_folder_contents(tmp_path):
 def test_sentence_transformers_module_folder(tmp_path):
     """Older sentence-transformers folders keep the transformer in a module subfolder."""
     shutil.copytree(resolve_encoder(None).path, tmp_path / "st" / "0_Transformer")
-    modules = [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
     (tmp_path / "st" / "modules.json").write_text(json.dumps(modules))
     spec = resolve_encoder(str(tmp_path / "st"))
     assert Path(spec.path) == tmp_path / "st" / "0_Transformer"

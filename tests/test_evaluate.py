@@ -1,4 +1,5 @@
 """evaluate_split: exact metrics independent of batch size and process count, no target leakage."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from toy_lm import FixedLM, RecordingLM, SuccessorLM, random_sids
 
 from madrec.data import Split
 from madrec.evaluate import evaluate_split, predict_split
 from madrec.tokens import SIDVocab
+
+from toy_lm import FixedLM, RecordingLM, SuccessorLM, random_sids
 
 H, V, N = 3, 6, 50
 MAX_LEN = 18
@@ -38,11 +40,14 @@ def setup():
 def test_metrics_are_sane_and_independent_of_batch_size():
     vocab, sids, model = setup()
     split = synthetic()
-    runs = [evaluate_split(model, vocab, sids, split, MAX_LEN, batch_size=b, progress=False, prefix="test")
-            for b in (1, 7, 256)]
+    runs = [
+        evaluate_split(model, vocab, sids, split, MAX_LEN, batch_size=b, progress=False, prefix="test")
+        for b in (1, 7, 256)
+    ]
     for r in runs[1:]:
-        assert {k: v for k, v in r.items() if k != "test/users_per_s"} == \
-               {k: v for k, v in runs[0].items() if k != "test/users_per_s"}
+        assert {k: v for k, v in r.items() if k != "test/users_per_s"} == {
+            k: v for k, v in runs[0].items() if k != "test/users_per_s"
+        }
     m = runs[0]
     assert m["test/invalid_sid_rate"] == 0 and m["test/duplicate_rate"] == 0
     assert m["test/num_users"] == 40
@@ -127,9 +132,9 @@ def test_two_gloo_processes_give_the_one_process_metrics(tmp_path):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A prepared dataset (madrec.prepare.write_prepared) and a random real checkpoint on it."""
-    from toy_lm import write_checkpoint
-
     from madrec.prepare import write_prepared
+
+    from toy_lm import write_checkpoint
 
     root = tmp_path_factory.mktemp("eval")
     rng = np.random.default_rng(0)
@@ -144,12 +149,29 @@ def test_evaluate_cli_writes_metrics_report_and_predictions(prepared):
     from madrec.cli import main
 
     out = prepared / "out"
-    code = main(["evaluate", f"ckpt_path={prepared / 'model.ckpt'}", f"data_dir={prepared / 'data'}", "split=test",
-                 f"output_dir={out}", "predictions=true", "ks=[1,5,10]", "batch_size=8"])
+    code = main(
+        [
+            "evaluate",
+            f"ckpt_path={prepared / 'model.ckpt'}",
+            f"data_dir={prepared / 'data'}",
+            "split=test",
+            f"output_dir={out}",
+            "predictions=true",
+            "ks=[1,5,10]",
+            "batch_size=8",
+        ]
+    )
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("test/recall@1", "test/ndcg@5", "test/recall@10", "test/most_popular/recall@10",
-                "test/unconstrained/invalid_sid_rate", "test/steps_1/recall@10", "test/steps_3/ndcg@10"):
+    for key in (
+        "test/recall@1",
+        "test/ndcg@5",
+        "test/recall@10",
+        "test/most_popular/recall@10",
+        "test/unconstrained/invalid_sid_rate",
+        "test/steps_1/recall@10",
+        "test/steps_3/ndcg@10",
+    ):
         assert key in m
     assert m["test/invalid_sid_rate"] == 0 and m["test/duplicate_rate"] == 0
     assert m["test/num_users"] == 45
@@ -164,7 +186,7 @@ def test_evaluate_cli_writes_metrics_report_and_predictions(prepared):
     assert rows[0]["user"] == 0 and [r["rank"] for r in rows[:10]] == list(range(1, 11))
     assert all(r["item_id"] == f"B{r['item']:03d}" for r in rows)
     for u in range(45):  # every top-10 list: catalogue items, no repeats
-        assert len({r["item"] for r in rows[u * 10:(u + 1) * 10]}) == 10
+        assert len({r["item"] for r in rows[u * 10 : (u + 1) * 10]}) == 10
 
 
 def test_evaluate_cli_rejects_bad_arguments(prepared, capsys):

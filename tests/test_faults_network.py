@@ -2,6 +2,7 @@
 drops the connection, returns 500 or stalls, and a gs:// emulator behind a proxy that cuts
 the download. Each time: a clear MadrecError, nothing in the cache, and a plain re-run
 succeeds once the source is back. The known ML-1M archive is checked against its MD5."""
+
 from __future__ import annotations
 
 import hashlib
@@ -69,11 +70,14 @@ def cache_files(cache):
     return sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
 
 
-@pytest.mark.parametrize("mode, message", [
-    ("drop", r"connection closed after \d+ bytes, before the end of the file"),
-    ("500", r"HTTP Error 500"),
-    ("stall", r"timed out"),
-])
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("drop", r"connection closed after \d+ bytes, before the end of the file"),
+        ("500", r"HTTP Error 500"),
+        ("stall", r"timed out"),
+    ],
+)
 def test_http_failure_is_clear_leaves_no_cache_and_rerun_succeeds(server, tmp_path, monkeypatch, mode, message):
     monkeypatch.setattr(mio, "DOWNLOAD_TIMEOUT_S", 1.0)
     cache = tmp_path / "cache"
@@ -103,7 +107,9 @@ def test_ml1m_archive_is_checked_against_the_published_md5(server, tmp_path, mon
     assert mprepare.KNOWN_MD5[mprepare.ML1M_URL] == "c4d9eecfca2ab87c1945afe126590906"  # GroupLens ml-1m.zip.md5
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("ml-1m/ratings.dat", "".join(f"{u}::{m}::5::{978300000 + m}\n" for u in (1, 2) for m in range(1, 7)))
+        zf.writestr(
+            "ml-1m/ratings.dat", "".join(f"{u}::{m}::5::{978300000 + m}\n" for u in (1, 2) for m in range(1, 7))
+        )
         zf.writestr("ml-1m/movies.dat", "".join(f"{m}::Movie {m} (2000)::Drama\n" for m in range(1, 7)))
     Source.body = buf.getvalue()
     url = f"{server}/ml-1m.zip"

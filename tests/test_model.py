@@ -1,4 +1,5 @@
 """The masked-diffusion transformer (madrec.model; docs/method.md)."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """What the components run: metrics publishing, overrides, the torchrun launch, the summary."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import sys
 
 import pytest
 
-from madrec.ops import steps
 from madrec.errors import MadrecError
+from madrec.ops import steps
 from madrec.ops.steps import metrics_table, publish_metrics, run_verb, scalar_metrics, split_overrides
 
 
@@ -24,13 +25,20 @@ class FakeMetrics:
 
 def test_scalar_metrics_flattens_reports():
     report = {
-        "num_items": 12101, "collision_rate": 0.11, "dedup_digit_follows_rule": True, "encoder": "minilm",
+        "num_items": 12101,
+        "collision_rate": 0.11,
+        "dedup_digit_follows_rule": True,
+        "encoder": "minilm",
         "positions": [{"position": 1, "usage": 1.0, "code_counts": [3, 4]}, {"position": 2, "usage": 0.5}],
         "timings_s": {"embed": 1.5, "bad": float("nan")},
     }
     assert scalar_metrics(report) == {
-        "num_items": 12101.0, "collision_rate": 0.11,
-        "positions/1/position": 1.0, "positions/1/usage": 1.0, "positions/2/position": 2.0, "positions/2/usage": 0.5,
+        "num_items": 12101.0,
+        "collision_rate": 0.11,
+        "positions/1/position": 1.0,
+        "positions/1/usage": 1.0,
+        "positions/2/position": 2.0,
+        "positions/2/usage": 0.5,
         "timings_s/embed": 1.5,
     }
 
@@ -45,7 +53,10 @@ def test_publish_metrics_logs_and_writes_json(tmp_path):
 def test_split_overrides():
     assert split_overrides("") == []
     assert split_overrides("trainer.max_steps=5 'model.dropout=0.1' ks=[5,10]") == [
-        "trainer.max_steps=5", "model.dropout=0.1", "ks=[5,10]"]
+        "trainer.max_steps=5",
+        "model.dropout=0.1",
+        "ks=[5,10]",
+    ]
     with pytest.raises(MadrecError, match="the pipeline sets data_dir itself"):
         split_overrides("batch_size=8 data_dir=/elsewhere")
     with pytest.raises(MadrecError, match="override 'beam_size': expected key=value"):
@@ -53,21 +64,43 @@ def test_split_overrides():
 
 
 def test_metrics_table():
-    table = metrics_table({"test/recall@10": 0.0815, "test/ndcg@10": 0.0436, "test/recall@5": 0.0538,
-                           "test/ndcg@5": 0.0351, "test/most_popular/recall@10": 0.01, "test/num_users": 5.0})
+    table = metrics_table(
+        {
+            "test/recall@10": 0.0815,
+            "test/ndcg@10": 0.0436,
+            "test/recall@5": 0.0538,
+            "test/ndcg@5": 0.0351,
+            "test/most_popular/recall@10": 0.01,
+            "test/num_users": 5.0,
+        }
+    )
     assert table.splitlines() == [
-        "| K | Recall@K | NDCG@K |", "|---:|---:|---:|", "| 5 | 0.0538 | 0.0351 |", "| 10 | 0.0815 | 0.0436 |"]
+        "| K | Recall@K | NDCG@K |",
+        "|---:|---:|---:|",
+        "| 5 | 0.0538 | 0.0351 |",
+        "| 10 | 0.0815 | 0.0436 |",
+    ]
     with pytest.raises(MadrecError, match="no recall@K / ndcg@K metrics"):
         metrics_table({"val/loss": 1.0})
 
 
 def test_run_verb_uses_torchrun_for_several_gpus(monkeypatch):
     calls = []
-    monkeypatch.setattr(steps.subprocess, "run",
-                        lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(steps.subprocess, "run", lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     run_verb(["train", "experiment=tiny"], nproc=4)
-    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-                      "-m", "madrec.cli", "train", "experiment=tiny"]]
+    assert calls == [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=4",
+            "-m",
+            "madrec.cli",
+            "train",
+            "experiment=tiny",
+        ]
+    ]
     monkeypatch.setattr(steps.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(SystemExit, match="madrec train failed with exit code 1"):
         run_verb(["train"], nproc=2)

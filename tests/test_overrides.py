@@ -1,4 +1,5 @@
 """The one key=value parser (madrec.overrides) and the process layout (madrec.dist)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,12 @@ from madrec.overrides import normalise_key, pairs, refuse_keys, split_words, yam
 
 def test_pairs_keep_order_and_raw_values():
     assert pairs(["+trainer.max_steps=5", "--beam-size=20", "ks=[5,10]", "note=a=b", "empty="]) == [
-        ("trainer.max_steps", "5"), ("beam_size", "20"), ("ks", "[5,10]"), ("note", "a=b"), ("empty", "")]
+        ("trainer.max_steps", "5"),
+        ("beam_size", "20"),
+        ("ks", "[5,10]"),
+        ("note", "a=b"),
+        ("empty", ""),
+    ]
     assert normalise_key(" +eval.val-max-users ") == "eval.val_max_users"
     with pytest.raises(MadrecError, match=r"--param 'sid_levels': expected key=value \(e.g. x=1\)"):
         pairs(["sid_levels"], what="--param", example="x=1")
@@ -20,7 +26,14 @@ def test_pairs_keep_order_and_raw_values():
 
 def test_yaml_values_and_shell_words():
     assert [yaml_value(v) for v in ("3", "1e-3", "true", "[5, 10]", "null", "", "a: b: c")] == [
-        3, "1e-3", True, [5, 10], None, None, "a: b: c"]
+        3,
+        "1e-3",
+        True,
+        [5, 10],
+        None,
+        None,
+        "a: b: c",
+    ]
     assert split_words("a=1 'b=x y' c=[1,2]") == ["a=1", "b=x y", "c=[1,2]"]
     with pytest.raises(MadrecError, match="No closing quotation"):
         split_words("a='1")

@@ -1,4 +1,5 @@
 """The committed pipeline YAML is what the code compiles to, and carries the cluster settings."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
 from madrec.ops.images import DEFAULT_REGISTRY, DEFAULT_TAG
+
+from conftest import REPO
 
 PIPELINE_YAML = REPO / "pipelines" / "madrec_pipeline.yaml"
 CPU_STEPS = ("prepare-data", "ingest-sids", "build-sids", "launch-trainjob")
@@ -27,8 +29,11 @@ def compiled():
 
 def _executors(spec, step: str) -> dict:
     """Executors of `step` (a sub-pipeline used twice compiles to exec-train and exec-train-2)."""
-    found = {name: ex for name, ex in spec["deploymentSpec"]["executors"].items()
-             if re.fullmatch(rf"exec-{step}(-\d+)*", name)}
+    found = {
+        name: ex
+        for name, ex in spec["deploymentSpec"]["executors"].items()
+        if re.fullmatch(rf"exec-{step}(-\d+)*", name)
+    }
     assert found, f"no executor for {step}"
     return found
 
@@ -42,8 +47,13 @@ def _tasks(spec):
 def test_committed_yaml_is_current(tmp_path):
     out = tmp_path / "pipeline.yaml"
     env = {k: v for k, v in os.environ.items() if k not in ("MADREC_REGISTRY", "MADREC_TAG")}
-    subprocess.run([sys.executable, "-m", "pipelines.madrec_pipeline", "--out", str(out)],
-                   cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.madrec_pipeline", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     assert out.read_text() == PIPELINE_YAML.read_text(), (
         "pipelines/madrec_pipeline.yaml is out of date: run `make compile-pipeline` and commit it"
     )
@@ -64,7 +74,9 @@ def test_gpu_steps_request_gpus_on_the_gpu_pool(compiled):
             assert selector in ("gpu_node_selector", "pipelinechannel--gpu_node_selector")
             (toleration,) = platform["tolerations"]
             assert toleration["tolerationJson"]["componentInputParameter"] in (
-                "gpu_tolerations", "pipelinechannel--gpu_tolerations")
+                "gpu_tolerations",
+                "pipelinechannel--gpu_tolerations",
+            )
             assert platform["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
     for step in CPU_STEPS:
         for name, executor in _executors(spec, step).items():
@@ -103,17 +115,28 @@ def test_images_and_no_install_at_run_time(compiled):
 def test_caching(compiled):
     spec, _ = compiled
     caching = {}
-    for _, name, task in _tasks(spec):
+    for _, _name, task in _tasks(spec):
         if task["componentRef"]["name"].startswith(tuple(f"comp-{s}" for s in CPU_STEPS + GPU_STEPS)):
-            caching.setdefault(task["taskInfo"]["name"], set()).add(task.get("cachingOptions", {}).get("enableCache", False))
-    assert caching == {"prepare-data": {True}, "ingest-sids": {True}, "build-sids": {True},
-                       "train": {True}, "train (TrainJob)": {True}, "evaluate": {False}}
+            caching.setdefault(task["taskInfo"]["name"], set()).add(
+                task.get("cachingOptions", {}).get("enableCache", False)
+            )
+    assert caching == {
+        "prepare-data": {True},
+        "ingest-sids": {True},
+        "build-sids": {True},
+        "train": {True},
+        "train (TrainJob)": {True},
+        "evaluate": {False},
+    }
 
 
 def test_sids_branch_on_sid_uri(compiled):
     spec, _ = compiled
-    conditions = {task["taskInfo"]["name"]: task["triggerPolicy"]["condition"]
-                  for _, _, task in _tasks(spec) if "triggerPolicy" in task}
+    conditions = {
+        task["taskInfo"]["name"]: task["triggerPolicy"]["condition"]
+        for _, _, task in _tasks(spec)
+        if "triggerPolicy" in task
+    }
     assert conditions["sids-from-uri"] == "inputs.parameter_values['pipelinechannel--sid_uri'] != ''"
     assert conditions["sids-from-text"] == "!(inputs.parameter_values['pipelinechannel--sid_uri'] != '')"
     assert conditions["one-experiment"] == "inputs.parameter_values['pipelinechannel--experiments'] == ''"
@@ -125,8 +148,10 @@ def test_sids_branch_on_sid_uri(compiled):
         for name in ("train-and-evaluate", "train-and-compare"):
             (task,) = [t for t in below if t["taskInfo"]["name"] == name]
             source = task["inputs"]["artifacts"]["sids"]
-            assert source.get("taskOutputArtifact", {}).get("producerTask") == producer or \
-                source.get("componentInputArtifact") == f"pipelinechannel--{producer}-sids", source
+            assert (
+                source.get("taskOutputArtifact", {}).get("producerTask") == producer
+                or source.get("componentInputArtifact") == f"pipelinechannel--{producer}-sids"
+            ), source
 
 
 def _nested_tasks(spec, component: str) -> list[dict]:
@@ -145,8 +170,13 @@ def test_multi_node_branch_launches_a_trainjob(compiled):
     assert "int(inputs.parameter_values['pipelinechannel--num_nodes']) > 1" in conditions
     for name in _executors(spec, "launch-trainjob"):
         # the launcher stages inputs on the shared volume that the TrainJob's pods mount too
-        assert k8s[name]["pvcMount"] == [{"constant": "madrec-data", "mountPath": "/mnt/madrec",
-                                          "pvcNameParameter": {"runtimeValue": {"constant": "madrec-data"}}}]
+        assert k8s[name]["pvcMount"] == [
+            {
+                "constant": "madrec-data",
+                "mountPath": "/mnt/madrec",
+                "pvcNameParameter": {"runtimeValue": {"constant": "madrec-data"}},
+            }
+        ]
     launches = [task for _, _, task in _tasks(spec) if task["taskInfo"]["name"] == "train (TrainJob)"]
     assert len(launches) == 2  # one per SID branch
     for task in launches:

@@ -4,6 +4,7 @@ First run: prepare -> build SIDs -> train -> evaluate (the `make run` path). Sec
 the SIDs of the first as `--sid-uri`: the ingest branch, with prepare-data served from the
 local cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,15 @@ from madrec.sids import load_sids
 
 SLICE_USERS = 1000  # lines of Beauty.txt; the >= 5 interactions filter leaves a few hundred users
 FAST = [
-    "--param", "sid_levels=2", "--param", "sid_codebook_size=64",
-    "--param", "eval_overrides=sweep=false compare_unconstrained=false",
-    "trainer.max_steps=10", "trainer.val_every_n_steps=10", "trainer.checkpoint_every_n_steps=10",
+    "--param",
+    "sid_levels=2",
+    "--param",
+    "sid_codebook_size=64",
+    "--param",
+    "eval_overrides=sweep=false compare_unconstrained=false",
+    "trainer.max_steps=10",
+    "trainer.val_every_n_steps=10",
+    "trainer.checkpoint_every_n_steps=10",
     "eval.val_max_users=100",
 ]
 
@@ -105,7 +112,8 @@ def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypat
     assert torch.equal(load_sids(second / "sids.pt"), sids)
     # same data, same SIDs, same seed: the same model and the same metrics
     assert json.loads((second / "metrics.json").read_text()) | {"test/users_per_s": 0} == (
-        metrics | {"test/users_per_s": 0})
+        metrics | {"test/users_per_s": 0}
+    )
 
 
 @pytest.mark.slow
@@ -115,8 +123,7 @@ def test_local_pipeline_compares_models_on_beauty_slice(shared_data, tmp_path, c
     out = tmp_path / "runs"
     experiments = ["tiny", "tiger_cpu", "sasrec_cpu"]
 
-    assert cli(["--data", str(data), "--out", str(out), "--param", f"experiments={','.join(experiments)}",
-                *FAST]) == 0
+    assert cli(["--data", str(data), "--out", str(out), "--param", f"experiments={','.join(experiments)}", *FAST]) == 0
     printed = capsys.readouterr().out
     results = (out / "latest").resolve()
     run_dir = results.parent
@@ -140,8 +147,10 @@ def test_local_pipeline_compares_models_on_beauty_slice(shared_data, tmp_path, c
     comparison = json.loads((results / "comparison.json").read_text())
     for name, metrics in evaluated.items():
         assert comparison[f"{name}/test/recall@10"] == pytest.approx(metrics["test/recall@10"])
-        assert f"| {name} | {metrics['test/recall@5']:.4f} | {metrics['test/ndcg@5']:.4f} | " \
-               f"{metrics['test/recall@10']:.4f} |" in table
+        assert (
+            f"| {name} | {metrics['test/recall@5']:.4f} | {metrics['test/ndcg@5']:.4f} | "
+            f"{metrics['test/recall@10']:.4f} |" in table
+        )
     assert "| most popular |" in table and table in printed
     assert (results / "comparison.html").read_text().lstrip().lower().startswith("<!doctype html")
 
@@ -174,8 +183,24 @@ def test_local_pipeline_on_an_interactions_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))
     logs, items = interactions_table(tmp_path / "mine")
     out = tmp_path / "runs"
-    assert cli(["--data", str(logs), "--items", str(items), "--out", str(out), *FAST,
-                "--param", "sid_codebook_size=16", "--min-item-count", "3"]) == 0
+    assert (
+        cli(
+            [
+                "--data",
+                str(logs),
+                "--items",
+                str(items),
+                "--out",
+                str(out),
+                *FAST,
+                "--param",
+                "sid_codebook_size=16",
+                "--min-item-count",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "interactions: " in capsys.readouterr().out
     results = (out / "latest").resolve()
     dataset = load_dataset(results / "dataset")

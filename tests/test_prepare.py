@@ -1,5 +1,6 @@
 """Data preparation: reference counts on the real data, ML-1M archive format, interactions
 tables, bad input, atomic and byte-identical output."""
+
 from __future__ import annotations
 
 import csv
@@ -57,6 +58,7 @@ def test_real_datasets_reproduce_reference_counts(shared_data, tmp_path, name):
 
 # --- ML-1M official format, on a fixture built from real rows ------------------------
 
+
 @pytest.fixture(scope="module")
 def ml1m_fixture(shared_data, tmp_path_factory):
     """A small `ml-1m.zip` in the official `::` format from real ratings and movies.
@@ -82,7 +84,8 @@ def ml1m_fixture(shared_data, tmp_path_factory):
         lines += ["::".join(r) for r in user_rows]
     movies_needed = {r[1] for r in rows}
     movies = [
-        line for line in (shared_data / "movielens_1m/movies.dat").read_bytes().split(b"\n")
+        line
+        for line in (shared_data / "movielens_1m/movies.dat").read_bytes().split(b"\n")
         if line and line.split(b"::")[0].decode() in movies_needed
     ]
     root = tmp_path_factory.mktemp("ml1m")
@@ -104,7 +107,7 @@ def _expected_ml1m(lines, min_count=5):
     kept = sorted(m for m, c in counts.items() if c >= min_count)
     index = {m: k for k, m in enumerate(kept)}
     seqs = {}
-    for u, m, t, n in sorted(parsed, key=lambda r: (r[0], r[2], r[3])):
+    for u, m, _t, _n in sorted(parsed, key=lambda r: (r[0], r[2], r[3])):
         if m in index:
             seqs.setdefault(u, []).append(index[m])
     return kept, {u: s for u, s in seqs.items() if len(s) >= 3}
@@ -142,6 +145,7 @@ def test_ml1m_unreachable_url_is_a_clear_error(tmp_path, monkeypatch):
 
 # --- interactions tables ------------------------------------------------------------
 
+
 def test_interactions_csv_and_parquet_agree_with_ml1m_path(ml1m_fixture, tmp_path):
     root, lines = ml1m_fixture
     _, expected = _expected_ml1m(lines)
@@ -156,13 +160,19 @@ def test_interactions_csv_and_parquet_agree_with_ml1m_path(ml1m_fixture, tmp_pat
         w.writerow(["item_id", "text"])
         w.writerows(line.split("::")[:2] for line in movies)
     pq.write_table(
-        pa.table({"user_id": [int(r[0]) for r in rows], "item_id": [int(r[1]) for r in rows],
-                  "timestamp": [int(r[3]) for r in rows]}),
+        pa.table(
+            {
+                "user_id": [int(r[0]) for r in rows],
+                "item_id": [int(r[1]) for r in rows],
+                "timestamp": [int(r[3]) for r in rows],
+            }
+        ),
         tmp_path / "log.parquet",
     )
     for table in ("log.csv", "log.parquet"):
-        info = prepare("interactions", str(tmp_path / table), tmp_path / table.replace(".", "_"),
-                       items=str(tmp_path / "items.csv"))
+        info = prepare(
+            "interactions", str(tmp_path / table), tmp_path / table.replace(".", "_"), items=str(tmp_path / "items.csv")
+        )
         test = load_dataset(tmp_path / table.replace(".", "_"), splits=("testing",)).splits["testing"]
         got = {int(info["user_ids"][u]): s.tolist() for u, s in zip(test.user_ids, test.sequences)}
         assert got == expected, table
@@ -171,11 +181,14 @@ def test_interactions_csv_and_parquet_agree_with_ml1m_path(ml1m_fixture, tmp_pat
 def test_interactions_missing_column_names_file_and_columns(tmp_path):
     (tmp_path / "log.csv").write_text("user,item_id,timestamp\n1,2,3\n")
     (tmp_path / "items.csv").write_text("item_id,text\n2,x\n")
-    with pytest.raises(MadrecError, match=r"log\.csv: missing column\(s\) \['user_id'\]; found \['user', 'item_id', 'timestamp'\]"):
+    with pytest.raises(
+        MadrecError, match=r"log\.csv: missing column\(s\) \['user_id'\]; found \['user', 'item_id', 'timestamp'\]"
+    ):
         prepare("interactions", str(tmp_path / "log.csv"), tmp_path / "out", items=str(tmp_path / "items.csv"))
 
 
 # --- bad input ----------------------------------------------------------------------
+
 
 def _seq_inputs(tmp_path: Path, lines: list[str], items: dict[str, str] | None = None):
     seq = tmp_path / "seq.txt"
@@ -223,7 +236,9 @@ def test_duplicate_lines_are_skipped_and_counted_conflicts_are_errors(tmp_path):
     info = prepare("sequences", seq, tmp_path / "out", items=items, min_item_count=1)
     assert info["num_users"] == 5 and info["dropped"]["duplicate_lines"] == 1
     seq, items = _seq_inputs(tmp_path, GOOD + ["2 4 3 2 1"])
-    with pytest.raises(MadrecError, match=r"seq\.txt:6: user '2' appears again with a different sequence \(first at line 2\)"):
+    with pytest.raises(
+        MadrecError, match=r"seq\.txt:6: user '2' appears again with a different sequence \(first at line 2\)"
+    ):
         prepare("sequences", seq, tmp_path / "out2", items=items, min_item_count=1)
 
 
@@ -246,7 +261,8 @@ def test_truncated_gzip_is_a_clear_error(shared_data, tmp_path):
 def _tree_digest(root: Path, skip_json: bool = False) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file() and not (skip_json and p.name == "dataset.json")
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not (skip_json and p.name == "dataset.json")
     }
 
 
@@ -266,8 +282,24 @@ def test_rerun_is_byte_identical_and_failure_leaves_previous_output(tmp_path):
 
 def test_cli_reports_counts_and_errors_in_one_line(tmp_path, capsys):
     seq, items = _seq_inputs(tmp_path, GOOD)
-    assert main(["prepare-data", "--dataset", "sequences", "--source", seq, "--items", items,
-                 "--min-item-count", "1", "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--dataset",
+                "sequences",
+                "--source",
+                seq,
+                "--items",
+                items,
+                "--min-item-count",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert "5 users, 4 items, 20 interactions" in capsys.readouterr().out
     assert main(["prepare-data", "--dataset", "sequences", "--source", seq, "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,13 +1,15 @@
 """Recommender: original ids in and out, unknown ids, batching, the CLI table."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from toy_lm import random_sids, write_checkpoint
 
 from madrec.cli import main
 from madrec.errors import MadrecError
 from madrec.recommend import Recommender
+
+from toy_lm import random_sids, write_checkpoint
 
 N = 40
 IDS = [f"A{i * 7:04d}" for i in range(N)]  # original ids are not the indices
@@ -35,7 +37,7 @@ def brute_force_scores(model, sids, history, order):
         score = 0.0
         while len(known) < H:
             slot = [p * (V + 1) + known[p] if p in known else mask_id for p in range(H)]
-            logits = model(torch.tensor([hist + slot]))[0, len(hist):]
+            logits = model(torch.tensor([hist + slot]))[0, len(hist) :]
             agree = [d for d in digits if all(d[q] == v for q, v in known.items())]
             lp = {}
             for p in range(H):
@@ -43,7 +45,7 @@ def brute_force_scores(model, sids, history, order):
                     continue
                 allowed = torch.zeros(V, dtype=torch.bool)
                 allowed[[d[p] for d in agree]] = True
-                row = logits[p, p * (V + 1): p * (V + 1) + V]
+                row = logits[p, p * (V + 1) : p * (V + 1) + V]
                 lp[p] = torch.log_softmax(row.masked_fill(~allowed, float("-inf")), 0)
             if order == "left_to_right":
                 p = min(lp)
@@ -77,8 +79,15 @@ def test_recommend_matches_an_exhaustive_brute_force(sharp_ckpt, order):
     """A beam as wide as the catalogue is exhaustive: the top 5 must be the 5 best items of an
     independent enumeration of every item's score, with the same scores."""
     path, model, sids = sharp_ckpt
-    assert max(abs(a - b) for a, b in zip(brute_force_scores(model, sids, [1, 10, 2], order),
-                                          brute_force_scores(model, sids, [2, 10, 1], order))) > 0.1
+    assert (
+        max(
+            abs(a - b)
+            for a, b in zip(
+                brute_force_scores(model, sids, [1, 10, 2], order), brute_force_scores(model, sids, [2, 10, 1], order)
+            )
+        )
+        > 0.1
+    )
     rec = Recommender.from_checkpoint(str(path), device="cpu", order=order)
     top = rec.recommend(["A0007", "A0070", "A0014"], k=5, beam_size=N)
     want = brute_force_scores(model, sids, [1, 10, 2], order)

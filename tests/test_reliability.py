@@ -1,5 +1,6 @@
 """Reliability defects (issue 13): short top-K lists, corrupt checkpoints, inconsistent splits,
 out-of-range history items. Each test failed before its fix."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from toy_lm import MixLM, random_sids, write_checkpoint
 
 from madrec.checkpoint import load_checkpoint, read_checkpoint
 from madrec.cli import main
@@ -20,6 +20,8 @@ from madrec.prepare import prepare
 from madrec.recommend import Recommender
 from madrec.tfrecord import encode_example, write_records
 from madrec.tokens import SIDVocab
+
+from toy_lm import MixLM, random_sids, write_checkpoint
 
 # ---------------------------------------------------------------- top-K on a tiny catalogue
 
@@ -36,7 +38,7 @@ def _all_item_scores(model, vocab, sids, hist):
         slot, score = [vocab.mask_id] * H, 0.0
         for p in range(H):
             logits = model(torch.cat([hist, torch.tensor([slot])], 1))[0, hist.shape[1] + p]
-            lg = logits[p * (V + 1): p * (V + 1) + V]
+            lg = logits[p * (V + 1) : p * (V + 1) + V]
             agree = (digits[:, :p] == torch.tensor(d[:p])).all(1)
             allowed = torch.zeros(V, dtype=torch.bool)
             allowed[digits[agree, p]] = True
@@ -52,8 +54,9 @@ def test_catalogue_smaller_than_the_beam_pads_with_no_item(order):
     sids = random_sids(3, 5, 4, seed=1)
     model = MixLM(vocab, seed=0).eval()
     hist = build_histories(vocab, sids, [[0, 1], [3]], max_len=15, drop_last=False)
-    res = beam_search(model, vocab, sids, hist, beam_size=10, top_k=10, order=order,
-                      generator=torch.Generator().manual_seed(0))
+    res = beam_search(
+        model, vocab, sids, hist, beam_size=10, top_k=10, order=order, generator=torch.Generator().manual_seed(0)
+    )
     for row, scores in zip(res.items.tolist(), res.scores.tolist()):
         assert sorted(row[:4]) == [0, 1, 2, 3]  # every item once ...
         assert row[4:] == [-1] * 6  # ... then "no item", never item 0 again
@@ -102,7 +105,7 @@ def _bad_files(good, tmp_path):
     data = good.read_bytes()
     out = {}
     for frac in (0.0, 0.05, 0.5, 0.95):
-        out[f"truncated-{frac}"] = data[:int(len(data) * frac)]
+        out[f"truncated-{frac}"] = data[: int(len(data) * frac)]
     out["random-bytes"] = random.Random(0).randbytes(4096)
     out["text"] = b"hello world\n"  # the unpickler: KeyError 104
     flipped = bytearray(data)  # damage inside a stored tensor: only the zip CRC notices
@@ -118,7 +121,7 @@ def _bad_files(good, tmp_path):
 
 def test_corrupt_checkpoints_are_a_named_error(good_ckpt, tmp_path):
     assert read_checkpoint(good_ckpt)["madrec"]["max_len"] == 15
-    for name, path in _bad_files(good_ckpt, tmp_path).items():
+    for path in _bad_files(good_ckpt, tmp_path).values():
         with pytest.raises(MadrecError, match=r"not a readable madrec checkpoint .*truncated or corrupt"):
             load_checkpoint(path)
         with pytest.raises(MadrecError):
@@ -147,8 +150,18 @@ def test_recommend_and_evaluate_cli_report_a_truncated_checkpoint(good_ckpt, tmp
     assert "truncated or corrupt" in capsys.readouterr().err
     # resuming training from it
     (tmp_path / "data").mkdir()
-    assert main(["train", "experiment=tiny", f"data_dir={tmp_path / 'data'}", f"ckpt_path={bad}",
-                 f"output_dir={tmp_path / 'run'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "experiment=tiny",
+                f"data_dir={tmp_path / 'data'}",
+                f"ckpt_path={bad}",
+                f"output_dir={tmp_path / 'run'}",
+            ]
+        )
+        == 2
+    )
     assert "truncated or corrupt" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
 
@@ -159,8 +172,12 @@ def test_recommend_and_evaluate_cli_report_a_truncated_checkpoint(good_ckpt, tmp
 @pytest.fixture()
 def prepared(tmp_path):
     (tmp_path / "seq.txt").write_text("1 1 2 3 4\n2 2 3 4\n3 4 3 2 1\n")
-    (tmp_path / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "text": f"t{i}"}) + "\n" for i in range(1, 5)))
-    prepare("sequences", str(tmp_path / "seq.txt"), tmp_path / "ds", items=str(tmp_path / "items.jsonl"), min_item_count=1)
+    (tmp_path / "items.jsonl").write_text(
+        "".join(json.dumps({"item_id": i, "text": f"t{i}"}) + "\n" for i in range(1, 5))
+    )
+    prepare(
+        "sequences", str(tmp_path / "seq.txt"), tmp_path / "ds", items=str(tmp_path / "items.jsonl"), min_item_count=1
+    )
     return tmp_path / "ds"
 
 
@@ -175,15 +192,21 @@ def _rewrite(folder, rows):
 def test_evaluation_holding_the_full_sequence_is_named(prepared):
     # evaluation rows equal to testing rows: the evaluation target would be the test target
     shard = _rewrite(prepared / "evaluation", [(0, [0, 1, 2]), (1, [1, 2, 3]), (2, [3, 2, 1])])
-    with pytest.raises(MadrecError, match=rf"{shard.name}: record 1: user 1's evaluation row \[1, 2, 3\] is not the "
-                                          r"testing row \[1, 2, 3\] minus its last 1 item"):
+    with pytest.raises(
+        MadrecError,
+        match=rf"{shard.name}: record 1: user 1's evaluation row \[1, 2, 3\] is not the "
+        r"testing row \[1, 2, 3\] minus its last 1 item",
+    ):
         load_dataset(prepared)
 
 
 def test_training_holding_a_target_is_named(prepared):
     shard = _rewrite(prepared / "training", [(0, [0, 1]), (1, [1]), (2, [3, 2, 1])])
-    with pytest.raises(MadrecError, match=rf"{shard.name}: record 2: user 2's training row \[3, 2, 1\] is not the "
-                                          r"testing row \[3, 2, 1, 0\] minus its last 2 item"):
+    with pytest.raises(
+        MadrecError,
+        match=rf"{shard.name}: record 2: user 2's training row \[3, 2, 1\] is not the "
+        r"testing row \[3, 2, 1, 0\] minus its last 2 item",
+    ):
         load_dataset(prepared)
     # only training + evaluation loaded: checked against each other
     with pytest.raises(MadrecError, match=r"user 2's training row \[3, 2, 1\] is not the evaluation row"):
@@ -203,8 +226,13 @@ def test_users_missing_or_repeated_are_named(prepared):
 def test_prepared_real_slice_passes_the_check(shared_data, tmp_path):
     lines = (shared_data / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:300]
     (tmp_path / "b.txt").write_text("\n".join(lines) + "\n")
-    prepare("sequences", str(tmp_path / "b.txt"), tmp_path / "ds",
-            items=str(shared_data / "amazon_beauty" / "items.jsonl.gz"), min_item_count=1)
+    prepare(
+        "sequences",
+        str(tmp_path / "b.txt"),
+        tmp_path / "ds",
+        items=str(shared_data / "amazon_beauty" / "items.jsonl.gz"),
+        min_item_count=1,
+    )
     data = load_dataset(tmp_path / "ds")
     assert len(data.splits["training"]) == 300
 

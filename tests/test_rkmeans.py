@@ -1,4 +1,5 @@
 """Exact k-means, residual k-means and the de-dup digit (madrec.rkmeans)."""
+
 from __future__ import annotations
 
 import pytest
@@ -92,10 +93,12 @@ def test_residual_kmeans_normalises_every_level():
 
 
 def test_dedup_digit_numbering():
-    codes = torch.tensor([
-        [0, 2, 0, 0, 2, 5, 0],
-        [1, 3, 1, 1, 3, 5, 2],
-    ])
+    codes = torch.tensor(
+        [
+            [0, 2, 0, 0, 2, 5, 0],
+            [1, 3, 1, 1, 3, 5, 2],
+        ]
+    )
     digit, group = dedup_digit(codes)
     # (0,1) at items 0,2,3 -> 0,1,2; (2,3) at 1,4 -> 0,1; unique prefixes (5,5) and (0,2) -> 0.
     assert digit.tolist() == [0, 0, 1, 2, 1, 0, 0]

@@ -1,5 +1,6 @@
 """`madrec serve` over real HTTP on 127.0.0.1 with a real (small) checkpoint: V1 and V2,
 health and metrics, dynamic batching, and bad requests answered 4xx with a named cause."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from toy_lm import random_sids, write_checkpoint
 
 pytest.importorskip("kserve")
 
 from madrec.errors import MadrecError  # noqa: E402
-from madrec.recommend import Recommender  # noqa: E402
 from madrec.ops.serve import resolve_checkpoint  # noqa: E402
+from madrec.recommend import Recommender  # noqa: E402
 
 N = 40
 IDS = [f"A{i * 7:04d}" for i in range(N)]
@@ -63,9 +65,26 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "madrec.cli", "serve", "--ckpt", str(ckpt), "--host", "127.0.0.1",
-             "--port", str(self.port), "--threads", "1", *args],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            [
+                sys.executable,
+                "-m",
+                "madrec.cli",
+                "serve",
+                "--ckpt",
+                str(ckpt),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--threads",
+                "1",
+                *args,
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
         deadline = time.time() + 300  # a busy shared machine can take minutes to import torch
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -104,8 +123,14 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(ckpt, tmp_path_factory):
-    srv = Server(ckpt, tmp_path_factory.mktemp("serve_log") / "server.log",
-                 "--max-batch-size", str(MAX_BATCH), "--max-batch-wait-ms", "30")
+    srv = Server(
+        ckpt,
+        tmp_path_factory.mktemp("serve_log") / "server.log",
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--max-batch-wait-ms",
+        "30",
+    )
     yield srv
     srv.stop()
 
@@ -149,9 +174,18 @@ def test_exclude_history_skip_unknown_and_next_items(server, rec):
 
 
 def test_v2_infer(server, rec):
-    request = {"id": "r1", "parameters": {"k": 3},
-               "inputs": [{"name": "history", "datatype": "BYTES", "shape": [2, 3],
-                           "data": ["A0007", "A0014", "A0021", "A0070", "", ""]}]}
+    request = {
+        "id": "r1",
+        "parameters": {"k": 3},
+        "inputs": [
+            {
+                "name": "history",
+                "datatype": "BYTES",
+                "shape": [2, 3],
+                "data": ["A0007", "A0014", "A0021", "A0070", "", ""],
+            }
+        ],
+    }
     status, body = server.v2(request)
     assert status == 200, body
     assert body["id"] == "r1" and body["model_name"] == "madrec"
@@ -231,24 +265,69 @@ def test_bad_v1_requests_are_4xx_with_a_named_cause(server, name, body, status, 
 
 BAD_V2 = [
     ("malformed JSON", b'{"inputs": [{"name": "history"', 422, "JSON decode error"),
-    ("wrong input name", {"inputs": [{"name": "hist", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}]},
-     400, 'one input named "history"'),
-    ("shape mismatch", {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [2, 2], "data": ["A0007"]}]},
-     400, "does not fit shape"),
-    ("float ids", {"inputs": [{"name": "history", "datatype": "FP32", "shape": [1], "data": [1.5]}]},
-     400, "must be BYTES"),
-    ("unknown ids", {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["B9999"]}]},
-     400, "unknown item id(s)"),
-    ("empty history", {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [1, 2], "data": ["", ""]}]},
-     400, "empty history"),
-    ("k beyond beam", {"parameters": {"k": 50},
-                       "inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}]},
-     400, "beyond what the beam can give"),
-    ("unknown parameter", {"parameters": {"topk": 5},
-                           "inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}]},
-     400, "unknown request parameter"),
-    ("oversized batch", {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [MAX_BATCH + 1, 1],
-                                     "data": ["A0007"] * (MAX_BATCH + 1)}]}, 400, "oversized batch"),
+    (
+        "wrong input name",
+        {"inputs": [{"name": "hist", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}]},
+        400,
+        'one input named "history"',
+    ),
+    (
+        "shape mismatch",
+        {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [2, 2], "data": ["A0007"]}]},
+        400,
+        "does not fit shape",
+    ),
+    (
+        "float ids",
+        {"inputs": [{"name": "history", "datatype": "FP32", "shape": [1], "data": [1.5]}]},
+        400,
+        "must be BYTES",
+    ),
+    (
+        "unknown ids",
+        {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["B9999"]}]},
+        400,
+        "unknown item id(s)",
+    ),
+    (
+        "empty history",
+        {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [1, 2], "data": ["", ""]}]},
+        400,
+        "empty history",
+    ),
+    (
+        "k beyond beam",
+        {
+            "parameters": {"k": 50},
+            "inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}],
+        },
+        400,
+        "beyond what the beam can give",
+    ),
+    (
+        "unknown parameter",
+        {
+            "parameters": {"topk": 5},
+            "inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}],
+        },
+        400,
+        "unknown request parameter",
+    ),
+    (
+        "oversized batch",
+        {
+            "inputs": [
+                {
+                    "name": "history",
+                    "datatype": "BYTES",
+                    "shape": [MAX_BATCH + 1, 1],
+                    "data": ["A0007"] * (MAX_BATCH + 1),
+                }
+            ]
+        },
+        400,
+        "oversized batch",
+    ),
 ]
 
 
@@ -266,8 +345,7 @@ def test_no_batching_gives_the_same_answers_and_the_server_stops_cleanly(ckpt, t
     try:
         status, body = srv.v1({"instances": [["A0007", "A0014"]], "k": 15})
         assert status == 200 and len(body["predictions"][0]["items"]) == 15
-        assert body["predictions"][0]["items"] == [i for i, _ in rec.recommend(["A0007", "A0014"], k=15,
-                                                                                beam_size=20)]
+        assert body["predictions"][0]["items"] == [i for i, _ in rec.recommend(["A0007", "A0014"], k=15, beam_size=20)]
     finally:
         srv.stop()
     assert srv.proc.returncode is not None
@@ -292,6 +370,7 @@ def test_checkpoint_folder_is_resolved(tmp_path, ckpt):
 
 # --- deployment: the InferenceService and the pipeline's deploy step ------------------------------
 
+
 def test_inferenceservice_manifests_are_the_deploy_steps_object_and_validate():
     import shutil
 
@@ -303,15 +382,26 @@ def test_inferenceservice_manifests_are_the_deploy_steps_object_and_validate():
         pytest.fail("kubectl not found: it renders the kustomize folders (apt-get install kubectl)")
     repo = Path(__file__).resolve().parents[1]
     for variant, gpu in (("cpu", False), ("gpu", True)):
-        out = subprocess.run(["kubectl", "kustomize", str(repo / "manifests" / "serving" / variant)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["kubectl", "kustomize", str(repo / "manifests" / "serving" / variant)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         (svc,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "InferenceService"]
         assert validate_inferenceservice(svc) == []
         built = build_inferenceservice(svc["metadata"]["name"], gpu=gpu, namespace="kubeflow")
         assert svc == built  # the YAML and what the deploy step creates are one object
-    proc = subprocess.run([sys.executable, str(repo / "manifests" / "validate.py"),
-                           str(repo / "manifests" / "serving" / "cpu"), str(repo / "manifests" / "serving" / "gpu")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "manifests" / "validate.py"),
+            str(repo / "manifests" / "serving" / "cpu"),
+            str(repo / "manifests" / "serving" / "gpu"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0 and proc.stdout.count("serving objects pass") == 2, proc.stdout + proc.stderr
 
 
@@ -351,8 +441,10 @@ class FakeCustomObjects:
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
         self.calls.append("create")
-        self.objects[(namespace, body["metadata"]["name"])] = {**body, "metadata": {**body["metadata"],
-                                                                                   "resourceVersion": "1"}}
+        self.objects[(namespace, body["metadata"]["name"])] = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": "1"},
+        }
 
     def replace_namespaced_custom_object(self, group, version, namespace, plural, name, body):
         self.calls.append("replace")
@@ -370,16 +462,18 @@ def test_deploy_step_creates_then_updates_only_above_the_threshold(tmp_path):
     assert low.startswith("skipped") and "0.0420 < threshold 0.0500" in low and api.calls == []
     first = deploy_step("gs://root/run1/train/model", str(metrics), {}, 0.04, "madrec", "team", api=api)
     assert first.startswith("deployed") and "team/madrec created" in first
-    second = deploy_step("gs://root/run2/train/model", str(metrics), {}, 0.04, "madrec", "team", gpu=True,
-                         tag="1.2.3", api=api)
+    second = deploy_step(
+        "gs://root/run2/train/model", str(metrics), {}, 0.04, "madrec", "team", gpu=True, tag="1.2.3", api=api
+    )
     assert "updated" in second and api.calls == ["get", "create", "get", "replace"]
     svc = api.objects[("team", "madrec")]
     container = svc["spec"]["predictor"]["containers"][0]
     assert {"name": "STORAGE_URI", "value": "gs://root/run2/train/model"} in container["env"]
     assert container["image"].endswith("/madrec-cuda:1.2.3") and container["resources"]["limits"]["nvidia.com/gpu"]
     # metrics from the artifact's metadata when the file is missing; a clear error without them
-    assert deploy_step("gs://m", str(tmp_path / "none"), {"test/recall@10": 0.5}, 0.1, "madrec", "team",
-                       api=api).startswith("deployed")
+    assert deploy_step(
+        "gs://m", str(tmp_path / "none"), {"test/recall@10": 0.5}, 0.1, "madrec", "team", api=api
+    ).startswith("deployed")
     with pytest.raises(MadrecError, match="no 'test/recall@10'"):
         deploy_step("gs://m", str(tmp_path / "none"), {"val/recall@10": 0.5}, 0.1, "madrec", "team", api=api)
     with pytest.raises(MadrecError, match="not a storage URI"):
@@ -396,8 +490,15 @@ def test_deploy_component_compiles(tmp_path):
     def pipe():  # no parameters: this file's `from __future__ import annotations` would stringify them
         model = dsl.importer(artifact_uri="gs://b/run/train/model", artifact_class=dsl.Model)
         metrics = dsl.importer(artifact_uri="gs://b/run/evaluate/metrics", artifact_class=dsl.Metrics)
-        deploy(model=model.output, metrics=metrics.output, min_recall_at_10=0.05,
-               service_name="madrec", namespace="", use_gpu=False, image_tag="0.1.0")
+        deploy(
+            model=model.output,
+            metrics=metrics.output,
+            min_recall_at_10=0.05,
+            service_name="madrec",
+            namespace="",
+            use_gpu=False,
+            image_tag="0.1.0",
+        )
 
     out = tmp_path / "p.yaml"
     compiler.Compiler().compile(pipe, str(out))

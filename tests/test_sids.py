@@ -1,4 +1,5 @@
 """build-sids / ingest-sids end to end on a real Beauty slice, and the SID file validator."""
+
 from __future__ import annotations
 
 import gzip
@@ -88,8 +89,17 @@ def test_rebuild_reuses_embeddings_same_seed_same_sids(beauty, built, tmp_path):
 
 
 def test_round_trip_build_output_passes_ingest_unchanged(beauty, built, tmp_path, capsys):
-    argv = ["ingest-sids", "--source", str(built / "sids.pt"), "--data", str(beauty), "--out", str(tmp_path / "in"),
-            "--codebook-size", str(V)]
+    argv = [
+        "ingest-sids",
+        "--source",
+        str(built / "sids.pt"),
+        "--data",
+        str(beauty),
+        "--out",
+        str(tmp_path / "in"),
+        "--codebook-size",
+        str(V),
+    ]
     assert cli.main(argv) == 0
     assert "all unique" in capsys.readouterr().out
     assert torch.equal(torch.load(tmp_path / "in" / "sids.pt"), torch.load(built / "sids.pt"))
@@ -153,8 +163,9 @@ def test_transposed_hint_without_item_count_and_unreadable_file(tmp_path, capsys
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(MadrecError, match="cannot be read as a torch.save'd tensor"):
         load_sids(tmp_path / "junk.pt")
-    rc = cli.main(["ingest-sids", "--source", str(tmp_path / "junk.pt"), "--data", str(tmp_path), "--out",
-                   str(tmp_path / "o")])
+    rc = cli.main(
+        ["ingest-sids", "--source", str(tmp_path / "junk.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
     assert rc == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -173,8 +184,9 @@ def test_ingest_from_gcs_emulator(beauty, tmp_path, monkeypatch):
         monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))
         sids = grid_style_sids(seed=3)
         torch.save(sids, tmp_path / "up.pt")
-        storage.Client().create_bucket("grid-sids").blob("beauty/flan-t5-xl_rkmeans_4_256_seed43.pt") \
-            .upload_from_filename(str(tmp_path / "up.pt"))
+        storage.Client().create_bucket("grid-sids").blob(
+            "beauty/flan-t5-xl_rkmeans_4_256_seed43.pt"
+        ).upload_from_filename(str(tmp_path / "up.pt"))
         report = ingest_sids("gs://grid-sids/beauty/flan-t5-xl_rkmeans_4_256_seed43.pt", beauty, tmp_path / "out")
         assert report["source_uri"].startswith("gs://grid-sids/")
         assert torch.equal(torch.load(tmp_path / "out" / "sids.pt"), sids)

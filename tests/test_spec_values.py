@@ -1,5 +1,7 @@
-"""Values the method fixes (the reference configuration; docs/method.md), asserted directly: token ids, the learning-rate
-schedule at given steps, the reference experiment's masking / position settings."""
+"""Values the method fixes (the reference configuration; docs/method.md), asserted directly:
+token ids, the learning-rate schedule at given steps, the reference experiment's masking /
+position settings."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,10 +25,19 @@ def test_token_ids_mask_and_pad():
     assert small.tokens_to_digits(torch.tensor([[0, 7, 16]])).tolist() == [[0, 1, 4]]
 
 
-@pytest.mark.parametrize("step, want", [
-    (0, 1e-4), (4_999, 0.5), (9_999, 1.0),  # warm-up: (step + 1) / warmup
-    (10_000, 1.0), (55_000, 0.5), (77_500, 0.25), (100_000, 0.0), (120_000, 0.0),  # linear decay to 0
-])
+@pytest.mark.parametrize(
+    "step, want",
+    [
+        (0, 1e-4),
+        (4_999, 0.5),
+        (9_999, 1.0),  # warm-up: (step + 1) / warmup
+        (10_000, 1.0),
+        (55_000, 0.5),
+        (77_500, 0.25),
+        (100_000, 0.0),
+        (120_000, 0.0),  # linear decay to 0
+    ],
+)
 def test_lr_factor_reference_schedule(step, want):
     assert lr_factor(step, warmup=10_000, max_steps=100_000, min_ratio=0.0) == pytest.approx(want, abs=1e-12)
 

@@ -1,4 +1,5 @@
 """`madrec submit`: typed run parameters, upload once per content, the run URL."""
+
 from __future__ import annotations
 
 import hashlib
@@ -46,13 +47,23 @@ class FakeClient:
 
 def test_params_are_typed_from_the_pipeline_yaml():
     inputs = pipeline_inputs(PIPELINE_FILE)
-    params = parse_params([
-        "num_gpus=4", "dataset=sequences", 'gpu_node_selector={"pool": "a100"}',
-        'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]', "train_overrides=batch_size=512 seed=1",
-    ], inputs)
-    assert params == {"num_gpus": 4, "dataset": "sequences", "gpu_node_selector": {"pool": "a100"},
-                      "gpu_tolerations": [{"key": "gpu", "operator": "Exists"}],
-                      "train_overrides": "batch_size=512 seed=1"}
+    params = parse_params(
+        [
+            "num_gpus=4",
+            "dataset=sequences",
+            'gpu_node_selector={"pool": "a100"}',
+            'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]',
+            "train_overrides=batch_size=512 seed=1",
+        ],
+        inputs,
+    )
+    assert params == {
+        "num_gpus": 4,
+        "dataset": "sequences",
+        "gpu_node_selector": {"pool": "a100"},
+        "gpu_tolerations": [{"key": "gpu", "operator": "Exists"}],
+        "train_overrides": "batch_size=512 seed=1",
+    }
     with pytest.raises(MadrecError, match=r"--param num_gpu: not a pipeline parameter; valid: .*num_gpus"):
         parse_params(["num_gpu=2"], inputs)
     with pytest.raises(MadrecError, match=r"--param num_gpus='two': not a valid number_integer"):
@@ -83,13 +94,33 @@ def test_changed_pipeline_becomes_a_new_version():
 
 def test_submit_starts_a_run_and_returns_its_url():
     client = FakeClient("p1", [SimpleNamespace(display_name=VERSION, pipeline_version_id="v7")])
-    url = submit(client, PIPELINE_FILE, {"num_gpus": 2}, pipeline_name="madrec", experiment="exp", run_name="r",
-                 namespace="team", enable_caching=False, service_account="launcher", ui_host="https://kfp.example/")
+    url = submit(
+        client,
+        PIPELINE_FILE,
+        {"num_gpus": 2},
+        pipeline_name="madrec",
+        experiment="exp",
+        run_name="r",
+        namespace="team",
+        enable_caching=False,
+        service_account="launcher",
+        ui_host="https://kfp.example/",
+    )
     assert url == "https://kfp.example/#/runs/details/r1"
     assert client.calls == [
         ("create_experiment", "exp", "team"),
-        ("run_pipeline", "e1", "r", {"params": {"num_gpus": 2}, "pipeline_id": "p1", "version_id": "v7",
-                                     "enable_caching": False, "service_account": "launcher"}),
+        (
+            "run_pipeline",
+            "e1",
+            "r",
+            {
+                "params": {"num_gpus": 2},
+                "pipeline_id": "p1",
+                "version_id": "v7",
+                "enable_caching": False,
+                "service_account": "launcher",
+            },
+        ),
     ]
 
 

@@ -1,17 +1,17 @@
 """Our TFRecord codec against tensorflow, the reference: each reads what the other writes."""
+
 from __future__ import annotations
 
 import gzip
 
 import numpy as np
 import pytest
+import tensorflow as tf  # a test dependency: the interop tests must run, never skip
 
 from madrec.data import load_dataset
 from madrec.errors import MadrecError
 from madrec.prepare import prepare
 from madrec.tfrecord import encode_example, read_examples, write_records
-
-import tensorflow as tf  # a test dependency: the interop tests must run, never skip
 
 SEQUENCE_SPEC = {
     "user_id": tf.io.FixedLenFeature([1], tf.int64),
@@ -28,8 +28,13 @@ def _tf_read(files, spec):
 def test_tensorflow_reads_what_prepare_data_writes(shared_data, tmp_path):
     lines = (shared_data / "amazon_beauty/Beauty.txt").read_text().splitlines()[:300]
     (tmp_path / "seq.txt").write_text("\n".join(lines) + "\n")
-    prepare("sequences", str(tmp_path / "seq.txt"), tmp_path / "out",
-            items=str(shared_data / "amazon_beauty/items.jsonl.gz"), min_item_count=1)
+    prepare(
+        "sequences",
+        str(tmp_path / "seq.txt"),
+        tmp_path / "out",
+        items=str(shared_data / "amazon_beauty/items.jsonl.gz"),
+        min_item_count=1,
+    )
     ours = load_dataset(tmp_path / "out")
     for split in ("training", "evaluation", "testing"):
         parsed = _tf_read(sorted((tmp_path / "out" / split).glob("*.tfrecord.gz")), SEQUENCE_SPEC)
@@ -51,11 +56,15 @@ def test_we_read_what_tensorflow_writes(tmp_path):
     path = tmp_path / "tf.tfrecord.gz"
     with tf.io.TFRecordWriter(str(path), options=tf.io.TFRecordOptions(compression_type="GZIP")) as w:
         for uid, seq in rows:
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                "user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[uid])),
-                "sequence_data": tf.train.Feature(int64_list=tf.train.Int64List(value=seq)),
-                "note": tf.train.Feature(bytes_list=tf.train.BytesList(value=["é".encode(), b""])),
-            }))
+            ex = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[uid])),
+                        "sequence_data": tf.train.Feature(int64_list=tf.train.Int64List(value=seq)),
+                        "note": tf.train.Feature(bytes_list=tf.train.BytesList(value=["é".encode(), b""])),
+                    }
+                )
+            )
             w.write(ex.SerializeToString())
     got = list(read_examples(path))
     assert [(g["user_id"][0], g["sequence_data"]) for g in got] == rows
@@ -64,9 +73,11 @@ def test_we_read_what_tensorflow_writes(tmp_path):
 
 def test_encoding_is_byte_identical_to_tensorflow_serialisation():
     feats = {"sequence_data": [3, 0, 300, 2**33], "user_id": [7]}
-    ex = tf.train.Example(features=tf.train.Features(feature={
-        k: tf.train.Feature(int64_list=tf.train.Int64List(value=v)) for k, v in feats.items()
-    }))
+    ex = tf.train.Example(
+        features=tf.train.Features(
+            feature={k: tf.train.Feature(int64_list=tf.train.Int64List(value=v)) for k, v in feats.items()}
+        )
+    )
     assert tf.train.Example.FromString(encode_example(feats)) == ex
 
 

@@ -1,4 +1,5 @@
 """madrec.threads: torch's CPU threads from explicit settings, cgroup quota and affinity."""
+
 from __future__ import annotations
 
 import os
@@ -26,11 +27,15 @@ def fake_cgroup(tmp_path: Path, proc: str, files: dict[str, str]) -> dict:
 
 
 def test_cgroup_v2_quota(tmp_path):
-    kw = fake_cgroup(tmp_path, "0::/kubepods/pod1/c1\n", {
-        "kubepods/cpu.max": "max 100000\n",
-        "kubepods/pod1/cpu.max": "150000 100000\n",  # 1.5 CPUs
-        "kubepods/pod1/c1/cpu.max": "max 100000\n",
-    })
+    kw = fake_cgroup(
+        tmp_path,
+        "0::/kubepods/pod1/c1\n",
+        {
+            "kubepods/cpu.max": "max 100000\n",
+            "kubepods/pod1/cpu.max": "150000 100000\n",  # 1.5 CPUs
+            "kubepods/pod1/c1/cpu.max": "max 100000\n",
+        },
+    )
     assert threads.cgroup_cpu_limit(kw["cgroup_root"], kw["proc_cgroup"]) == pytest.approx(1.5)
     choice = threads.choose(**kw)
     assert choice.threads == min(CPUS, 2) and ("quota" in choice.source or CPUS <= 2)
@@ -48,12 +53,16 @@ def test_cgroup_v2_no_limit_and_container_root(tmp_path):
 
 
 def test_cgroup_v1_quota(tmp_path):
-    kw = fake_cgroup(tmp_path, "5:cpuacct,cpu:/docker/abc\n3:memory:/docker/abc\n0::/\n", {
-        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000\n",
-        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
-        "cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
-        "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-    })
+    kw = fake_cgroup(
+        tmp_path,
+        "5:cpuacct,cpu:/docker/abc\n3:memory:/docker/abc\n0::/\n",
+        {
+            "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000\n",
+            "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+            "cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+            "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        },
+    )
     # the controller list is "cpuacct,cpu" in /proc but the mount is cpu,cpuacct: found either way
     assert threads.cgroup_cpu_limit(kw["cgroup_root"], kw["proc_cgroup"]) == pytest.approx(1.0)
     assert threads.choose(**kw).threads == 1
@@ -63,8 +72,11 @@ def test_cgroup_v1_quota(tmp_path):
 
 def test_v1_container_sees_its_own_cgroup_at_the_mount_root(tmp_path):
     # no cgroup namespace: /proc shows the host path, the mount shows only the container's cgroup
-    kw = fake_cgroup(tmp_path, "4:cpu:/kubepods/burstable/pod9/c\n", {
-        "cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"})
+    kw = fake_cgroup(
+        tmp_path,
+        "4:cpu:/kubepods/burstable/pod9/c\n",
+        {"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"},
+    )
     assert threads.cgroup_cpu_limit(kw["cgroup_root"], kw["proc_cgroup"]) == pytest.approx(2.0)
 
 
@@ -111,6 +123,11 @@ def test_every_verb_runs_with_the_chosen_threads(monkeypatch):
 def test_cli_logs_the_choice_in_a_fresh_process(tmp_path):
     env = {**os.environ, "MADREC_NUM_THREADS": "1"}
     env.pop("OMP_NUM_THREADS", None)
-    out = subprocess.run([sys.executable, "-m", "madrec.cli", "recommend", "--ckpt", str(tmp_path / "none.ckpt"),
-                          "--history", "1"], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "madrec.cli", "recommend", "--ckpt", str(tmp_path / "none.ckpt"), "--history", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert "torch CPU threads: 1 ($MADREC_NUM_THREADS)" in out.stderr

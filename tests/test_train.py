@@ -1,4 +1,5 @@
 """Training end to end on synthetic data with planted rules; checkpoints; exact resume."""
+
 from __future__ import annotations
 
 import csv
@@ -20,11 +21,22 @@ from madrec.evaluate import evaluate_split
 from madrec.tokens import SIDVocab
 from madrec.train import run
 from madrec.train_module import lr_factor
+
 from planted import planted_dataset
 
 # small and single-threaded: the planted rule is learned in well under a minute on a shared CPU
-ARGS = ["experiment=tiny", "trainer.max_minutes=0", "codebook_size=8", "batch_size=64", "max_len=30", "optim.scheduler.warmup_steps=20",
-        "model.dropout=0", "trainer.num_threads=1", "trainer.progress_bar=false", "eval.val_max_users=0"]
+ARGS = [
+    "experiment=tiny",
+    "trainer.max_minutes=0",
+    "codebook_size=8",
+    "batch_size=64",
+    "max_len=30",
+    "optim.scheduler.warmup_steps=20",
+    "model.dropout=0",
+    "trainer.num_threads=1",
+    "trainer.progress_bar=false",
+    "eval.val_max_users=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +48,16 @@ def planted(tmp_path_factory):
 def trained(planted, tmp_path_factory):
     data, sids = planted
     out = tmp_path_factory.mktemp("run") / "run"
-    cfg = load_config([*ARGS, f"data_dir={data}", f"sid_data_path={sids}", f"output_dir={out}",
-                       "trainer.max_steps=700", "trainer.val_every_n_steps=350"])
+    cfg = load_config(
+        [
+            *ARGS,
+            f"data_dir={data}",
+            f"sid_data_path={sids}",
+            f"output_dir={out}",
+            "trainer.max_steps=700",
+            "trainer.val_every_n_steps=350",
+        ]
+    )
     return cfg, run(cfg)
 
 
@@ -54,7 +74,15 @@ def test_run_writes_checkpoints_logs_and_summary(trained):
     with open(f"{out}/metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     columns = set(rows[0])
-    assert {"step", "train/loss", "lr", "train/tokens_per_s", "val/recall@5", "val/ndcg@10", "test/recall@10"} <= columns
+    assert {
+        "step",
+        "train/loss",
+        "lr",
+        "train/tokens_per_s",
+        "val/recall@5",
+        "val/ndcg@10",
+        "test/recall@10",
+    } <= columns
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert len(losses) == 700 // cfg.trainer.log_every_n_steps and np.mean(losses[-5:]) < np.mean(losses[:5])
     assert sum(bool(r["val/recall@5"]) for r in rows) == 3  # steps 350, 700, then the final best-weights pass
@@ -71,16 +99,18 @@ def test_checkpoint_is_self_contained(trained, planted):
     assert not loaded.model.training and loaded.config == cfg and loaded.max_len == 30
     assert loaded.vocab == SIDVocab(sid_len=3, codebook_size=8)
     assert torch.equal(loaded.sids, torch.load(planted[1])) and loaded.item_ids == data.item_ids
-    metrics = evaluate_split(loaded.model, loaded.vocab, loaded.sids, data.splits["evaluation"], loaded.max_len,
-                             progress=False)
+    metrics = evaluate_split(
+        loaded.model, loaded.vocab, loaded.sids, data.splits["evaluation"], loaded.max_len, progress=False
+    )
     assert metrics["recall@10"] == summary["val/recall@10"] and metrics["ndcg@5"] == summary["val/ndcg@5"]
 
 
 def test_train_false_evaluates_the_checkpoint_only(trained, planted, tmp_path):
     cfg, summary = trained
     ckpt = f"{cfg.output_dir}/checkpoints/best.ckpt"
-    result = run(load_config([*ARGS, f"data_dir={planted[0]}", "train=false", f"ckpt_path={ckpt}",
-                              f"output_dir={tmp_path}"]))
+    result = run(
+        load_config([*ARGS, f"data_dir={planted[0]}", "train=false", f"ckpt_path={ckpt}", f"output_dir={tmp_path}"])
+    )
     for key in ("val/recall@5", "val/recall@10", "test/recall@10", "test/ndcg@10"):
         assert result[key] == summary[key]
     assert json.loads((tmp_path / "summary.json").read_text())["checkpoint"] == ckpt
@@ -111,16 +141,28 @@ def _rows(path, columns):
 
 def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
     data, sids = planted
-    args = [*ARGS, f"data_dir={data}", f"sid_data_path={sids}", "trainer.max_steps=40", "model.dropout=0.2",
-            "test=false", "eval.val_max_users=50",
-            "trainer.val_every_n_steps=15", "trainer.checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1"]
+    args = [
+        *ARGS,
+        f"data_dir={data}",
+        f"sid_data_path={sids}",
+        "trainer.max_steps=40",
+        "model.dropout=0.2",
+        "test=false",
+        "eval.val_max_users=50",
+        "trainer.val_every_n_steps=15",
+        "trainer.checkpoint_every_n_steps=3",
+        "trainer.log_every_n_steps=1",
+    ]
     run(load_config([*args, f"output_dir={tmp_path / 'full'}"]))
 
     killed = tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "madrec.cli", "train", *args, f"output_dir={killed}"],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "madrec.cli", "train", *args, f"output_dir={killed}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 300
         while not last.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.005)

@@ -9,13 +9,22 @@ import logging
 from pathlib import Path
 
 import pytest
-from kubernetes.client import (V1ContainerState, V1ContainerStateTerminated, V1ContainerStateWaiting,
-                               V1ContainerStatus, CoreV1Event, V1ObjectMeta, V1ObjectReference, V1Pod,
-                               V1PodCondition, V1PodStatus)
+from kubernetes.client import (
+    CoreV1Event,
+    V1ContainerState,
+    V1ContainerStateTerminated,
+    V1ContainerStateWaiting,
+    V1ContainerStatus,
+    V1ObjectMeta,
+    V1ObjectReference,
+    V1Pod,
+    V1PodCondition,
+    V1PodStatus,
+)
 from kubernetes.client.exceptions import ApiException
 
-from madrec.ops import trainjob
 from madrec.errors import MadrecError
+from madrec.ops import trainjob
 from madrec.ops.images import image
 
 _REAL_CLIENT = trainjob.TrainJobClient
@@ -24,19 +33,31 @@ _REAL_CLIENT = trainjob.TrainJobClient
 def test_manifest_for_nodes_times_gpus(monkeypatch):
     monkeypatch.delenv("MADREC_TAG", raising=False)
     monkeypatch.delenv("MADREC_REGISTRY", raising=False)
-    job = trainjob.build_trainjob("madrec-train-x", ["experiment=tiny", "max_steps=10"], num_nodes=3,
-                                  gpus_per_node=8, namespace="team", cpu_per_node="30", memory_per_node="200Gi")
+    job = trainjob.build_trainjob(
+        "madrec-train-x",
+        ["experiment=tiny", "max_steps=10"],
+        num_nodes=3,
+        gpus_per_node=8,
+        namespace="team",
+        cpu_per_node="30",
+        memory_per_node="200Gi",
+    )
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
     assert job["metadata"]["namespace"] == "team"
-    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
-                                         "name": "madrec-torch"}
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": "madrec-torch",
+    }
     trainer = job["spec"]["trainer"]
     assert trainer["image"] == image("madrec-cuda")
     assert trainer["command"] == ["torchrun", "-m", "madrec.cli", "train"]
     assert trainer["args"] == ["experiment=tiny", "max_steps=10"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (3, 8)
-    assert trainer["resourcesPerNode"] == {"limits": {"nvidia.com/gpu": "8"},
-                                           "requests": {"nvidia.com/gpu": "8", "cpu": "30", "memory": "200Gi"}}
+    assert trainer["resourcesPerNode"] == {
+        "limits": {"nvidia.com/gpu": "8"},
+        "requests": {"nvidia.com/gpu": "8", "cpu": "30", "memory": "200Gi"},
+    }
 
 
 def test_cpu_job_has_one_process_per_node_and_no_gpu_request():
@@ -46,12 +67,15 @@ def test_cpu_job_has_one_process_per_node_and_no_gpu_request():
     assert trainer["image"] == "reg/madrec-cuda:t"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"name": "Madrec_Train"}, "at most 63 lower-case"),
-    ({"name": "m" * 64}, "at most 63"),
-    ({"num_nodes": 0}, "at least one node"),
-    ({"gpus_per_node": -1}, "gpus_per_node=-1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "Madrec_Train"}, "at most 63 lower-case"),
+        ({"name": "m" * 64}, "at most 63"),
+        ({"num_nodes": 0}, "at least one node"),
+        ({"gpus_per_node": -1}, "gpus_per_node=-1"),
+    ],
+)
 def test_bad_job_parameters(kwargs, message):
     args = {"name": "madrec-ok", "num_nodes": 2, "gpus_per_node": 1, **kwargs}
     with pytest.raises(MadrecError, match=message):
@@ -80,18 +104,27 @@ def test_validation_catches_unknown_fields_and_wrong_types():
 
 # --- following a job -------------------------------------------------------------------------
 
+
 def _pod(name, phase, *, index="0", waiting=None, terminated=None, unschedulable=None):
     state = None
     if waiting:
         state = V1ContainerState(waiting=V1ContainerStateWaiting(reason=waiting[0], message=waiting[1]))
     if terminated is not None:
         state = V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=terminated, reason="Error"))
-    statuses = [V1ContainerStatus(name="node", image="i", image_id="", ready=False, restart_count=0,
-                                  state=state)] if state else None
-    conditions = ([V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
-                                  message=unschedulable)] if unschedulable else None)
-    return V1Pod(metadata=V1ObjectMeta(name=name, labels={"batch.kubernetes.io/job-completion-index": index}),
-                 status=V1PodStatus(phase=phase, container_statuses=statuses, conditions=conditions))
+    statuses = (
+        [V1ContainerStatus(name="node", image="i", image_id="", ready=False, restart_count=0, state=state)]
+        if state
+        else None
+    )
+    conditions = (
+        [V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable", message=unschedulable)]
+        if unschedulable
+        else None
+    )
+    return V1Pod(
+        metadata=V1ObjectMeta(name=name, labels={"batch.kubernetes.io/job-completion-index": index}),
+        status=V1PodStatus(phase=phase, container_statuses=statuses, conditions=conditions),
+    )
 
 
 class _Items:
@@ -147,12 +180,15 @@ def _client(fake):
 
 
 def test_wait_logs_progress_until_complete(caplog):
-    fake = FakeCluster([
-        ([], []),
-        ([], [_pod("j-node-0-0", "Pending", unschedulable="0/3 nodes have enough nvidia.com/gpu")]),
-        ([], [_pod("j-node-0-0", "Running"), _pod("j-node-0-1", "Running", index="1")]),
-        ([("Complete", "done")], []),
-    ], logs={"j-node-0-0": "epoch 0\rstep 5/100 loss 3.2\rstep 9/100 loss 2.9\n"})
+    fake = FakeCluster(
+        [
+            ([], []),
+            ([], [_pod("j-node-0-0", "Pending", unschedulable="0/3 nodes have enough nvidia.com/gpu")]),
+            ([], [_pod("j-node-0-0", "Running"), _pod("j-node-0-1", "Running", index="1")]),
+            ([("Complete", "done")], []),
+        ],
+        logs={"j-node-0-0": "epoch 0\rstep 5/100 loss 3.2\rstep 9/100 loss 2.9\n"},
+    )
     with caplog.at_level(logging.INFO, logger="madrec.ops.trainjob"):
         _client(fake).wait("j", timeout_s=3600, poll_s=30)
     text = caplog.text
@@ -167,10 +203,23 @@ def test_failure_carries_exit_code_logs_and_events():
     fake = FakeCluster(
         [([], [_pod("j-node-0-0", "Running")]), ([("Failed", "jobset failed: node-0 failed")], [failed])],
         logs={"j-node-0-1": "\n".join(f"line {i}" for i in range(100)) + "\nRuntimeError: NCCL timeout"},
-        events=[CoreV1Event(metadata=V1ObjectMeta(name="e1"), type="Warning", reason="BackOff", message="restarting",
-                        involved_object=V1ObjectReference(kind="Pod", name="j-node-0-1")),
-                CoreV1Event(metadata=V1ObjectMeta(name="e2"), type="Warning", reason="Other", message="unrelated",
-                        involved_object=V1ObjectReference(kind="Pod", name="other-pod"))])
+        events=[
+            CoreV1Event(
+                metadata=V1ObjectMeta(name="e1"),
+                type="Warning",
+                reason="BackOff",
+                message="restarting",
+                involved_object=V1ObjectReference(kind="Pod", name="j-node-0-1"),
+            ),
+            CoreV1Event(
+                metadata=V1ObjectMeta(name="e2"),
+                type="Warning",
+                reason="Other",
+                message="unrelated",
+                involved_object=V1ObjectReference(kind="Pod", name="other-pod"),
+            ),
+        ],
+    )
     with pytest.raises(MadrecError) as err:
         _client(fake).wait("j", timeout_s=3600)
     text = str(err.value)
@@ -195,9 +244,14 @@ def test_timeout_deletes_the_job():
     assert fake.deleted == ["j"]
 
 
-@pytest.mark.parametrize("status, message", [(403, "Role/RoleBinding madrec-trainjob-launcher"),
-                                             (404, "is Kubeflow Trainer v2.3\\+ installed"),
-                                             (422, "runtime madrec-torch not found")])
+@pytest.mark.parametrize(
+    "status, message",
+    [
+        (403, "Role/RoleBinding madrec-trainjob-launcher"),
+        (404, "is Kubeflow Trainer v2.3\\+ installed"),
+        (422, "runtime madrec-torch not found"),
+    ],
+)
 def test_create_errors_say_what_to_fix(status, message):
     exc = ApiException(status=status, reason="x")
     exc.body = json.dumps({"message": "runtime madrec-torch not found"})
@@ -208,6 +262,7 @@ def test_create_errors_say_what_to_fix(status, message):
 
 
 # --- the launcher: staging on the shared volume ------------------------------------------------
+
 
 def _inputs(tmp_path: Path) -> tuple[Path, Path]:
     data = tmp_path / "dataset"
@@ -230,8 +285,11 @@ class TrainingCluster(FakeCluster):
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         super().create_namespaced_custom_object(group, version, namespace, plural, body)
         args = dict(a.split("=", 1) for a in body["spec"]["trainer"]["args"])
-        self.seen = {"args": args, "dataset": json.loads(Path(args["data_dir"], "dataset.json").read_text()),
-                     "sids": Path(args["sid_data_path"]).read_bytes()}
+        self.seen = {
+            "args": args,
+            "dataset": json.loads(Path(args["data_dir"], "dataset.json").read_text()),
+            "sids": Path(args["sid_data_path"]).read_bytes(),
+        }
         run = Path(args["output_dir"])
         (run / "checkpoints").mkdir(parents=True)
         (run / "metrics.csv").write_text("step,loss\n1,2.0\n")
@@ -246,16 +304,30 @@ def test_launch_stages_inputs_and_returns_the_model(tmp_path):
     shared = tmp_path / "pvc"
     shared.mkdir()
     fake = TrainingCluster()
-    summary = trainjob.launch(data, sids, tmp_path / "out" / "model", tmp_path / "out" / "run",
-                              experiment="tiny", overrides=["max_steps=5"], num_nodes=2, gpus_per_node=4,
-                              shared_dir=shared, client=_client(fake), image="reg/madrec-cuda:t")
+    summary = trainjob.launch(
+        data,
+        sids,
+        tmp_path / "out" / "model",
+        tmp_path / "out" / "run",
+        experiment="tiny",
+        overrides=["max_steps=5"],
+        num_nodes=2,
+        gpus_per_node=4,
+        shared_dir=shared,
+        client=_client(fake),
+        image="reg/madrec-cuda:t",
+    )
     namespace, job = fake.created[0]
     name = job["metadata"]["name"]
     stage = shared / "trainjobs" / name
     assert namespace == "team" and job["metadata"]["namespace"] == "team"
-    assert fake.seen["args"] == {"experiment": "tiny", "data_dir": str(stage / "data"),
-                                 "sid_data_path": str(stage / "sids.pt"), "output_dir": str(stage / "run"),
-                                 "max_steps": "5"}
+    assert fake.seen["args"] == {
+        "experiment": "tiny",
+        "data_dir": str(stage / "data"),
+        "sid_data_path": str(stage / "sids.pt"),
+        "output_dir": str(stage / "run"),
+        "max_steps": "5",
+    }
     assert fake.seen["dataset"] == {"num_items": 3} and fake.seen["sids"] == b"sid-tensor"
     assert (tmp_path / "out" / "model").read_bytes() == b"best-weights"
     run = tmp_path / "out" / "run"
@@ -272,8 +344,17 @@ def test_failed_launch_keeps_the_run_and_drops_staged_inputs(tmp_path):
     shared.mkdir()
     fake = TrainingCluster(fail=True)
     with pytest.raises(MadrecError, match="(?s)failed: node 0 exited 1.*run folder .* stays in .*on PVC madrec-data"):
-        trainjob.launch(data, sids / "sids.pt", tmp_path / "model", tmp_path / "run", experiment="tiny",
-                        num_nodes=2, gpus_per_node=1, shared_dir=shared, client=_client(fake))
+        trainjob.launch(
+            data,
+            sids / "sids.pt",
+            tmp_path / "model",
+            tmp_path / "run",
+            experiment="tiny",
+            num_nodes=2,
+            gpus_per_node=1,
+            shared_dir=shared,
+            client=_client(fake),
+        )
     (stage,) = (shared / "trainjobs").iterdir()
     assert (stage / "run" / "metrics.csv").is_file()
     assert not (stage / "data").exists() and not (stage / "sids.pt").exists()
@@ -292,6 +373,7 @@ def test_launch_refuses_bad_setups(tmp_path):
 
 
 # --- the KFP component ---------------------------------------------------------------------------
+
 
 def test_component_matches_the_single_node_train_component(tmp_path, monkeypatch):
     import yaml
@@ -316,10 +398,23 @@ def test_component_matches_the_single_node_train_component(tmp_path, monkeypatch
 
     def io(component):
         s = component.component_spec
-        return ({k: v.type for k, v in s.inputs.items() if k not in ("num_gpus", "num_nodes", "gpus_per_node",
-                                                                      "trainer_image", "runtime", "shared_dir",
-                                                                      "timeout_hours")},
-                {k: v.type for k, v in s.outputs.items()})
+        return (
+            {
+                k: v.type
+                for k, v in s.inputs.items()
+                if k
+                not in (
+                    "num_gpus",
+                    "num_nodes",
+                    "gpus_per_node",
+                    "trainer_image",
+                    "runtime",
+                    "shared_dir",
+                    "timeout_hours",
+                )
+            },
+            {k: v.type for k, v in s.outputs.items()},
+        )
 
     assert io(launch_trainjob) == io(train)
 
@@ -327,8 +422,9 @@ def test_component_matches_the_single_node_train_component(tmp_path, monkeypatch
     def pipe(dataset_uri: str = "gs://b/d", sids_uri: str = "gs://b/s"):
         ds = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset)
         sd = dsl.importer(artifact_uri=sids_uri, artifact_class=dsl.Artifact)
-        task = launch_trainjob(dataset=ds.output, sids=sd.output, experiment="tiny", overrides="",
-                               num_nodes=2, gpus_per_node=4)
+        task = launch_trainjob(
+            dataset=ds.output, sids=sd.output, experiment="tiny", overrides="", num_nodes=2, gpus_per_node=4
+        )
         mount_shared_volume(task)
 
     compiler.Compiler().compile(pipe, str(out))
@@ -354,9 +450,17 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
     out = tmp_path / "out"
     model, metrics = dsl.Model(uri=str(out / "model")), dsl.Metrics(uri=str(out / "metrics"))
     launch_trainjob.python_func(
-        dataset=dsl.Dataset(uri=str(data)), sids=dsl.Artifact(uri=str(sids)), experiment="tiny",
-        overrides="max_steps=5 'lr=0.001'", num_nodes=2, gpus_per_node=2, model=model, metrics=metrics,
-        run=dsl.Artifact(uri=str(out / "run")), shared_dir=str(shared))
+        dataset=dsl.Dataset(uri=str(data)),
+        sids=dsl.Artifact(uri=str(sids)),
+        experiment="tiny",
+        overrides="max_steps=5 'lr=0.001'",
+        num_nodes=2,
+        gpus_per_node=2,
+        model=model,
+        metrics=metrics,
+        run=dsl.Artifact(uri=str(out / "run")),
+        shared_dir=str(shared),
+    )
     job = fake.created[0][1]
     assert job["spec"]["trainer"]["image"].endswith("/madrec-cuda:9.9")
     assert job["spec"]["trainer"]["args"][-2:] == ["max_steps=5", "lr=0.001"]
@@ -365,23 +469,40 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
     assert model.metadata["num_nodes"] == 2 and model.metadata["experiment"] == "tiny"
     with pytest.raises(MadrecError, match="the pipeline sets output_dir itself"):
         launch_trainjob.python_func(
-            dataset=dsl.Dataset(uri=str(data)), sids=dsl.Artifact(uri=str(sids)), experiment="tiny",
-            overrides="output_dir=/x", num_nodes=2, gpus_per_node=2, model=model, metrics=metrics,
-            run=dsl.Artifact(uri=str(out / "run2")), shared_dir=str(shared))
+            dataset=dsl.Dataset(uri=str(data)),
+            sids=dsl.Artifact(uri=str(sids)),
+            experiment="tiny",
+            overrides="output_dir=/x",
+            num_nodes=2,
+            gpus_per_node=2,
+            model=model,
+            metrics=metrics,
+            run=dsl.Artifact(uri=str(out / "run2")),
+            shared_dir=str(shared),
+        )
 
 
 def test_rejected_job_leaves_nothing_on_the_shared_volume(tmp_path):
     data, sids = _inputs(tmp_path)
     fake = FakeCluster([([], [])], create_error=ApiException(status=403, reason="Forbidden"))
     with pytest.raises(MadrecError, match="may not do this in namespace 'team'"):
-        trainjob.launch(data, sids, tmp_path / "m", experiment="tiny", num_nodes=2, gpus_per_node=1,
-                        shared_dir=tmp_path, client=_client(fake))
+        trainjob.launch(
+            data,
+            sids,
+            tmp_path / "m",
+            experiment="tiny",
+            num_nodes=2,
+            gpus_per_node=1,
+            shared_dir=tmp_path,
+            client=_client(fake),
+        )
     assert list((tmp_path / "trainjobs").iterdir()) == []
 
 
 def test_quiet_job_still_logs_a_heartbeat(caplog):
-    fake = FakeCluster([([], [_pod("j-node-0-0", "Running")])] * 12 + [([("Complete", "")], [])],
-                       logs={"j-node-0-0": "step 7/100"})
+    fake = FakeCluster(
+        [([], [_pod("j-node-0-0", "Running")])] * 12 + [([("Complete", "")], [])], logs={"j-node-0-0": "step 7/100"}
+    )
     with caplog.at_level(logging.INFO, logger="madrec.ops.trainjob"):
         _client(fake).wait("j", timeout_s=3600, poll_s=60)
     beats = [r.getMessage() for r in caplog.records if "node 0: step 7/100" in r.getMessage()]

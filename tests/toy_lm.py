@@ -2,6 +2,7 @@
 
 Each maps tokens (B, L) -> logits (B, L, vocab.size) like MaskedDiffusionLM (madrec.model).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,7 +35,7 @@ class FixedLM(torch.nn.Module):
         out = torch.full((B, L, self.vocab.size), -1e4)
         for q in range(P):
             base = (q % self.vocab.sid_len) * (V + 1)
-            out[:, L - P + q, base:base + V] = self.table[q]
+            out[:, L - P + q, base : base + V] = self.table[q]
         return out
 
 
@@ -67,7 +68,7 @@ class SuccessorLM(MixLM):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         H = self.vocab.sid_len
         logits = super().forward(tokens).clone()
-        last = tokens[:, -2 * H:-H]  # the most recent history item
+        last = tokens[:, -2 * H : -H]  # the most recent history item
         match = (last[:, None, :] == self.item_tokens[None]).all(-1)  # (B, N)
         has = match.any(1)
         succ = (match.int().argmax(1) + 1) % self.item_tokens.shape[0]
@@ -98,10 +99,19 @@ def write_checkpoint(path, sids: torch.Tensor, item_ids: list[str], max_len: int
     from madrec.model import MaskedDiffusionLM, ModelConfig
 
     torch.manual_seed(seed)
-    cfg = Config(max_len=max_len, codebook_size=codebook_size,
-                 model=ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, dropout=0.0))
+    cfg = Config(
+        max_len=max_len,
+        codebook_size=codebook_size,
+        model=ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, dropout=0.0),
+    )
     vocab = SIDVocab(sids.shape[0], codebook_size)
     model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
-    torch.save({"state_dict": {WEIGHTS_PREFIX + k: v for k, v in model.state_dict().items()},
-                "madrec": payload(cfg, vocab, sids, item_ids, max_len), "global_step": 7}, path)
+    torch.save(
+        {
+            "state_dict": {WEIGHTS_PREFIX + k: v for k, v in model.state_dict().items()},
+            "madrec": payload(cfg, vocab, sids, item_ids, max_len),
+            "global_step": 7,
+        },
+        path,
+    )
     return model.eval()

@@ -13,6 +13,7 @@ and optionally several positions per call (reveal_per_step).
     # GPU, whole Beauty test split (see gpu.sh):
     python bench/decode/bench_decode.py --ckpt ... --data ... --device cuda --users 0 --reference-users 2000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,13 +77,14 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
 
 
-def run_reference(model, vocab, sids, split: Split, max_len: int, beam: int, batch_size: int, device,
-                  amp: bool) -> dict:
+def run_reference(
+    model, vocab, sids, split: Split, max_len: int, beam: int, batch_size: int, device, amp: bool
+) -> dict:
     targets = torch.tensor([int(s[-1]) for s in split.sequences])
     items = []
     start = time.perf_counter()
     for lo in range(0, len(split), batch_size):
-        seqs = split.sequences[lo:lo + batch_size]
+        seqs = split.sequences[lo : lo + batch_size]
         hist = build_histories(vocab, sids, seqs, max_len)
         pad = max_len - vocab.sid_len - hist.shape[1]  # the prior system pads every history to max_len
         hist = torch.nn.functional.pad(hist, (pad, 0), value=vocab.pad_id).to(device)
@@ -91,21 +93,42 @@ def run_reference(model, vocab, sids, split: Split, max_len: int, beam: int, bat
     seconds = time.perf_counter() - start
     ranked = torch.cat(items)
     hit = (ranked[:, :10] == targets[:, None]).any(1).double()
-    return {"users_per_s": len(split) / seconds, "recall@10": float(hit.mean()),
-            "invalid_sid_rate": float((ranked < 0).double().mean()), "seconds": seconds}
+    return {
+        "users_per_s": len(split) / seconds,
+        "recall@10": float(hit.mean()),
+        "invalid_sid_rate": float((ranked < 0).double().mean()),
+        "seconds": seconds,
+    }
 
 
 def run_madrec(model, vocab, sids, split: Split, max_len: int, args, device, k: int, index, batch_size: int) -> dict:
-    preds = predict_split(model, vocab, sids, split, max_len, top_k=10, beam_size=args.beam,
-                          batch_size=batch_size, device=device, reveal_per_step=k, progress=False,
-                          index=index, amp=args.amp)
+    preds = predict_split(
+        model,
+        vocab,
+        sids,
+        split,
+        max_len,
+        top_k=10,
+        beam_size=args.beam,
+        batch_size=batch_size,
+        device=device,
+        reveal_per_step=k,
+        progress=False,
+        index=index,
+        amp=args.amp,
+    )
     m = summarize(preds, (10,))
-    return {"users_per_s": m["users_per_s"], "recall@10": m["recall@10"],
-            "invalid_sid_rate": m["invalid_sid_rate"], "seconds": preds.seconds}
+    return {
+        "users_per_s": m["users_per_s"],
+        "recall@10": m["recall@10"],
+        "invalid_sid_rate": m["invalid_sid_rate"],
+        "seconds": preds.seconds,
+    }
 
 
-def latency_ms(model, vocab, sids, index, split: Split, max_len: int, beam: int, device, amp: bool,
-               n: int = 50) -> dict:
+def latency_ms(
+    model, vocab, sids, index, split: Split, max_len: int, beam: int, device, amp: bool, n: int = 50
+) -> dict:
     """Per-request latency: one user at a time (batch 1, best of 3 tries), median and p90 over n users."""
     times = []
     for seq in split.sequences[:n]:
@@ -154,22 +177,48 @@ def main() -> None:
     ref_split = Split(full.name, full.user_ids[:n_ref], full.sequences[:n_ref])
     index = SIDIndex(sids, vocab.codebook_size)
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
-    predict_split(model, vocab, sids, Split(split.name, split.user_ids[:32], split.sequences[:32]), max_len,
-                  top_k=10, beam_size=args.beam, device=device, progress=False, index=index)  # warm-up
+    predict_split(
+        model,
+        vocab,
+        sids,
+        Split(split.name, split.user_ids[:32], split.sequences[:32]),
+        max_len,
+        top_k=10,
+        beam_size=args.beam,
+        device=device,
+        progress=False,
+        index=index,
+    )  # warm-up
 
     # every decoder at every batch size, in interleaved rounds; a decoder's row is its best batch
     # size's best round (other jobs on a shared machine only ever slow a run down)
     jobs = []
     for bs in batch_sizes:
         if n_ref:
-            jobs.append(("reference (beam loop, unconstrained, 1 position/call)", n_ref, vocab.sid_len, bs,
-                         lambda bs=bs: run_reference(model, vocab, sids, ref_split, max_len, args.beam, bs, device,
-                                                     args.amp)))
+            jobs.append(
+                (
+                    "reference (beam loop, unconstrained, 1 position/call)",
+                    n_ref,
+                    vocab.sid_len,
+                    bs,
+                    lambda bs=bs: run_reference(
+                        model, vocab, sids, ref_split, max_len, args.beam, bs, device, args.amp
+                    ),
+                )
+            )
         for k in [int(x) for x in args.reveal.split(",")]:
             for users, sp in ((n, split),) + (((n_ref, ref_split),) if n_ref and n_ref != n else ()):
-                jobs.append((f"madrec (constrained, reveal {k}/call)", users, -(-vocab.sid_len // k), bs,
-                             lambda sp=sp, k=k, bs=bs: run_madrec(model, vocab, sids, sp, max_len, args, device, k,
-                                                                  index, bs)))
+                jobs.append(
+                    (
+                        f"madrec (constrained, reveal {k}/call)",
+                        users,
+                        -(-vocab.sid_len // k),
+                        bs,
+                        lambda sp=sp, k=k, bs=bs: run_madrec(
+                            model, vocab, sids, sp, max_len, args, device, k, index, bs
+                        ),
+                    )
+                )
     runs: list[list[dict]] = [[] for _ in jobs]
     for _ in range(args.repeats):
         for i, job in enumerate(jobs):
@@ -177,38 +226,64 @@ def main() -> None:
     best: dict[tuple, dict] = {}
     for (name, users, calls, bs, _), results in zip(jobs, runs):
         top = max(results, key=lambda r: r["users_per_s"])
-        row = {"decoder": name, "users": users, "model calls": calls, "batch_size": bs, **top,
-               "users_per_s_median": statistics.median(r["users_per_s"] for r in results)}
+        row = {
+            "decoder": name,
+            "users": users,
+            "model calls": calls,
+            "batch_size": bs,
+            **top,
+            "users_per_s_median": statistics.median(r["users_per_s"] for r in results),
+        }
         if (name, users) not in best or row["users_per_s"] > best[(name, users)]["users_per_s"]:
             best[(name, users)] = row
     rows = list(best.values())
     ref = rows[0] if n_ref else None
     lat = latency_ms(model, vocab, sids, index, split, max_len, args.beam, device, args.amp)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     machine = f"{platform.machine()}, {gpu or f'{args.threads} CPU threads'}, torch {torch.__version__}"
-    result = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
-              "checkpoint": args.ckpt, "data": args.data, "split": args.split, "beam": args.beam,
-              "batch_sizes": batch_sizes, "amp": args.amp, "rows": rows, **lat}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit,
+        "machine": machine,
+        "checkpoint": args.ckpt,
+        "data": args.data,
+        "split": args.split,
+        "beam": args.beam,
+        "batch_sizes": batch_sizes,
+        "amp": args.amp,
+        "rows": rows,
+        **lat,
+    }
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.append:
-        lines = [f"### decode throughput — {result['date']} — commit {commit}",
-                 f"machine: {machine}; checkpoint `{args.ckpt}`; {args.data} {args.split}; beam {args.beam}, "
-                 f"users/s = best of {args.repeats} interleaved rounds (median) at the decoder's best batch size "
-                 f"among {batch_sizes} users",
-                 "", "| decoder | users | model calls | batch | users/s | Recall@10 | invalid SIDs | x reference |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"### decode throughput — {result['date']} — commit {commit}",
+            f"machine: {machine}; checkpoint `{args.ckpt}`; {args.data} {args.split}; beam {args.beam}, "
+            f"users/s = best of {args.repeats} interleaved rounds (median) at the decoder's best batch size "
+            f"among {batch_sizes} users",
+            "",
+            "| decoder | users | model calls | batch | users/s | Recall@10 | invalid SIDs | x reference |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             ratio = f"{r['users_per_s'] / ref['users_per_s']:.1f}x" if ref and r["users"] == n_ref else ""
-            lines.append(f"| {r['decoder']} | {r['users']} | {r['model calls']} | {r['batch_size']} | "
-                         f"{r['users_per_s']:.1f} "
-                         f"({r['users_per_s_median']:.1f}) | "
-                         f"{r['recall@10']:.4f} | {r['invalid_sid_rate']:.4f} | {ratio} |")
-        lines += ["", f"single-user latency (batch 1, beam {args.beam}): p50 {lat['latency_ms_p50']:.1f} ms, "
-                      f"p90 {lat['latency_ms_p90']:.1f} ms", ""]
+            lines.append(
+                f"| {r['decoder']} | {r['users']} | {r['model calls']} | {r['batch_size']} | "
+                f"{r['users_per_s']:.1f} "
+                f"({r['users_per_s_median']:.1f}) | "
+                f"{r['recall@10']:.4f} | {r['invalid_sid_rate']:.4f} | {ratio} |"
+            )
+        lines += [
+            "",
+            f"single-user latency (batch 1, beam {args.beam}): p50 {lat['latency_ms_p50']:.1f} ms, "
+            f"p90 {lat['latency_ms_p90']:.1f} ms",
+            "",
+        ]
         with open(args.append, "a") as fh:
             fh.write("\n".join(lines) + "\n")
 

@@ -9,6 +9,7 @@ stay in runs/local/latest), then appends a row to bench/pipeline/results.md: com
 load average before the run (the development machine is shared), wall time per step, peak
 RSS of a step, test metrics. Arguments after `--` are added to ARGS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).with_name("results.md")
 STEP_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task '([^']+)'|Task '([^']+)' finished)")
-HEADER = ("| date | commit | machine | load before | data | total | prepare | SIDs | train | evaluate "
-          "| peak RSS MiB | test R@10 | test N@10 | most-popular R@10 | × most-popular |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+HEADER = (
+    "| date | commit | machine | load before | data | total | prepare | SIDs | train | evaluate "
+    "| peak RSS MiB | test R@10 | test N@10 | most-popular R@10 | × most-popular |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 def _seconds(stamp: str) -> float:
@@ -53,15 +56,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="as `make run DATA=...`; default: MovieLens-1M from GroupLens")
     p.add_argument("--label", help="name in the results table (default: the folder name)")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "local",
-                   help="the run's pipeline root (make run's --out); separate ones let runs go side by side")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "runs" / "local",
+        help="the run's pipeline root (make run's --out); separate ones let runs go side by side",
+    )
     args, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
     label = args.label or (Path(args.data).name if args.data else "ml-1m (GroupLens)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     load = os.getloadavg()[0]
-    cmd = ["make", "-s", "run", *([f"DATA={args.data}"] if args.data else []), f"ARGS=--no-cache --out {args.out} {' '.join(extra)}"]
+    cmd = [
+        "make",
+        "-s",
+        "run",
+        *([f"DATA={args.data}"] if args.data else []),
+        f"ARGS=--no-cache --out {args.out} {' '.join(extra)}",
+    ]
     print("+", " ".join(cmd), flush=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-madrec-cache-") as cache:
@@ -78,15 +92,19 @@ def main() -> None:
     popular = metrics["test/most_popular/recall@10"]
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     sid_step = steps.get("build-sids", steps.get("ingest-sids", float("nan")))
-    row = (f"| {date.today()} | {commit} | {machine} | {load:.1f} | {label} ({info['num_users']:,} users, "
-           f"{info['num_items']:,} items) | {wall / 60:.1f} min | {steps.get('prepare-data', float('nan')):.0f} s "
-           f"| {sid_step:.0f} s | {steps.get('train', float('nan')):.0f} s | {steps.get('evaluate', float('nan')):.0f} s "
-           f"| {peak:.0f} | {metrics['test/recall@10']:.4f} | {metrics['test/ndcg@10']:.4f} "
-           f"| {popular:.4f} | {metrics['test/recall@10'] / max(popular, 1e-12):.1f}× |\n")
+    row = (
+        f"| {date.today()} | {commit} | {machine} | {load:.1f} | {label} ({info['num_users']:,} users, "
+        f"{info['num_items']:,} items) | {wall / 60:.1f} min | {steps.get('prepare-data', float('nan')):.0f} s "
+        f"| {sid_step:.0f} s | {steps.get('train', float('nan')):.0f} s | {steps.get('evaluate', float('nan')):.0f} s "
+        f"| {peak:.0f} | {metrics['test/recall@10']:.4f} | {metrics['test/ndcg@10']:.4f} "
+        f"| {popular:.4f} | {metrics['test/recall@10'] / max(popular, 1e-12):.1f}× |\n"
+    )
     if not RESULTS.exists():
-        RESULTS.write_text("# `madrec run-local` (make run): wall time on CPU\n\n"
-                           "Experiment `tiny`, every step executed (`--no-cache`), empty MADREC_CACHE (a first "
-                           "run). Produced by `bench/pipeline/bench_run_local.py`.\n\n" + HEADER)
+        RESULTS.write_text(
+            "# `madrec run-local` (make run): wall time on CPU\n\n"
+            "Experiment `tiny`, every step executed (`--no-cache`), empty MADREC_CACHE (a first "
+            "run). Produced by `bench/pipeline/bench_run_local.py`.\n\n" + HEADER
+        )
     if HEADER not in RESULTS.read_text():
         with RESULTS.open("a") as fh:
             fh.write("\n" + HEADER)

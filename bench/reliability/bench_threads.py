@@ -13,6 +13,7 @@ default) for --seconds. The "hog" is one single-threaded busy loop at normal pri
 Kubernetes `limits: cpu: 1` does), which needs root and a writable /sys/fs/cgroup/cpu.
 Prints one JSON line per scenario and a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,14 +59,23 @@ def child(args) -> None:
     predict_split(loaded.model, loaded.vocab, loaded.sids, split.first(16), loaded.max_len, **kw)
     users, start, lo = 0, time.perf_counter(), 0
     while time.perf_counter() - start < args.seconds:
-        chunk = type(split)(split.name, split.user_ids[lo:lo + 32], split.sequences[lo:lo + 32])
+        chunk = type(split)(split.name, split.user_ids[lo : lo + 32], split.sequences[lo : lo + 32])
         predict_split(loaded.model, loaded.vocab, loaded.sids, chunk, loaded.max_len, **kw)
         users, lo = users + len(chunk), (lo + 32) % (len(split) - 32)
     elapsed = time.perf_counter() - start
     from madrec.threads import cgroup_cpu_limit
 
-    print(json.dumps({"threads": torch.get_num_threads(), "users": users, "seconds": round(elapsed, 2),
-                      "users_per_s": round(users / elapsed, 1), "cgroup_quota_cpus": cgroup_cpu_limit()}))
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "users": users,
+                "seconds": round(elapsed, 2),
+                "users_per_s": round(users / elapsed, 1),
+                "cgroup_quota_cpus": cgroup_cpu_limit(),
+            }
+        )
+    )
 
 
 def make_checkpoint(path: Path, data: str, sids_path: str | None) -> None:
@@ -84,13 +94,19 @@ def make_checkpoint(path: Path, data: str, sids_path: str | None) -> None:
     else:
         g = torch.Generator().manual_seed(0)
         codes = torch.randint(0, 256, (ds.num_items * 2, 4), generator=g).unique(dim=0)
-        sids = codes[torch.randperm(len(codes), generator=g)[:ds.num_items]].t().contiguous()
+        sids = codes[torch.randperm(len(codes), generator=g)[: ds.num_items]].t().contiguous()
     vocab = SIDVocab(sids.shape[0], cfg.codebook_size)
     max_len = cfg.max_len or 21 * vocab.sid_len  # tiny sizes rows from the data: at most 20 items + the next
     torch.manual_seed(0)
     model = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
-    torch.save({"state_dict": {WEIGHTS_PREFIX + k: v for k, v in model.state_dict().items()},
-                "madrec": payload(cfg, vocab, sids, ds.item_ids, max_len), "global_step": 0}, path)
+    torch.save(
+        {
+            "state_dict": {WEIGHTS_PREFIX + k: v for k, v in model.state_dict().items()},
+            "madrec": payload(cfg, vocab, sids, ds.item_ids, max_len),
+            "global_step": 0,
+        },
+        path,
+    )
 
 
 def run_scenario(args, ckpt: Path, mode: str, hog: bool, quota: bool) -> dict:
@@ -106,12 +122,24 @@ def run_scenario(args, ckpt: Path, mode: str, hog: bool, quota: bool) -> dict:
         (group / "cpu.cfs_quota_us").write_text("100000")
     hog_proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if hog else None
     try:
+
         def enter():  # runs in the child before exec: join the quota cgroup
             if group is not None:
                 (group / "cgroup.procs").write_text(str(os.getpid()))
 
-        cmd = [sys.executable, __file__, "--child", "--mode", child_mode, "--ckpt", str(ckpt), "--data", args.data,
-               "--seconds", str(args.seconds)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--mode",
+            child_mode,
+            "--ckpt",
+            str(ckpt),
+            "--data",
+            args.data,
+            "--seconds",
+            str(args.seconds),
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=enter, timeout=300)
         if out.returncode:
             raise SystemExit(out.stderr[-3000:])

@@ -15,6 +15,7 @@ prints one JSON document:
 
 Every count is bounded, and the whole run stops after --max-seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,26 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "madrec.cli", "serve", "--ckpt", ckpt, "--host", "127.0.0.1",
-             "--port", str(self.port), "--threads", str(threads), *extra],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            [
+                sys.executable,
+                "-m",
+                "madrec.cli",
+                "serve",
+                "--ckpt",
+                ckpt,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--threads",
+                str(threads),
+                *extra,
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -125,10 +143,19 @@ async def run_load(url: str, bodies: list[bytes], concurrency: int, deadline: fl
     sent = len(latencies) + errors
     ms = np.asarray(latencies) * 1000
     pct = (lambda q: round(float(np.percentile(ms, q)), 1)) if len(ms) else (lambda q: None)
-    return {"concurrency": concurrency, "requests": sent, "ok": len(latencies), "errors": errors,
-            "error_rate": errors / max(sent, 1), "statuses": {str(k): v for k, v in statuses.items()},
-            "seconds": round(wall, 2), "requests_per_s": round(sent / wall, 1) if wall else None,
-            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99)}
+    return {
+        "concurrency": concurrency,
+        "requests": sent,
+        "ok": len(latencies),
+        "errors": errors,
+        "error_rate": errors / max(sent, 1),
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "seconds": round(wall, 2),
+        "requests_per_s": round(sent / wall, 1) if wall else None,
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+    }
 
 
 def metric(url: str, name: str) -> float:
@@ -171,16 +198,33 @@ def main() -> int:
 
     import torch
 
-    out = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                       "python": platform.python_version(), "torch": torch.__version__,
-                       "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                       "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
-           "device": args.device, "server_threads": args.threads,
-           "histories": {"count": len(hist), "mean_len": round(float(np.mean([len(h) for h in hist])), 1)},
-           "k": args.k, "max_batch_size": args.max_batch_size, "max_batch_wait_ms": args.max_batch_wait_ms}
+    out = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+        },
+        "device": args.device,
+        "server_threads": args.threads,
+        "histories": {"count": len(hist), "mean_len": round(float(np.mean([len(h) for h in hist])), 1)},
+        "k": args.k,
+        "max_batch_size": args.max_batch_size,
+        "max_batch_wait_ms": args.max_batch_wait_ms,
+    }
     common = ["--device", args.device]
-    on = Server(args.ckpt, logs / "batching_on.log", "--max-batch-size", str(args.max_batch_size),
-                "--max-batch-wait-ms", str(args.max_batch_wait_ms), *common, threads=args.threads)
+    on = Server(
+        args.ckpt,
+        logs / "batching_on.log",
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-batch-wait-ms",
+        str(args.max_batch_wait_ms),
+        *common,
+        threads=args.threads,
+    )
     off = None
     try:
         url = on.url + "/v1/models/madrec:predict"
@@ -216,9 +260,12 @@ def main() -> int:
             print(json.dumps(pair), file=sys.stderr)
         on_rps = [p["on"]["requests_per_s"] for p in rounds]
         off_rps = [p["off"]["requests_per_s"] for p in rounds]
-        out["batching_ab"] = {"rounds": rounds, "on_rps_median": float(np.median(on_rps)),
-                              "off_rps_median": float(np.median(off_rps)),
-                              "ratio_on_over_off": round(float(np.median(on_rps) / np.median(off_rps)), 2)}
+        out["batching_ab"] = {
+            "rounds": rounds,
+            "on_rps_median": float(np.median(on_rps)),
+            "off_rps_median": float(np.median(off_rps)),
+            "ratio_on_over_off": round(float(np.median(on_rps) / np.median(off_rps)), 2),
+        }
     finally:
         on.stop()
         if off:

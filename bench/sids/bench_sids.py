@@ -1,12 +1,13 @@
 """Semantic-ID benchmarks: quality on a real catalogue vs random SIDs, and RK-Means speed/memory.
 
-    # quality: rebuild SIDs (reusing a previous run's embeddings) and compare with random SIDs
-    python bench/sids/bench_sids.py quality --data data/beauty --embeddings data/beauty_sids/embeddings.pt
-    # RK-Means wall time + peak memory, each case in a fresh process (clean peak RSS)
-    python bench/sids/bench_sids.py speed --embeddings data/beauty_sids/embeddings.pt
-    # both, written to bench/sids/results.json (summarised by hand in bench/sids/RESULTS.md)
-    python bench/sids/bench_sids.py all --data data/beauty --embeddings data/beauty_sids/embeddings.pt
+# quality: rebuild SIDs (reusing a previous run's embeddings) and compare with random SIDs
+python bench/sids/bench_sids.py quality --data data/beauty --embeddings data/beauty_sids/embeddings.pt
+# RK-Means wall time + peak memory, each case in a fresh process (clean peak RSS)
+python bench/sids/bench_sids.py speed --embeddings data/beauty_sids/embeddings.pt
+# both, written to bench/sids/results.json (summarised by hand in bench/sids/RESULTS.md)
+python bench/sids/bench_sids.py all --data data/beauty --embeddings data/beauty_sids/embeddings.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,10 @@ def nn_prefix_agreement(emb: torch.Tensor, sids: torch.Tensor, chunk: int = 2048
     x = F.normalize(emb.float(), dim=1)
     nn = torch.empty(x.shape[0], dtype=torch.long)
     for s in range(0, x.shape[0], chunk):
-        sim = x[s:s + chunk] @ x.t()
+        sim = x[s : s + chunk] @ x.t()
         sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
-        nn[s:s + chunk] = sim.argmax(1)
-    return [float((sids[:l] == sids[:l, nn]).all(0).double().mean()) for l in range(1, sids.shape[0])]
+        nn[s : s + chunk] = sim.argmax(1)
+    return [float((sids[:h] == sids[:h, nn]).all(0).double().mean()) for h in range(1, sids.shape[0])]
 
 
 def category_purity(texts: list[str], codes: torch.Tensor) -> float | None:
@@ -85,11 +86,18 @@ def quality(data: str, embeddings: str | None, levels: int, k: int, seed: int) -
     codes = torch.randint(0, k, (levels, sids.shape[1]), generator=g)
     random_sids = torch.cat([codes, dedup_digit(codes)[0].unsqueeze(0)])
     return {
-        "data": data, "num_items": sids.shape[1], "levels": levels, "codebook_size": k, "seed": seed,
-        "encoder": report["encoder"], "embeddings_reused": report["embeddings_reused"],
+        "data": data,
+        "num_items": sids.shape[1],
+        "levels": levels,
+        "codebook_size": k,
+        "seed": seed,
+        "encoder": report["encoder"],
+        "embeddings_reused": report["embeddings_reused"],
         "rkmeans_s": report["timings_s"]["rkmeans"],
-        "rows": [quality_row("RK-Means (build-sids)", sids, emb, texts, k),
-                 quality_row("random, same shape", random_sids, emb, texts, k)],
+        "rows": [
+            quality_row("RK-Means (build-sids)", sids, emb, texts, k),
+            quality_row("random, same shape", random_sids, emb, texts, k),
+        ],
     }
 
 
@@ -120,11 +128,20 @@ def speed_case(case: str, embeddings: str | None, n: int, dim: int, levels: int,
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = _proc_status_mb("VmHWM")
     return {
-        "case": case, "shape": list(x.shape), "levels": levels, "codebook_size": k, "torch_threads": threads,
-        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "level_s": [round(s, 2) for s in res.seconds],
-        "iterations": [lv.iterations for lv in res.levels], "converged": [lv.converged for lv in res.levels],
-        "input_mb": round(x.numel() * 4 / 2**20, 1), "rss_before_mb": round(rss_before, 1),
-        "peak_rss_mb": round(peak, 1), "peak_over_start_mb": round(peak - rss_before, 1),
+        "case": case,
+        "shape": list(x.shape),
+        "levels": levels,
+        "codebook_size": k,
+        "torch_threads": threads,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "level_s": [round(s, 2) for s in res.seconds],
+        "iterations": [lv.iterations for lv in res.levels],
+        "converged": [lv.converged for lv in res.levels],
+        "input_mb": round(x.numel() * 4 / 2**20, 1),
+        "rss_before_mb": round(rss_before, 1),
+        "peak_rss_mb": round(peak, 1),
+        "peak_over_start_mb": round(peak - rss_before, 1),
         "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -134,8 +151,19 @@ def speed(embeddings: str, n: int, cases: list[str]) -> list[dict]:
     rows = []
     for spec in cases:
         case, threads = spec.split(":")
-        cmd = [sys.executable, __file__, "speed-case", "--case", case, "--threads", threads,
-               "--embeddings", embeddings, "--n", str(n)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "speed-case",
+            "--case",
+            case,
+            "--threads",
+            threads,
+            "--embeddings",
+            embeddings,
+            "--n",
+            str(n),
+        ]
         print("running", " ".join(cmd), flush=True)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
@@ -146,20 +174,31 @@ def speed(embeddings: str, n: int, cases: list[str]) -> list[dict]:
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     mem = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal")) / 2**20
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip()
-    return {"commit": commit, "date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu,
-            "cores": os.cpu_count(), "memory_gb": round(mem, 1), "gpu": torch.cuda.is_available(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_avg_1min_at_start": round(os.getloadavg()[0], 2)}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    return {
+        "commit": commit,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem, 1),
+        "gpu": torch.cuda.is_available(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_avg_1min_at_start": round(os.getloadavg()[0], 2),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["quality", "speed", "speed-case", "all"])
     p.add_argument("--data", default="data/beauty", help="prepared Amazon Beauty folder")
-    p.add_argument("--embeddings", default="data/beauty_sids/embeddings.pt",
-                   help="embeddings.pt of a build-sids run on --data (reused when present)")
+    p.add_argument(
+        "--embeddings",
+        default="data/beauty_sids/embeddings.pt",
+        help="embeddings.pt of a build-sids run on --data (reused when present)",
+    )
     p.add_argument("--case", choices=["beauty", "synthetic"], default="beauty")
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=384)
@@ -167,8 +206,9 @@ def main() -> None:
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="speed-case: torch threads")
-    p.add_argument("--cases", nargs="+", default=["beauty:2", "beauty:1", "synthetic:2"],
-                   help="speed: CASE:THREADS runs")
+    p.add_argument(
+        "--cases", nargs="+", default=["beauty:2", "beauty:1", "synthetic:2"], help="speed: CASE:THREADS runs"
+    )
     p.add_argument("--results", default=str(HERE / "results.json"))
     a = p.parse_args()
     if a.what == "speed-case":

@@ -5,6 +5,7 @@ optimiser, LR schedule, loop state) with one extra entry, `madrec`, holding the 
 the item-index -> original-id map, the token layout, `max_len` and the full config. The
 model weights are Lightning's `state_dict` under the `model.` prefix.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from madrec import models
 from madrec.config import Config, config_from_dict
 from madrec.errors import MadrecError
 from madrec.io import fetch
-from madrec import models
 from madrec.tokens import SIDVocab
 
 FORMAT = "madrec.checkpoint/1"
@@ -59,15 +60,20 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except Exception as exc:  # noqa: BLE001 - the unpickler raises KeyError, ValueError, RuntimeError, ...
         raise MadrecError(_unreadable(path, local, exc)) from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("madrec"), dict):
-        raise MadrecError(f"{path}: not a madrec checkpoint (no 'madrec' entry); pass a .ckpt written by `madrec train`")
+        raise MadrecError(
+            f"{path}: not a madrec checkpoint (no 'madrec' entry); pass a .ckpt written by `madrec train`"
+        )
     meta = ckpt["madrec"]
     if meta.get("format") != FORMAT:
         raise MadrecError(f"{path}: checkpoint format {meta.get('format')!r}, this madrec reads {FORMAT!r}")
-    missing = [k for k in _META_KEYS if k not in meta] + ([] if isinstance(ckpt.get("state_dict"), dict)
-                                                         else ["state_dict"])
+    missing = [k for k in _META_KEYS if k not in meta] + (
+        [] if isinstance(ckpt.get("state_dict"), dict) else ["state_dict"]
+    )
     if missing:
-        raise MadrecError(f"{path}: incomplete madrec checkpoint, missing {', '.join(missing)}; "
-                          "pass a .ckpt written by `madrec train`")
+        raise MadrecError(
+            f"{path}: incomplete madrec checkpoint, missing {', '.join(missing)}; "
+            "pass a .ckpt written by `madrec train`"
+        )
     return ckpt
 
 
@@ -80,8 +86,10 @@ def _unreadable(path, local, exc: BaseException) -> str:
     except OSError:
         size = "size unknown"
     detail = (str(exc).strip().splitlines() or [""])[0][:200]
-    return (f"{path}: not a readable madrec checkpoint ({size}): the file is truncated or corrupt, or was not "
-            f"written by `madrec train` ({type(exc).__name__}: {detail})")
+    return (
+        f"{path}: not a readable madrec checkpoint ({size}): the file is truncated or corrupt, or was not "
+        f"written by `madrec train` ({type(exc).__name__}: {detail})"
+    )
 
 
 def _check_archive(path, local) -> None:
@@ -100,7 +108,7 @@ def _check_archive(path, local) -> None:
 
 def model_weights(ckpt: dict) -> dict[str, torch.Tensor]:
     """The model's own state dict out of a Lightning checkpoint."""
-    return {k[len(WEIGHTS_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(WEIGHTS_PREFIX)}
+    return {k[len(WEIGHTS_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(WEIGHTS_PREFIX)}
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> Loaded:
@@ -115,5 +123,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Loaded:
     except RuntimeError as exc:
         raise MadrecError(f"{path}: the weights do not fit the saved model config ({exc})") from exc
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
-    return Loaded(model, vocab, meta["sids"], list(meta["item_ids"]), cfg, int(meta["max_len"]),
-                  int(ckpt.get("global_step", 0)))
+    return Loaded(
+        model, vocab, meta["sids"], list(meta["item_ids"]), cfg, int(meta["max_len"]), int(ckpt.get("global_step", 0))
+    )

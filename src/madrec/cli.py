@@ -3,6 +3,7 @@
 Verbs are imported lazily so `madrec --help` stays fast and a step's heavy dependencies
 (tensorflow, transformers, kfp) load only when that step runs.
 """
+
 from __future__ import annotations
 
 import contextlib

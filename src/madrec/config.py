@@ -7,6 +7,7 @@ are dotted paths into the schema; an unknown key or a value of the wrong type is
 listing the valid keys, raised before anything heavy starts. The defaults are the reference
 configuration (experiment `discrete_diffusion_train`; docs/method.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -115,6 +116,7 @@ class Config:
 
 # --- schema walking --------------------------------------------------------------------
 
+
 def _hints(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
 
@@ -220,7 +222,9 @@ def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> No
     tp = hints[leaf]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise MadrecError(f"{where}: {key} is a group of keys; set its fields, e.g. {key}.{next(iter(_hints(tp)))}=...")
+            raise MadrecError(
+                f"{where}: {key} is a group of keys; set its fields, e.g. {key}.{next(iter(_hints(tp)))}=..."
+            )
         for sub, v in value.items():
             _set(cfg, f"{key}.{sub}", v, where)
         return
@@ -231,6 +235,7 @@ def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> No
 
 
 # --- experiment files ------------------------------------------------------------------
+
 
 def config_dirs() -> list[Path]:
     """Where experiment YAMLs are looked up, first match wins ($MADREC_CONFIG_DIR: the images)."""
@@ -274,6 +279,7 @@ def _read_yaml(path: Path) -> dict:
 
 # --- public API ------------------------------------------------------------------------
 
+
 def load_config(overrides: list[str]) -> Config:
     """Defaults, then the experiment YAML named by `experiment=`, then the overrides; validated."""
     pairs = _pairs(overrides)
@@ -314,13 +320,26 @@ def validate(cfg: Config) -> None:
     _require(cfg.rows in ROW_MODES, "rows", f"{cfg.rows!r} is not one of {', '.join(ROW_MODES)}")
     _require(cfg.max_len >= 0, "max_len", f"must be >= 0 (0 = sized from the data), got {cfg.max_len}")
     _require(t.max_minutes >= 0, "trainer.max_minutes", f"must be >= 0 (0 = no time budget), got {t.max_minutes}")
-    _require(0.0 <= cfg.diffusion.next_item_prob <= 1.0, "diffusion.next_item_prob",
-             f"must be in [0, 1], got {cfg.diffusion.next_item_prob}")
-    for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.d_ff", "batch_size",
-                "codebook_size", "trainer.max_steps", "trainer.val_every_n_steps",
-                "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "trainer.length_buckets",
-                "auto_max_items",
-                "eval.beam_size"):
+    _require(
+        0.0 <= cfg.diffusion.next_item_prob <= 1.0,
+        "diffusion.next_item_prob",
+        f"must be in [0, 1], got {cfg.diffusion.next_item_prob}",
+    )
+    for key in (
+        "model.n_layer",
+        "model.n_embd",
+        "model.n_head",
+        "model.d_ff",
+        "batch_size",
+        "codebook_size",
+        "trainer.max_steps",
+        "trainer.val_every_n_steps",
+        "trainer.checkpoint_every_n_steps",
+        "trainer.log_every_n_steps",
+        "trainer.length_buckets",
+        "auto_max_items",
+        "eval.beam_size",
+    ):
         obj = cfg
         for part in key.split("."):
             obj = getattr(obj, part)
@@ -330,8 +349,11 @@ def validate(cfg: Config) -> None:
     _require(0.0 < cfg.diffusion.t_min < 1.0, "diffusion.t_min", f"must be in (0, 1), got {cfg.diffusion.t_min}")
     _require(o.optimizer.lr > 0, "optim.optimizer.lr", f"must be positive, got {o.optimizer.lr}")
     _require(o.optimizer.weight_decay >= 0, "optim.optimizer.weight_decay", "must be >= 0")
-    _require(len(o.optimizer.betas) == 2 and all(0 <= b < 1 for b in o.optimizer.betas),
-             "optim.optimizer.betas", f"expected two numbers in [0, 1), got {o.optimizer.betas}")
+    _require(
+        len(o.optimizer.betas) == 2 and all(0 <= b < 1 for b in o.optimizer.betas),
+        "optim.optimizer.betas",
+        f"expected two numbers in [0, 1), got {o.optimizer.betas}",
+    )
     _require(o.scheduler.warmup_steps >= 0, "optim.scheduler.warmup_steps", "must be >= 0")
     _require(0.0 <= o.scheduler.min_lr_ratio <= 1.0, "optim.scheduler.min_lr_ratio", "must be in [0, 1]")
     _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)")
@@ -345,20 +367,32 @@ def validate(cfg: Config) -> None:
     except MadrecError as exc:
         raise MadrecError(f"config key eval.beam_size: {exc}") from None
     metric, _, k = e.monitor.partition("@")
-    _require(metric in ("recall", "ndcg") and k.isdigit() and int(k) in e.ks, "eval.monitor",
-             f"expected recall@K or ndcg@K with K in eval.ks={e.ks}, got {e.monitor!r}")
+    _require(
+        metric in ("recall", "ndcg") and k.isdigit() and int(k) in e.ks,
+        "eval.monitor",
+        f"expected recall@K or ndcg@K with K in eval.ks={e.ks}, got {e.monitor!r}",
+    )
     _require(e.batch_size >= 0, "eval.batch_size", "must be >= 0 (0 = auto)")
     _require(e.val_max_users >= 0, "eval.val_max_users", "must be >= 0 (0 = all users)")
     _require(cfg.data_dir is not None, "data_dir", "required: the prepared dataset folder (madrec prepare-data --out)")
     if not cfg.train:
-        _require(cfg.ckpt_path is not None, "ckpt_path",
-                 "train=false evaluates a trained checkpoint: pass ckpt_path=RUN/checkpoints/best.ckpt")
+        _require(
+            cfg.ckpt_path is not None,
+            "ckpt_path",
+            "train=false evaluates a trained checkpoint: pass ckpt_path=RUN/checkpoints/best.ckpt",
+        )
     else:
-        _require(cfg.sid_data_path is not None or cfg.ckpt_path is not None or m.name == "sasrec", "sid_data_path",
-                 "required to train: the SID file (madrec build-sids --out OUT gives OUT/sids.pt)")
+        _require(
+            cfg.sid_data_path is not None or cfg.ckpt_path is not None or m.name == "sasrec",
+            "sid_data_path",
+            "required to train: the SID file (madrec build-sids --out OUT gives OUT/sids.pt)",
+        )
     world = launch_layout().world_size
-    _require(cfg.batch_size % world == 0, "batch_size",
-             f"{cfg.batch_size} sequences do not split evenly over WORLD_SIZE={world} processes")
+    _require(
+        cfg.batch_size % world == 0,
+        "batch_size",
+        f"{cfg.batch_size} sequences do not split evenly over WORLD_SIZE={world} processes",
+    )
 
 
 def _check_model_and_objective(cfg: Config) -> None:
@@ -385,8 +419,11 @@ def _check_model_and_objective(cfg: Config) -> None:
 
 def check_inputs(cfg: Config) -> None:
     """The local files the config names must exist (remote URIs are fetched later)."""
-    checks = [("data_dir", cfg.data_dir, Path.is_dir), ("sid_data_path", cfg.sid_data_path, Path.is_file),
-              ("ckpt_path", cfg.ckpt_path, Path.is_file)]
+    checks = [
+        ("data_dir", cfg.data_dir, Path.is_dir),
+        ("sid_data_path", cfg.sid_data_path, Path.is_file),
+        ("ckpt_path", cfg.ckpt_path, Path.is_file),
+    ]
     for key, value, exists in checks:
         if value is not None and not is_remote(value) and not exists(Path(value).expanduser()):
             raise MadrecError(f"config key {key}: {value} does not exist")

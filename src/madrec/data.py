@@ -10,6 +10,7 @@ Layout (docs/architecture.md, "Data flow"), written by `madrec prepare-data` or 
 
 TFRecords are decoded once into numpy arrays; nothing here is on a training hot path.
 """
+
 from __future__ import annotations
 
 import json
@@ -160,8 +161,10 @@ def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, i
         rows: dict[int, int] = {}
         for k, u in enumerate(split.user_ids.tolist()):
             if u in rows:
-                raise MadrecError(f"{where(name, k)}: user {u} appears twice in the {name} split "
-                                  f"(first at {where(name, rows[u])}); one row per user is expected")
+                raise MadrecError(
+                    f"{where(name, k)}: user {u} appears twice in the {name} split "
+                    f"(first at {where(name, rows[u])}); one row per user is expected"
+                )
             rows[u] = k
         index[name] = rows
     done = set()
@@ -172,10 +175,12 @@ def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, i
         rows, ref_rows = index[name], index[ref]
         for u, k in rows.items():
             if u not in ref_rows:
-                raise MadrecError(f"{where(name, k)}: user {u} is in the {name} split but not in {ref}; "
-                                  "the splits were not made from the same users")
+                raise MadrecError(
+                    f"{where(name, k)}: user {u} is in the {name} split but not in {ref}; "
+                    "the splits were not made from the same users"
+                )
             seq, full = splits[name].sequences[k], splits[ref].sequences[ref_rows[u]]
-            if len(full) < drop or not np.array_equal(seq, full[:len(full) - drop]):
+            if len(full) < drop or not np.array_equal(seq, full[: len(full) - drop]):
                 raise MadrecError(
                     f"{where(name, k)}: user {u}'s {name} row {_show(seq)} is not the {ref} row {_show(full)} "
                     f"minus its last {drop} item(s) ({where(ref, ref_rows[u])}); the splits must be leave-one-out "
@@ -183,8 +188,10 @@ def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, i
                 )
         for u, k in ref_rows.items():
             if u not in rows:
-                raise MadrecError(f"{where(ref, k)}: user {u} is in the {ref} split but not in {name}; "
-                                  "the splits were not made from the same users")
+                raise MadrecError(
+                    f"{where(ref, k)}: user {u} is in the {ref} split but not in {name}; "
+                    "the splits were not made from the same users"
+                )
 
 
 def _show(seq: np.ndarray, n: int = 8) -> str:

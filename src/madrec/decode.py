@@ -13,11 +13,12 @@ whatever order they were revealed (see `SIDIndex`), so each finished beam is a r
 top-K list never repeats one. `reveal_per_step=k` reveals k positions per model call
 (ceil(H/k) calls); `next_items=n` decodes n future items jointly (n*H masked positions).
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ class SIDIndex:
             yield (combo == c).nonzero().squeeze(1), self.table(c // self.sid_len, c % self.sid_len)
 
     def _unpack(self, bits: torch.Tensor) -> torch.Tensor:
-        return self._unpacked[bits.long()].flatten(-2)[..., :self.codebook_size]
+        return self._unpacked[bits.long()].flatten(-2)[..., : self.codebook_size]
 
     def allowed(self, revealed: torch.Tensor, reps: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """(M, V) bool: digits that some catalogue item agreeing with each partial SID has at `pos`.
@@ -144,8 +145,12 @@ class SIDIndex:
         reps = torch.zeros(M, dtype=torch.long, device=digits.device)
         ok = ((digits >= 0) & (digits < self.codebook_size)).all(1)
         for p in range(self.sid_len):
-            nxt = self.child(torch.full_like(reps, (1 << p) - 1), reps, torch.full_like(reps, p),
-                             digits[:, p].clamp(0, self.codebook_size - 1))
+            nxt = self.child(
+                torch.full_like(reps, (1 << p) - 1),
+                reps,
+                torch.full_like(reps, p),
+                digits[:, p].clamp(0, self.codebook_size - 1),
+            )
             ok &= nxt >= 0
             reps = torch.where(ok, nxt, 0)
         return torch.where(ok, reps, -1)
@@ -185,12 +190,12 @@ def build_histories(
             if seq.size == 0:
                 raise MadrecError(f"sequence {i} is empty: an evaluation sequence needs at least its target item")
             seq = seq[:-1]
-        hists.append(seq[len(seq) - min(len(seq), max_items):])
+        hists.append(seq[len(seq) - min(len(seq), max_items) :])
     width = max((len(h) for h in hists), default=0) * H
     out = np.full((len(hists), width), vocab.pad_id, dtype=np.int64)
     for i, h in enumerate(hists):
         if len(h):
-            out[i, width - len(h) * H:] = table[h].reshape(-1)
+            out[i, width - len(h) * H :] = table[h].reshape(-1)
     return torch.from_numpy(out)
 
 
@@ -219,8 +224,9 @@ def check_beam_width(beam_size: int, top_k: int, what: str = "top_k") -> None:
 def _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items) -> None:
     check_beam_width(beam_size, top_k)
     if top_k < 1 or reveal_per_step < 1 or next_items < 1:
-        raise MadrecError(f"top_k, reveal_per_step and next_items must be >= 1 "
-                          f"(got {top_k}, {reveal_per_step}, {next_items})")
+        raise MadrecError(
+            f"top_k, reveal_per_step and next_items must be >= 1 (got {top_k}, {reveal_per_step}, {next_items})"
+        )
     if order not in ORDERS:
         raise MadrecError(f"unknown unmasking order {order!r}; choose one of {', '.join(ORDERS)}")
     if sids.dim() != 2 or sids.shape[0] != vocab.sid_len:
@@ -258,8 +264,9 @@ def beam_search(
     for _ in range(-(-beams.positions // reveal_per_step)):
         logits = _digit_logits(model, vocab, histories, beams)  # one model call for every beam
         steps = min(reveal_per_step, int((beams.digits[0] < 0).sum()))
-        chosen = _choose_positions(index, logits, beams.digits, beams.reps, beams.revealed, order, steps,
-                                   constrained, generator)
+        chosen = _choose_positions(
+            index, logits, beams.digits, beams.reps, beams.revealed, order, steps, constrained, generator
+        )
         for j in range(steps):
             src = beams.reveal(index, logits, chosen[:, j], beam_size, constrained)
             logits, chosen = logits[src], chosen[src]
@@ -280,9 +287,13 @@ class _Beams:
     def start(cls, users: int, next_items: int, sid_len: int, device) -> _Beams:
         """One empty beam per user: every position masked, score 0."""
         long = dict(dtype=torch.long, device=device)
-        return cls(torch.full((users, next_items * sid_len), -1, **long), torch.zeros((users, next_items), **long),
-                   torch.zeros((users, next_items), **long),
-                   torch.zeros((users, 1), dtype=torch.float32, device=device), sid_len)
+        return cls(
+            torch.full((users, next_items * sid_len), -1, **long),
+            torch.zeros((users, next_items), **long),
+            torch.zeros((users, next_items), **long),
+            torch.zeros((users, 1), dtype=torch.float32, device=device),
+            sid_len,
+        )
 
     @property
     def positions(self) -> int:
@@ -292,8 +303,9 @@ class _Beams:
     def width(self) -> int:
         return self.scores.shape[1]
 
-    def reveal(self, index: SIDIndex, logits: torch.Tensor, q: torch.Tensor, beam_size: int,
-               constrained: bool) -> torch.Tensor:
+    def reveal(
+        self, index: SIDIndex, logits: torch.Tensor, q: torch.Tensor, beam_size: int, constrained: bool
+    ) -> torch.Tensor:
         """Reveal position q[r] of every beam r: expand it by every (allowed) digit and keep the
         best `beam_size` distinct partial SIDs per user. Returns each new beam's parent row."""
         H, (R, _, V) = self.sid_len, logits.shape
@@ -301,12 +313,14 @@ class _Beams:
         rows = torch.arange(R, device=q.device)
         lg = logits[rows, q]
         if constrained:
-            lg = lg.masked_fill(~index.allowed(self.revealed[rows, q // H], self.reps[rows, q // H], q % H),
-                                float("-inf"))
+            lg = lg.masked_fill(
+                ~index.allowed(self.revealed[rows, q // H], self.reps[rows, q // H], q % H), float("-inf")
+            )
         lp = _nan_to_neg_inf(torch.log_softmax(lg, -1))
         W_new = min(beam_size, W * V)
-        parent, digit, self.scores = _select((self.scores.reshape(R, 1) + lp).view(B, W * V), self.digits, q, V, W,
-                                             W_new)
+        parent, digit, self.scores = _select(
+            (self.scores.reshape(R, 1) + lp).view(B, W * V), self.digits, q, V, W, W_new
+        )
         src = (torch.arange(B, device=q.device)[:, None] * W + parent).view(-1)  # parent rows
         digit, qs = digit.view(-1), q[src]
         rows = torch.arange(B * W_new, device=q.device)
@@ -362,15 +376,18 @@ def _model_order(model: torch.nn.Module, order: str, reveal_per_step: int, next_
     """
     if getattr(model, "causal", False):
         if order == "random" or reveal_per_step > 1:
-            raise MadrecError(f"{type(model).__name__} is a causal (left-to-right) model: it decodes one SID "
-                              f"position per call in order; got order={order}, reveal_per_step={reveal_per_step}")
+            raise MadrecError(
+                f"{type(model).__name__} is a causal (left-to-right) model: it decodes one SID "
+                f"position per call in order; got order={order}, reveal_per_step={reveal_per_step}"
+            )
         return "left_to_right"
     limit = getattr(model, "max_next_items", None)
     if limit is not None and next_items > limit:
-        raise MadrecError(f"next_items={next_items}: this checkpoint was trained with diffusion.masking="
-                          f"{getattr(model, 'masking', 'next_item')} (one masked item per prediction), so it never "
-                          "learned several masked items at once; decode next_items=1, or train with masking=uniform "
-                          "or mixed")
+        raise MadrecError(
+            f"next_items={next_items}: this checkpoint was trained with diffusion.masking="
+            f"{getattr(model, 'masking', 'next_item')} (one masked item per prediction), so it never learned "
+            "several masked items at once; decode next_items=1, or train with masking=uniform or mixed"
+        )
     return order
 
 
@@ -420,7 +437,7 @@ def _select(cand: torch.Tensor, digits: torch.Tensor, q: torch.Tensor, V: int, W
     top = torch.sort(cand, dim=1, descending=True, stable=True)
     idx, val = top.indices[:, :M], top.values[:, :M]
     parent, digit = idx // V, idx % V
-    src = (torch.arange(B, device=cand.device)[:, None] * W + parent)
+    src = torch.arange(B, device=cand.device)[:, None] * W + parent
     keys = digits[src].clone()  # (B, M, P)
     keys.scatter_(2, q[src][..., None], digit[..., None])
     val = val.masked_fill(~_first_occurrence(keys), float("-inf"))

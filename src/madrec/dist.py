@@ -2,11 +2,12 @@
 reads) tells each process in RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE, and the rank
 and size of a running torch.distributed process group. The one place these are read.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from madrec.errors import MadrecError
 

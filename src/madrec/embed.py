@@ -9,6 +9,7 @@ run their encoder only. Pooling is the attention-masked mean over at most 128 to
 `cached_embeddings` reuses a previous `embeddings.pt` when the texts and the encoder are
 unchanged (content hash), so re-running `build-sids` skips the encoder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -140,7 +141,7 @@ def embed_texts(
     out: torch.Tensor | None = None
     with torch.inference_mode(), tqdm(total=len(texts), unit="item", desc=f"embed ({spec.name})") as bar:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             enc = tokenizer(
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
             )

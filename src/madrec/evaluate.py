@@ -9,6 +9,7 @@ the batch size. `madrec evaluate` (madrec.evaluate_cli) adds the most-popular ba
 unconstrained comparison, a sweep over decoding steps, metrics.json, predictions.parquet and
 report.html (madrec.evaluate_report).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,20 +74,35 @@ def predict_split(
     rank, world = rank_and_world()
     sids = sids.to(device)
     decode = dict(
-        beam_size=beam_size, top_k=top_k, order=order, reveal_per_step=reveal_per_step, constrained=constrained,
+        beam_size=beam_size,
+        top_k=top_k,
+        order=order,
+        reveal_per_step=reveal_per_step,
+        constrained=constrained,
         index=index if index is not None else SIDIndex(sids, vocab.codebook_size),
         generator=torch.Generator(device=device).manual_seed(seed + rank) if order == "random" else None,
     )
     mine = _my_users(split, rank, world)
     start = time.perf_counter()
     with _eval_mode(model, device):
-        items, scores = _decode_users(model, vocab, sids, split, mine, max_len, batch_size, decode,
-                                      amp=amp and device.type == "cuda", progress=progress and rank == 0)
+        items, scores = _decode_users(
+            model,
+            vocab,
+            sids,
+            split,
+            mine,
+            max_len,
+            batch_size,
+            decode,
+            amp=amp and device.type == "cuda",
+            progress=progress and rank == 0,
+        )
     mine, items, scores, seconds = _gather(mine, items, scores, time.perf_counter() - start, world)
     inverse = torch.from_numpy(np.argsort(mine, kind="stable"))  # back to the split's user order
     targets = torch.tensor([int(s[-1]) for s in split.sequences], dtype=torch.long)
-    return Predictions(split.user_ids, targets, items[inverse], scores[inverse], seconds,
-                       -(-vocab.sid_len // reveal_per_step))
+    return Predictions(
+        split.user_ids, targets, items[inverse], scores[inverse], seconds, -(-vocab.sid_len // reveal_per_step)
+    )
 
 
 def _check_split(split: Split, batch_size: int) -> None:
@@ -114,8 +130,9 @@ def _eval_mode(model: torch.nn.Module, device: torch.device):
         model.train(was_training)
 
 
-def _decode_users(model, vocab, sids, split, mine, max_len, batch_size, decode: dict, *, amp: bool,
-                  progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_users(
+    model, vocab, sids, split, mine, max_len, batch_size, decode: dict, *, amp: bool, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(len(mine), top_k) items and scores of the users `mine`, decoded batch by batch."""
     from tqdm.auto import tqdm
 
@@ -125,12 +142,12 @@ def _decode_users(model, vocab, sids, split, mine, max_len, batch_size, decode: 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     with tqdm(total=len(mine), desc=f"decode {split.name}", unit="user", disable=not progress) as bar:
         for lo in range(0, len(mine), batch_size):
-            batch = mine[lo:lo + batch_size]
+            batch = mine[lo : lo + batch_size]
             hist = build_histories(vocab, sids, [split.sequences[i] for i in batch], max_len).to(sids.device)
             with autocast:
                 res = beam_search(model, vocab, sids, hist, **decode)
-            items[lo:lo + len(batch)] = res.items.cpu()
-            scores[lo:lo + len(batch)] = res.scores.cpu()
+            items[lo : lo + len(batch)] = res.items.cpu()
+            scores[lo : lo + len(batch)] = res.scores.cpu()
             bar.update(len(batch))
     return items, scores
 
@@ -141,8 +158,12 @@ def _gather(mine: np.ndarray, items: torch.Tensor, scores: torch.Tensor, seconds
         return mine, items, scores, seconds
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, (mine, items.numpy(), scores.numpy(), seconds))
-    return (np.concatenate([p[0] for p in parts]), torch.from_numpy(np.concatenate([p[1] for p in parts])),
-            torch.from_numpy(np.concatenate([p[2] for p in parts])), max(p[3] for p in parts))
+    return (
+        np.concatenate([p[0] for p in parts]),
+        torch.from_numpy(np.concatenate([p[1] for p in parts])),
+        torch.from_numpy(np.concatenate([p[2] for p in parts])),
+        max(p[3] for p in parts),
+    )
 
 
 def list_quality(items: torch.Tensor) -> dict[str, float]:
@@ -186,8 +207,16 @@ def evaluate_split(
     """
     ks = tuple(int(k) for k in ks)
     preds = predict_split(
-        model, vocab, sids, split, max_len, top_k=max(ks), beam_size=beam_size,
-        batch_size=batch_size, device=device, **decode_kw,
+        model,
+        vocab,
+        sids,
+        split,
+        max_len,
+        top_k=max(ks),
+        beam_size=beam_size,
+        batch_size=batch_size,
+        device=device,
+        **decode_kw,
     )
     return summarize(preds, ks, prefix)
 

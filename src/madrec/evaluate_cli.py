@@ -7,6 +7,7 @@ torchrun launch), adds the most-popular baseline, unconstrained decoding and a s
 number of model calls per item on the split's first `compare_users` users, and writes
 metrics.json, report.html and, with predictions=true, predictions.parquet (madrec.evaluate_report).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,16 +19,21 @@ import torch
 
 from madrec.data import Split
 from madrec.decode import ORDERS, SIDIndex, check_beam_width
-from madrec.errors import MadrecError
 from madrec.dist import launch_layout, rank_and_world
+from madrec.errors import MadrecError
 from madrec.evaluate import Predictions, default_batch_size, predict_split, summarize
 from madrec.metrics import ranking_metrics
 from madrec.overrides import pairs, yaml_value
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = {"test": "testing", "testing": "testing", "val": "evaluation", "validation": "evaluation",
-               "evaluation": "evaluation"}
+SPLIT_NAMES = {
+    "test": "testing",
+    "testing": "testing",
+    "val": "evaluation",
+    "validation": "evaluation",
+    "evaluation": "evaluation",
+}
 
 
 def _opt(default, help: str):
@@ -51,8 +57,7 @@ class EvaluateArgs:
     reveal_per_step: int = _opt(1, "SID positions revealed per model call")
     sweep: bool = _opt(True, "also decode with fewer model calls per item (quality vs steps)")
     compare_unconstrained: bool = _opt(True, "also decode without the catalogue constraint (invalid-SID rate)")
-    compare_users: int = _opt(2000, "users (the split's first) for the unconstrained comparison and the sweep; "
-                                    "0 = all")
+    compare_users: int = _opt(2000, "users (the split's first) for the unconstrained comparison and the sweep; 0 = all")
     seed: int = _opt(0, "seed of the random unmasking order")
     amp: bool = _opt(True, "bf16 autocast on CUDA (scores stay fp32)")
 
@@ -93,9 +98,11 @@ def _typed(key: str, raw: str, default):
 def _check(args: EvaluateArgs) -> None:
     missing = [k for k in ("ckpt_path", "data_dir", "output_dir") if not getattr(args, k)]
     if missing:
-        raise MadrecError(f"missing {', '.join(f'{k}=...' for k in missing)} "
-                          "(e.g. madrec evaluate ckpt_path=RUN/checkpoints/best.ckpt data_dir=DATA split=test "
-                          "output_dir=EVAL)")
+        raise MadrecError(
+            f"missing {', '.join(f'{k}=...' for k in missing)} "
+            "(e.g. madrec evaluate ckpt_path=RUN/checkpoints/best.ckpt data_dir=DATA split=test "
+            "output_dir=EVAL)"
+        )
     if args.order not in ORDERS:
         raise MadrecError(f"order={args.order}: expected one of {', '.join(ORDERS)}")
     if args.split not in SPLIT_NAMES:
@@ -131,8 +138,15 @@ def evaluate_checkpoint(args: EvaluateArgs) -> dict[str, float]:
     loaded, data, split = _load(args, device)
     prefix = "test" if split.name == "testing" else "val"
     decoder = _Decoder(args, loaded, device)
-    log.info("evaluating %s on %s/%s: %d users, beam %d, %d process(es)", args.ckpt_path, args.data_dir,
-             split.name, len(split), args.beam_size, world)
+    log.info(
+        "evaluating %s on %s/%s: %d users, beam %d, %d process(es)",
+        args.ckpt_path,
+        args.data_dir,
+        split.name,
+        len(split),
+        args.beam_size,
+        world,
+    )
     decoder(split.first(16), progress=False)  # warm-up: users/s then measures steady decoding
     main = decoder(split)
     metrics = summarize(main, args.ks, prefix)
@@ -165,19 +179,27 @@ class _Decoder:
     def __init__(self, args: EvaluateArgs, loaded, device: torch.device):
         self.loaded, self.sids = loaded, loaded.sids.to(device)
         self.settings = dict(
-            top_k=args.beam_size, beam_size=args.beam_size, order=args.order, reveal_per_step=args.reveal_per_step,
-            batch_size=args.batch_size or default_batch_size(device), device=device, seed=args.seed, amp=args.amp,
+            top_k=args.beam_size,
+            beam_size=args.beam_size,
+            order=args.order,
+            reveal_per_step=args.reveal_per_step,
+            batch_size=args.batch_size or default_batch_size(device),
+            device=device,
+            seed=args.seed,
+            amp=args.amp,
             index=SIDIndex(self.sids, loaded.vocab.codebook_size),
         )
 
     def __call__(self, split: Split, **overrides) -> Predictions:
         loaded = self.loaded
-        return predict_split(loaded.model, loaded.vocab, self.sids, split, loaded.max_len,
-                             **{**self.settings, **overrides})
+        return predict_split(
+            loaded.model, loaded.vocab, self.sids, split, loaded.max_len, **{**self.settings, **overrides}
+        )
 
 
-def _most_popular(split: Split, num_items: int, beam_size: int, main: Predictions, ks, prefix: str,
-                  metrics: dict) -> torch.Tensor:
+def _most_popular(
+    split: Split, num_items: int, beam_size: int, main: Predictions, ks, prefix: str, metrics: dict
+) -> torch.Tensor:
     """The most-popular baseline's lists (counted over the split's histories), into `metrics`."""
     from madrec.metrics import most_popular
 
@@ -187,8 +209,9 @@ def _most_popular(split: Split, num_items: int, beam_size: int, main: Prediction
     return pop_items
 
 
-def _comparisons(args: EvaluateArgs, decoder: _Decoder, few: Split, main: Predictions, prefix: str,
-                 metrics: dict) -> tuple[dict, dict]:
+def _comparisons(
+    args: EvaluateArgs, decoder: _Decoder, few: Split, main: Predictions, prefix: str, metrics: dict
+) -> tuple[dict, dict]:
     """Unconstrained decoding, and the same decoder with fewer model calls per item (a causal
     model reveals one position per call, so it has no sweep); metrics go into `metrics`."""
     compared, sweep = {}, {}
@@ -209,8 +232,14 @@ def _comparisons(args: EvaluateArgs, decoder: _Decoder, few: Split, main: Predic
 def _take(preds: Predictions, n: int) -> Predictions:
     if n <= 0 or n >= len(preds.targets):
         return preds
-    return Predictions(preds.user_ids[:n], preds.targets[:n], preds.items[:n], preds.scores[:n],
-                       preds.seconds * n / len(preds.targets), preds.model_calls)
+    return Predictions(
+        preds.user_ids[:n],
+        preds.targets[:n],
+        preds.items[:n],
+        preds.scores[:n],
+        preds.seconds * n / len(preds.targets),
+        preds.model_calls,
+    )
 
 
 def _write_outputs(args, loaded, split, prefix, main, pop_items, compared, sweep, metrics) -> None:
@@ -221,10 +250,14 @@ def _write_outputs(args, loaded, split, prefix, main, pop_items, compared, sweep
         write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         if args.predictions:
             write_predictions(out / "predictions.parquet", main, loaded.item_ids)
-        write_text_atomic(out / "report.html",
-                          build_report(args, loaded, split, prefix, main, pop_items, compared, sweep, metrics))
-    log.info("wrote %s:\n%s", args.output_dir,
-             "\n".join(f"  {k:<40} {v:.4f}" for k, v in metrics.items() if "/steps_" not in k))
+        write_text_atomic(
+            out / "report.html", build_report(args, loaded, split, prefix, main, pop_items, compared, sweep, metrics)
+        )
+    log.info(
+        "wrote %s:\n%s",
+        args.output_dir,
+        "\n".join(f"  {k:<40} {v:.4f}" for k, v in metrics.items() if "/steps_" not in k),
+    )
 
 
 def cli(argv: list[str]) -> int:

@@ -19,26 +19,43 @@ def write_predictions(path, preds: Predictions, item_ids: list[str]) -> None:
     U, K = preds.items.shape
     items = preds.items.reshape(-1).numpy()
     ids = np.asarray(item_ids, dtype=object)
-    table = pa.table({
-        "user": pa.array(np.repeat(preds.user_ids, K), pa.int64()),
-        "rank": pa.array(np.tile(np.arange(1, K + 1), U), pa.int32()),
-        "item_id": pa.array([ids[i] if i >= 0 else None for i in items], pa.string()),
-        "item": pa.array(items, pa.int64()),
-        "score": pa.array(preds.scores.reshape(-1).numpy(), pa.float32()),
-    })
+    table = pa.table(
+        {
+            "user": pa.array(np.repeat(preds.user_ids, K), pa.int64()),
+            "rank": pa.array(np.tile(np.arange(1, K + 1), U), pa.int32()),
+            "item_id": pa.array([ids[i] if i >= 0 else None for i in items], pa.string()),
+            "item": pa.array(items, pa.int64()),
+            "score": pa.array(preds.scores.reshape(-1).numpy(), pa.float32()),
+        }
+    )
     with atomic_file(path) as fh:
         pq.write_table(table, fh)
 
 
-def build_report(args, loaded, split, prefix: str, main: Predictions, pop_items: torch.Tensor,
-                 compared: dict, sweep: dict, metrics: dict) -> str:
+def build_report(
+    args,
+    loaded,
+    split,
+    prefix: str,
+    main: Predictions,
+    pop_items: torch.Tensor,
+    compared: dict,
+    sweep: dict,
+    metrics: dict,
+) -> str:
     """report.html: summary table, Recall/NDCG vs K, quality vs decoding steps, setup."""
-    sections = [("Metrics", report.table_html(_summary_rows(args, loaded, prefix, main, compared, metrics))),
-                ("Recall@K and NDCG@K", _metrics_by_k(args.beam_size, main, pop_items))]
+    sections = [
+        ("Metrics", report.table_html(_summary_rows(args, loaded, prefix, main, compared, metrics))),
+        ("Recall@K and NDCG@K", _metrics_by_k(args.beam_size, main, pop_items)),
+    ]
     if compared or sweep:
         n = len(next(iter({**compared, **sweep}.values())).targets)
-        sections.append(("Comparisons", f"<p>Unconstrained decoding and the decoding-steps sweep use "
-                                        f"{n} of the {len(split)} users.</p>"))
+        sections.append(
+            (
+                "Comparisons",
+                f"<p>Unconstrained decoding and the decoding-steps sweep use {n} of the {len(split)} users.</p>",
+            )
+        )
     if sweep:
         sections.append(("Quality vs number of decoding steps", _steps_sweep(args, loaded, prefix, sweep, metrics)))
     sections.append(("Setup", report.table_html(_setup_rows(args, loaded, split, main))))
@@ -79,21 +96,42 @@ def _metrics_by_k(beam_size: int, main: Predictions, pop_items: torch.Tensor) ->
 
 def _steps_sweep(args, loaded, prefix: str, sweep: dict, metrics: dict) -> str:
     calls = sorted(sweep)
-    series = {f"{m}@{k}": [metrics[f"{prefix}/steps_{c}/{m.lower()}@{k}"] for c in calls]
-              for m in ("Recall", "NDCG") for k in args.ks}
-    table = [{"model calls": c, "positions per call": -(-loaded.vocab.sid_len // c),
-              **{name: vals[i] for name, vals in series.items()},
-              "users/s": metrics[f"{prefix}/steps_{c}/users_per_s"]} for i, c in enumerate(calls)]
+    series = {
+        f"{m}@{k}": [metrics[f"{prefix}/steps_{c}/{m.lower()}@{k}"] for c in calls]
+        for m in ("Recall", "NDCG")
+        for k in args.ks
+    }
+    table = [
+        {
+            "model calls": c,
+            "positions per call": -(-loaded.vocab.sid_len // c),
+            **{name: vals[i] for name, vals in series.items()},
+            "users/s": metrics[f"{prefix}/steps_{c}/users_per_s"],
+        }
+        for i, c in enumerate(calls)
+    ]
     chart = report.line_chart(calls, series, "metric", f"model calls per item (SID length {loaded.vocab.sid_len})")
     return chart + report.table_html(table)
 
 
 def _setup_rows(args, loaded, split, main: Predictions) -> list[dict]:
-    return [{"key": k, "value": v} for k, v in [
-        ("checkpoint", args.ckpt_path), ("global step", loaded.global_step), ("dataset", args.data_dir),
-        ("split", split.name), ("users", len(split)), ("items", loaded.sids.shape[1]),
-        ("SID length", loaded.vocab.sid_len), ("codebook size", loaded.vocab.codebook_size),
-        ("max_len", loaded.max_len), ("parameters", sum(p.numel() for p in loaded.model.parameters())),
-        ("beam size", args.beam_size), ("order", args.order), ("reveal per step", args.reveal_per_step),
-        ("decode wall time (s)", round(main.seconds, 2)), ("device", str(next(loaded.model.parameters()).device)),
-    ]]
+    return [
+        {"key": k, "value": v}
+        for k, v in [
+            ("checkpoint", args.ckpt_path),
+            ("global step", loaded.global_step),
+            ("dataset", args.data_dir),
+            ("split", split.name),
+            ("users", len(split)),
+            ("items", loaded.sids.shape[1]),
+            ("SID length", loaded.vocab.sid_len),
+            ("codebook size", loaded.vocab.codebook_size),
+            ("max_len", loaded.max_len),
+            ("parameters", sum(p.numel() for p in loaded.model.parameters())),
+            ("beam size", args.beam_size),
+            ("order", args.order),
+            ("reveal per step", args.reveal_per_step),
+            ("decode wall time (s)", round(main.seconds, 2)),
+            ("device", str(next(loaded.model.parameters()).device)),
+        ]
+    ]

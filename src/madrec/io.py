@@ -3,6 +3,7 @@
 Every output of a step is written under a temporary sibling path and renamed into place,
 so a failed or interrupted step never leaves a half-written file or folder behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from madrec.errors import MadrecError
 
@@ -158,8 +159,11 @@ def _download_http(url: str, fh) -> None:
             if expected is not None and expected.isdigit() and got != int(expected):
                 raise http.client.IncompleteRead(b"", int(expected) - got)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = (f"the connection closed after {fh.tell()} bytes, before the end of the file"
-                  if isinstance(exc, http.client.IncompleteRead) else exc)
+        reason = (
+            f"the connection closed after {fh.tell()} bytes, before the end of the file"
+            if isinstance(exc, http.client.IncompleteRead)
+            else exc
+        )
         raise MadrecError(
             f"{url}: cannot download ({reason}); check the address and the network, "
             "or download the file yourself and pass its local path"
@@ -167,7 +171,7 @@ def _download_http(url: str, fh) -> None:
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
-    bucket, _, blob = uri[len("gs://"):].partition("/")
+    bucket, _, blob = uri[len("gs://") :].partition("/")
     if not bucket or not blob:
         raise MadrecError(f"{uri}: a gs:// URI needs a bucket and an object name (gs://BUCKET/PATH)")
     return bucket, blob
@@ -189,11 +193,13 @@ def _download_gcs(uri: str, fh) -> None:
 
     try:
         client.bucket(bucket).blob(blob).download_to_file(
-            fh, timeout=DOWNLOAD_TIMEOUT_S, retry=DEFAULT_RETRY.with_timeout(GCS_RETRY_DEADLINE_S))
+            fh, timeout=DOWNLOAD_TIMEOUT_S, retry=DEFAULT_RETRY.with_timeout(GCS_RETRY_DEADLINE_S)
+        )
     except gexc.NotFound as exc:
         raise MadrecError(f"{uri}: object not found in bucket {bucket!r}") from exc
     except gexc.GoogleAPIError as exc:
         raise MadrecError(f"{uri}: download failed ({exc})") from exc
     except (OSError, ValueError, http.client.HTTPException) as exc:  # requests' connection errors are OSErrors
-        raise MadrecError(f"{uri}: download failed ({type(exc).__name__}: {exc}); check the network and try again") \
-            from exc
+        raise MadrecError(
+            f"{uri}: download failed ({type(exc).__name__}: {exc}); check the network and try again"
+        ) from exc

@@ -4,9 +4,10 @@ One target per user. Recall@K = 1 if the target is among the top K (hit rate); N
 1 / log2(rank + 1) for a target at rank <= K, else 0. Values are returned per user so that
 callers average once over all users of a split, after gathering them from every process.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +18,9 @@ from madrec.errors import MadrecError
 def hits_at_k(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B,) 1-based rank of each target in its (B, K) ranked list (first occurrence), 0 if absent."""
     if ranked.dim() != 2 or targets.shape != ranked.shape[:1]:
-        raise MadrecError(f"ranked must be (B, K) and targets (B,); got {tuple(ranked.shape)} and {tuple(targets.shape)}")
+        raise MadrecError(
+            f"ranked must be (B, K) and targets (B,); got {tuple(ranked.shape)} and {tuple(targets.shape)}"
+        )
     match = ranked == targets[:, None].to(ranked.device)
     first = match.int().argmax(1) + 1
     return torch.where(match.any(1), first, torch.zeros_like(first))

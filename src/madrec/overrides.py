@@ -7,10 +7,11 @@ pipeline's `train_overrides` / `eval_overrides` and `--param NAME=VALUE` of run-
 Keys may carry Hydra's `+` prefix or a leading `--` and use `-` for `_`; values stay text
 until the caller types them (`yaml_value` reads them the way YAML files are read).
 """
+
 from __future__ import annotations
 
 import shlex
-from typing import Iterable
+from collections.abc import Iterable
 
 from madrec.errors import MadrecError
 
@@ -20,8 +21,9 @@ def normalise_key(key: str) -> str:
     return key.strip().lstrip("+").lstrip("-").replace("-", "_")
 
 
-def pairs(items: Iterable[str], *, what: str = "argument", example: str = "trainer.max_steps=1000") -> list[
-        tuple[str, str]]:
+def pairs(
+    items: Iterable[str], *, what: str = "argument", example: str = "trainer.max_steps=1000"
+) -> list[tuple[str, str]]:
     """`key=value` strings -> (normalised key, raw value) pairs, in order; anything else is an
     error naming the item (`what` names the kind of argument in the message)."""
     out = []

@@ -13,6 +13,7 @@ interactions (one pass, items only), drop users left with fewer than 3 items (co
 index items in the order of their original ids (numeric when they are all numbers), split
 leave-one-out and write the shards into a temporary folder that replaces ``out`` at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ import time
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -62,6 +63,7 @@ class RawData:
 
 
 # --- small readers -------------------------------------------------------------------
+
 
 def _open_text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """Yield (line number, line without newline) of a text file, gzipped or not.
@@ -133,7 +135,9 @@ def read_item_texts(path: Path) -> dict[str, str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise MadrecError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from exc
+            raise MadrecError(
+                f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
+            ) from exc
         if not isinstance(row, dict) or "item_id" not in row or "text" not in row:
             raise MadrecError(f"{path}:{lineno}: each line needs the fields 'item_id' and 'text'")
         texts[str(row["item_id"])] = str(row["text"])
@@ -153,7 +157,9 @@ def _read_table(path: Path, required: set[str]) -> dict[str, list]:
             types = {c: pa.string() for c in ("user_id", "item_id", "text")}
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise MadrecError(f"{path}: cannot read as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({exc})") from exc
+        raise MadrecError(
+            f"{path}: cannot read as {'Parquet' if path.suffix == '.parquet' else 'CSV'} ({exc})"
+        ) from exc
     missing = required - set(table.column_names)
     if missing:
         raise MadrecError(
@@ -169,6 +175,7 @@ def _read_table(path: Path, required: set[str]) -> dict[str, list]:
 
 
 # --- the three input kinds ---------------------------------------------------------
+
 
 def _ml1m_members(source: Path) -> tuple[str, bytes, bytes]:
     """(label, ratings.dat bytes, movies.dat bytes) from a zip or a folder."""
@@ -269,9 +276,7 @@ def _timestamps(values: list, path: Path) -> np.ndarray:
             else:
                 out[row] = float(v)
         except (TypeError, ValueError) as exc:
-            raise MadrecError(
-                f"{path}: row {row + 1} has timestamp {v!r}; use Unix seconds or ISO-8601"
-            ) from exc
+            raise MadrecError(f"{path}: row {row + 1} has timestamp {v!r}; use Unix seconds or ISO-8601") from exc
     return out
 
 
@@ -291,11 +296,14 @@ def read_interactions(path: Path, items_path: Path) -> RawData:
     first_row = {}
     for row, u in enumerate(users_col):
         first_row.setdefault(u, row + 1)
-    sequences = [[items_col[r] for r in order[bounds[i]:bounds[i + 1]]] for i in range(len(uniq))]
-    return RawData(uniq, sequences, [f"{path}: row {first_row[u]}" for u in uniq], read_item_texts(items_path), str(items_path))
+    sequences = [[items_col[r] for r in order[bounds[i] : bounds[i + 1]]] for i in range(len(uniq))]
+    return RawData(
+        uniq, sequences, [f"{path}: row {first_row[u]}" for u in uniq], read_item_texts(items_path), str(items_path)
+    )
 
 
 # --- filtering, indexing, splitting, writing ---------------------------------------
+
 
 def _filter_and_index(raw: RawData, min_item_count: int) -> tuple[list[str], list[str], list[np.ndarray], dict]:
     """Apply the item filter, drop short users, index items; returns (item_ids, users, seqs, stats)."""
@@ -350,7 +358,7 @@ def _write_split(folder: Path, examples: list[bytes]) -> int:
     folder.mkdir(parents=True)
     shards = max(1, -(-len(examples) // RECORDS_PER_SHARD))
     for s in range(shards):
-        chunk = examples[s * RECORDS_PER_SHARD:(s + 1) * RECORDS_PER_SHARD]
+        chunk = examples[s * RECORDS_PER_SHARD : (s + 1) * RECORDS_PER_SHARD]
         write_records(folder / f"part-{s:05d}-of-{shards:05d}.tfrecord.gz", chunk)
     return shards
 
@@ -371,8 +379,9 @@ def write_prepared(out: Path, item_ids, texts, users, sequences, info: dict) -> 
     return info
 
 
-def prepare(dataset: str, source: str | None, out: str | Path, items: str | None = None,
-            min_item_count: int = 5) -> dict:
+def prepare(
+    dataset: str, source: str | None, out: str | Path, items: str | None = None, min_item_count: int = 5
+) -> dict:
     """Prepare a dataset into `out`; returns the content of `out/dataset.json`."""
     if dataset not in DATASETS:
         raise MadrecError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -401,7 +410,12 @@ def prepare(dataset: str, source: str | None, out: str | Path, items: str | None
     }
     log.info(
         "%s: %d users, %d items, %d interactions after filtering (%.1fs); writing %s",
-        dataset, info["num_users"], info["num_items"], info["num_interactions"], time.perf_counter() - start, out,
+        dataset,
+        info["num_users"],
+        info["num_items"],
+        info["num_interactions"],
+        time.perf_counter() - start,
+        out,
     )
     return write_prepared(Path(out), item_ids, raw.texts, users, sequences, info)
 

@@ -1,15 +1,16 @@
 """Recommending the next items for histories of ORIGINAL item ids, from a checkpoint.
 
-    rec = Recommender.from_checkpoint("runs/tiny/checkpoints/best.ckpt")
-    rec.recommend(["B00123", "B00456"], k=10)       # [("B00789", -1.23), ...] best first
-    rec.recommend_many([[...], [...]], k=10)        # one list per history, decoded in batches
+rec = Recommender.from_checkpoint("runs/tiny/checkpoints/best.ckpt")
+rec.recommend(["B00123", "B00456"], k=10)       # [("B00789", -1.23), ...] best first
+rec.recommend_many([[...], [...]], k=10)        # one list per history, decoded in batches
 
-    madrec recommend --ckpt runs/tiny/checkpoints/best.ckpt --history B00123,B00456 -k 10
+madrec recommend --ckpt runs/tiny/checkpoints/best.ckpt --history B00123,B00456 -k 10
 """
+
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,9 +24,18 @@ from madrec.tokens import SIDVocab
 class Recommender:
     """Constrained beam decoding (madrec.decode) behind an id-in, id-out interface."""
 
-    def __init__(self, model: torch.nn.Module, vocab: SIDVocab, sids: torch.Tensor, item_ids: Sequence[str],
-                 max_len: int, *, device: str | torch.device = "cpu", order: str = "confidence",
-                 reveal_per_step: int = 1):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        vocab: SIDVocab,
+        sids: torch.Tensor,
+        item_ids: Sequence[str],
+        max_len: int,
+        *,
+        device: str | torch.device = "cpu",
+        order: str = "confidence",
+        reveal_per_step: int = 1,
+    ):
         if len(item_ids) != sids.shape[1]:
             raise MadrecError(f"{len(item_ids)} item ids for a SID table of {sids.shape[1]} items")
         self.device = torch.device(device)
@@ -38,7 +48,7 @@ class Recommender:
         self.sid_index = SIDIndex(self.sids, vocab.codebook_size)
 
     @classmethod
-    def from_checkpoint(cls, path: str, *, device: str | None = None, **kwargs) -> "Recommender":
+    def from_checkpoint(cls, path: str, *, device: str | None = None, **kwargs) -> Recommender:
         """Load a checkpoint written by `madrec train` (local, http(s) or gs://); device: auto."""
         from madrec.checkpoint import load_checkpoint
 
@@ -62,8 +72,16 @@ class Recommender:
             )
         return np.asarray(out, dtype=np.int64)
 
-    def recommend_many(self, histories: Sequence[Sequence], k: int = 10, *, beam_size: int | None = None,
-                       skip_unknown: bool = False, next_items: int = 1, batch_size: int | None = None) -> list[list]:
+    def recommend_many(
+        self,
+        histories: Sequence[Sequence],
+        k: int = 10,
+        *,
+        beam_size: int | None = None,
+        skip_unknown: bool = False,
+        next_items: int = 1,
+        batch_size: int | None = None,
+    ) -> list[list]:
         """Top-k (item id, score) lists, best first, for each history (oldest item first).
 
         Scores are summed log-probabilities of the item's SID. The beam is `max(k, 10)` wide
@@ -79,11 +97,21 @@ class Recommender:
         seqs = [self._indices(h, skip_unknown, i) for i, h in enumerate(histories)]
         out: list[list] = []
         for lo in range(0, len(seqs), batch_size):
-            hist = build_histories(self.vocab, self.sids, seqs[lo:lo + batch_size], self.max_len, drop_last=False,
-                                   next_items=next_items)
-            res = beam_search(self.model, self.vocab, self.sids, hist.to(self.device), beam_size=beam, top_k=k,
-                              order=self.order, reveal_per_step=self.reveal_per_step, next_items=next_items,
-                              index=self.sid_index)
+            hist = build_histories(
+                self.vocab, self.sids, seqs[lo : lo + batch_size], self.max_len, drop_last=False, next_items=next_items
+            )
+            res = beam_search(
+                self.model,
+                self.vocab,
+                self.sids,
+                hist.to(self.device),
+                beam_size=beam,
+                top_k=k,
+                order=self.order,
+                reveal_per_step=self.reveal_per_step,
+                next_items=next_items,
+                index=self.sid_index,
+            )
             items = res.items.reshape(res.items.shape[0], k, next_items).tolist()
             for row, scores in zip(items, res.scores.tolist()):
                 ranked = [(tuple(self.item_ids[i] for i in t), s) for t, s in zip(row, scores) if min(t) >= 0]
@@ -110,8 +138,9 @@ def cli(argv: list[str]) -> int:
         raise MadrecError(f"-k must be >= 1, got {args.k}")
     history = [h.strip() for h in args.history.split(",") if h.strip()]
     rec = Recommender.from_checkpoint(args.ckpt, device=args.device)
-    top = rec.recommend(history, args.k, beam_size=args.beam_size, skip_unknown=args.skip_unknown,
-                        next_items=args.next_items)
+    top = rec.recommend(
+        history, args.k, beam_size=args.beam_size, skip_unknown=args.skip_unknown, next_items=args.next_items
+    )
     top = [(i if isinstance(i, str) else " -> ".join(i), s) for i, s in top]
     width = max([len("item_id")] + [len(i) for i, _ in top])
     print(f"{'rank':>4}  {'item_id':<{width}}  {'score':>9}")

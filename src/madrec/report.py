@@ -1,11 +1,12 @@
 """Self-contained HTML reports with inline SVG charts (no plotting dependency).
 
-    page = html_page("SID report", [("Code usage", bar_chart(...)), ("Metrics", table_html(...))])
+page = html_page("SID report", [("Code usage", bar_chart(...)), ("Metrics", table_html(...))])
 """
+
 from __future__ import annotations
 
 import html
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 _W, _H, _PAD = 640, 300, 48
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -58,8 +59,12 @@ def line_chart(x: Sequence[float], series: Mapping[str, Sequence[float]], y_labe
     return xy_chart({name: list(zip(x, vals)) for name, vals in series.items()}, y_label, x_label, ticks=x)
 
 
-def xy_chart(series: Mapping[str, Sequence[tuple[float, float]]], y_label: str = "", x_label: str = "",
-             ticks: Sequence[float] | None = None) -> str:
+def xy_chart(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    y_label: str = "",
+    x_label: str = "",
+    ticks: Sequence[float] | None = None,
+) -> str:
     """One polyline with markers per named series of (x, y) points (each its own x); returns SVG."""
     points = [p for pts in series.values() for p in pts]
     y_max = max([float(y) for _, y in points] + [1e-12]) * 1.05
@@ -86,9 +91,7 @@ def xy_chart(series: Mapping[str, Sequence[tuple[float, float]]], y_label: str =
                 f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="3" fill="{color}">'
                 f"<title>{html.escape(name)} @ {a:g}: {float(b):.4g}</title></circle>"
             )
-        parts.append(
-            f'<text x="{_W - 140}" y="{20 + 14 * k}" font-size="11" fill="{color}">{html.escape(name)}</text>'
-        )
+        parts.append(f'<text x="{_W - 140}" y="{20 + 14 * k}" font-size="11" fill="{color}">{html.escape(name)}</text>')
     return _svg(parts)
 
 
@@ -113,8 +116,10 @@ def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "h2{margin-top:1.6em}"
     )
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
     for heading, content in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>\n{content}")
     parts.append("</body></html>")

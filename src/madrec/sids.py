@@ -9,6 +9,7 @@ columns are distinct; every digit is in [0, codebook size).
 Making the files: madrec.sid_build (`build_sids` from item text, `ingest_sids` of GRID's);
 their verbs `madrec build-sids` / `madrec ingest-sids`: madrec.sid_cli.
 """
+
 from __future__ import annotations
 
 import math
@@ -124,16 +125,18 @@ def sid_report(sids: torch.Tensor, codebook_size: int) -> dict:
     for row in range(h):
         counts = torch.bincount(sids[row], minlength=codebook_size)
         p = counts[counts > 0].double() / n
-        positions.append({
-            "position": row + 1,
-            "role": "dedup" if row == h - 1 else "code",
-            "codes_used": int((counts > 0).sum()),
-            "usage": float((counts > 0).sum()) / codebook_size,
-            "entropy_bits": float(-(p * p.log2()).sum()),
-            "max_entropy_bits": math.log2(min(codebook_size, n)),
-            "largest_code_share": float(counts.max()) / n,
-            "code_counts": counts.tolist(),
-        })
+        positions.append(
+            {
+                "position": row + 1,
+                "role": "dedup" if row == h - 1 else "code",
+                "codes_used": int((counts > 0).sum()),
+                "usage": float((counts > 0).sum()) / codebook_size,
+                "entropy_bits": float(-(p * p.log2()).sum()),
+                "max_entropy_bits": math.log2(min(codebook_size, n)),
+                "largest_code_share": float(counts.max()) / n,
+                "code_counts": counts.tolist(),
+            }
+        )
     if h > 1:
         _, inverse, group_sizes = torch.unique(sids[:-1].t(), dim=0, return_inverse=True, return_counts=True)
     else:

@@ -8,19 +8,20 @@ research system while the training image carries no tensorflow.
 Record framing (TensorFlow's `RecordWriter`):
     uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
 """
+
 from __future__ import annotations
 
 import gzip
 import struct
 import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 import google_crc32c
 
 from madrec.errors import MadrecError
 
-FeatureValue = Union[Sequence[int], Sequence[bytes]]
+FeatureValue = Sequence[int] | Sequence[bytes]
 _MASK_DELTA = 0xA282EAD8
 _U64 = (1 << 64) - 1
 
@@ -31,6 +32,7 @@ def _masked_crc(data: bytes) -> int:
 
 
 # --- protobuf wire format ------------------------------------------------------------
+
 
 def _varint(value: int) -> bytes:
     value &= _U64  # negative int64 -> two's complement, as protobuf does
@@ -88,14 +90,14 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
             value, pos = _read_varint(buf, pos)
         elif wire == 2:
             size, pos = _read_varint(buf, pos)
-            value = buf[pos:pos + size]
+            value = buf[pos : pos + size]
             if len(value) != size:
                 raise ValueError("truncated field")
             pos += size
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
         yield field, wire, value
@@ -148,6 +150,7 @@ def decode_example(data: bytes) -> dict[str, FeatureValue]:
 
 # --- files ---------------------------------------------------------------------------
 
+
 def write_records(path: str | Path, records: Iterable[bytes]) -> int:
     """Write serialised records to a GZIP TFRecord file (deterministic bytes: mtime 0)."""
     n = 0
@@ -171,16 +174,16 @@ def read_records(path: str | Path) -> Iterator[bytes]:
     while pos < len(buf):
         if pos + 12 > len(buf):
             raise MadrecError(f"{path}: record {index} is truncated (file cut short?)")
-        header = buf[pos:pos + 8]
+        header = buf[pos : pos + 8]
         (length,) = struct.unpack("<Q", header)
-        (crc,) = struct.unpack("<I", buf[pos + 8:pos + 12])
+        (crc,) = struct.unpack("<I", buf[pos + 8 : pos + 12])
         if crc != _masked_crc(header):
             raise MadrecError(f"{path}: record {index} has a corrupt length header (checksum mismatch)")
-        data = buf[pos + 12:pos + 12 + length]
+        data = buf[pos + 12 : pos + 12 + length]
         end = pos + 12 + length + 4
         if end > len(buf):
             raise MadrecError(f"{path}: record {index} is truncated (file cut short?)")
-        (dcrc,) = struct.unpack("<I", buf[end - 4:end])
+        (dcrc,) = struct.unpack("<I", buf[end - 4 : end])
         if dcrc != _masked_crc(data):
             raise MadrecError(f"{path}: record {index} is corrupt (data checksum mismatch)")
         yield data

@@ -15,6 +15,7 @@ On a machine shared with other unrestricted CPU-bound processes (a laptop) neith
 applies; pin the count there with `MADREC_NUM_THREADS` (bench/reliability/results.md shows
 what oversubscription costs).
 """
+
 from __future__ import annotations
 
 import logging
@@ -125,8 +126,9 @@ def affinity_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def choose(explicit: int | None = None, *, environ=None, cgroup_root: Path = CGROUP_ROOT,
-           proc_cgroup: Path = PROC_CGROUP) -> ThreadChoice:
+def choose(
+    explicit: int | None = None, *, environ=None, cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP
+) -> ThreadChoice:
     """The thread count this process should use, and why (module docstring)."""
     env = os.environ if environ is None else environ
     if explicit:

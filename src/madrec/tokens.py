@@ -4,6 +4,7 @@ A digit v at SID position l becomes token ``l * (V + 1) + v`` (V = codebook size
 shared MASK token and one PAD token follow the digit tokens. A user's history is the
 concatenation of its items' SIDs, oldest first, truncated from the left to whole items.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

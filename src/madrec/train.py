@@ -14,6 +14,7 @@ makes a resumed run continue exactly where the interrupted one stopped. This mod
 a run: config checks, data, SIDs, rows, the module, the Lightning Trainer and its callbacks
 (madrec.train_callbacks), then validation, test and RUN/summary.json.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -95,12 +96,24 @@ def make_trainer(cfg: Config, out: Path, resume_step: int | None, fitting: bool)
     if fitting:
         ckpt_dir = out / CHECKPOINT_DIR
         monitor = f"val/{cfg.eval.monitor}"
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max",
-                                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=monitor,
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
         callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint_every_n_steps, t.val_every_n_steps))
         if t.early_stopping_patience:
-            callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=t.early_stopping_patience,
-                                           check_on_train_epoch_end=False))
+            callbacks.append(
+                EarlyStopping(
+                    monitor=monitor, mode="max", patience=t.early_stopping_patience, check_on_train_epoch_end=False
+                )
+            )
         loggers.append(MetricsCSV(out / "metrics.csv", resume_step))
         if importlib.util.find_spec("tensorboard"):
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -109,18 +122,31 @@ def make_trainer(cfg: Config, out: Path, resume_step: int | None, fitting: bool)
     if t.progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=t.log_every_n_steps))
     return L.Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=nodes,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=nodes,
         strategy="ddp" if devices * nodes > 1 else "auto",
-        precision=precision, max_steps=t.max_steps, max_epochs=-1,
-        val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=cfg.optim.grad_clip or None,
-        callbacks=callbacks, logger=loggers or False, enable_checkpointing=fitting,
-        enable_progress_bar=t.progress_bar, enable_model_summary=fitting, use_distributed_sampler=False,
-        plugins=[AtomicCheckpointIO()], default_root_dir=out,
+        precision=precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        val_check_interval=t.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=fitting,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=fitting,
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=out,
     )
 
 
 # --- runs ------------------------------------------------------------------------------
+
 
 def _output_dir(cfg: Config) -> Path:
     out = Path(cfg.output_dir or Path("runs") / cfg.experiment).expanduser()
@@ -148,8 +174,10 @@ def _load_sids(cfg: Config, spec: models.Recommender, num_items: int, resume: di
         return resume["madrec"]["sids"]
     sids = load_sids(fetch(cfg.sid_data_path), num_items=num_items, codebook_size=cfg.codebook_size)
     if resume is not None and not torch.equal(sids, resume["madrec"]["sids"]):
-        raise MadrecError(f"sid_data_path={cfg.sid_data_path} differs from the SID table inside "
-                          f"ckpt_path={cfg.ckpt_path}; resume with the SIDs the run started with")
+        raise MadrecError(
+            f"sid_data_path={cfg.sid_data_path} differs from the SID table inside "
+            f"ckpt_path={cfg.ckpt_path}; resume with the SIDs the run started with"
+        )
     return sids
 
 
@@ -162,8 +190,10 @@ def resolve_max_len(cfg: Config, sequences: list[np.ndarray], sid_len: int) -> i
         lengths = np.array([len(s) for s in sequences] or [1])
         items = min(cfg.auto_max_items, int(np.ceil(np.percentile(lengths, 90))) + 1)
     if items < 2:
-        raise MadrecError(f"config key max_len: {cfg.max_len} tokens hold less than one history item plus "
-                          f"the next item at {sid_len} tokens per item")
+        raise MadrecError(
+            f"config key max_len: {cfg.max_len} tokens hold less than one history item plus "
+            f"the next item at {sid_len} tokens per item"
+        )
     return items * sid_len
 
 
@@ -171,9 +201,15 @@ def _check_resumable(cfg: Config, resume: dict) -> None:
     saved = resume["madrec"]["config"]
     for group in ("model", "diffusion"):
         if saved[group] != cfg.to_dict()[group]:
-            raise MadrecError(f"ckpt_path={cfg.ckpt_path} was trained with {group}={saved[group]}, the config "
-                              f"now says {cfg.to_dict()[group]}; a resumed run keeps the {group} settings")
-    if saved["max_len"] != cfg.max_len or saved["codebook_size"] != cfg.codebook_size or saved.get("rows", "windows") != cfg.rows:
+            raise MadrecError(
+                f"ckpt_path={cfg.ckpt_path} was trained with {group}={saved[group]}, the config "
+                f"now says {cfg.to_dict()[group]}; a resumed run keeps the {group} settings"
+            )
+    if (
+        saved["max_len"] != cfg.max_len
+        or saved["codebook_size"] != cfg.codebook_size
+        or saved.get("rows", "windows") != cfg.rows
+    ):
         raise MadrecError(f"ckpt_path={cfg.ckpt_path}: max_len / codebook_size / rows differ from the checkpoint's")
 
 
@@ -186,17 +222,25 @@ def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     module, rows = _build_module(cfg, data, resume)
     trainer = make_trainer(cfg, out, int(resume["global_step"]) if resume is not None else None, fitting=True)
     layout = launch_layout()
-    sampler = StepSampler(rows, cfg.batch_size, cfg.seed, layout.rank, layout.world_size,
-                          start_step=lambda: trainer.global_step)
+    sampler = StepSampler(
+        rows, cfg.batch_size, cfg.seed, layout.rank, layout.world_size, start_step=lambda: trainer.global_step
+    )
     loader = DataLoader(ItemRows(rows), sampler=sampler, batch_size=None, pin_memory=torch.cuda.is_available())
     if trainer.is_global_zero:
         _start_run_folder(cfg, out, module, rows, sampler, trainer)
     start = time.time()
     _fit_quietly(trainer, module, loader, cfg.ckpt_path)
-    facts = {"train_wall_s": time.time() - start, "global_step": trainer.global_step,
-             "num_parameters": module.model.num_parameters(), "world_size": trainer.world_size,
-             "train_rows": len(rows), "train_seconds": module.train_seconds, "tokens_seen": module.tokens_seen,
-             "max_len": module.max_len, "model": cfg.model.name}
+    facts = {
+        "train_wall_s": time.time() - start,
+        "global_step": trainer.global_step,
+        "num_parameters": module.model.num_parameters(),
+        "world_size": trainer.world_size,
+        "train_rows": len(rows),
+        "train_seconds": module.train_seconds,
+        "tokens_seen": module.tokens_seen,
+        "max_len": module.max_len,
+        "model": cfg.model.name,
+    }
     return module, trainer, {**facts, **_load_best(trainer, module)}
 
 
@@ -215,9 +259,16 @@ def _build_module(cfg: Config, data: PreparedDataset, resume: dict | None) -> tu
 def _start_run_folder(cfg: Config, out: Path, module, rows, sampler, trainer) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    log.info("model %s: %s parameters; %d training rows (%s) of <= %d tokens; %d steps per data epoch; "
-             "world size %d", cfg.model.name, f"{module.model.num_parameters():,}", len(rows), cfg.rows,
-             module.max_len, sampler.steps_per_epoch, trainer.world_size)
+    log.info(
+        "model %s: %s parameters; %d training rows (%s) of <= %d tokens; %d steps per data epoch; world size %d",
+        cfg.model.name,
+        f"{module.model.num_parameters():,}",
+        len(rows),
+        cfg.rows,
+        module.max_len,
+        sampler.steps_per_epoch,
+        trainer.world_size,
+    )
 
 
 def _fit_quietly(trainer: L.Trainer, module: RecommenderModule, loader: DataLoader, ckpt_path: str | None) -> None:
@@ -246,16 +297,27 @@ def evaluate_only(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer,
     loaded = load_checkpoint(cfg.ckpt_path)
     data = load_dataset(cfg.data_dir)
     if data.num_items != loaded.sids.shape[1]:
-        raise MadrecError(f"data_dir={cfg.data_dir} has {data.num_items} items but ckpt_path={cfg.ckpt_path} "
-                          f"was trained on {loaded.sids.shape[1]}; evaluate with the dataset it was trained on")
+        raise MadrecError(
+            f"data_dir={cfg.data_dir} has {data.num_items} items but ckpt_path={cfg.ckpt_path} "
+            f"was trained on {loaded.sids.shape[1]}; evaluate with the dataset it was trained on"
+        )
     run_cfg = loaded.config
     run_cfg.eval = cfg.eval  # decoding settings come from the command line
-    module = RecommenderModule(run_cfg, loaded.vocab, loaded.sids, loaded.item_ids, loaded.max_len,
-                               _eval_splits(cfg, data))
+    module = RecommenderModule(
+        run_cfg, loaded.vocab, loaded.sids, loaded.item_ids, loaded.max_len, _eval_splits(cfg, data)
+    )
     module.model.load_state_dict(loaded.model.state_dict())
     trainer = make_trainer(cfg, out, None, fitting=False)
-    return module, trainer, {"checkpoint": str(cfg.ckpt_path), "global_step": loaded.global_step,
-                             "num_parameters": module.model.num_parameters(), "world_size": trainer.world_size}
+    return (
+        module,
+        trainer,
+        {
+            "checkpoint": str(cfg.ckpt_path),
+            "global_step": loaded.global_step,
+            "num_parameters": module.model.num_parameters(),
+            "world_size": trainer.world_size,
+        },
+    )
 
 
 def run(cfg: Config) -> dict:
@@ -278,13 +340,20 @@ def _run(cfg: Config, out: Path) -> dict:
     trainer.validate(module, dataloaders=one_batch_loader(), verbose=False)
     if cfg.test and "test" in module.splits:
         trainer.test(module, dataloaders=one_batch_loader(), verbose=False)
-    summary = {**dict(sorted(module.results.items())), **facts,
-               "wall_s": time.time() - start, "experiment": cfg.experiment, "output_dir": str(out)}
+    summary = {
+        **dict(sorted(module.results.items())),
+        **facts,
+        "wall_s": time.time() - start,
+        "experiment": cfg.experiment,
+        "output_dir": str(out),
+    }
     if trainer.is_global_zero:
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        log.info("run summary (%s):\n%s", out / "summary.json",
-                 "\n".join(f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}"
-                           for k, v in summary.items()))
+        log.info(
+            "run summary (%s):\n%s",
+            out / "summary.json",
+            "\n".join(f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}" for k, v in summary.items()),
+        )
     return summary
 
 

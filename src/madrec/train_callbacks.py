@@ -1,5 +1,6 @@
 """Lightning plumbing of a training run: atomic checkpoint files, last.ckpt on a schedule,
 a progress bar over optimiser steps, and RUN/metrics.csv."""
+
 from __future__ import annotations
 
 import csv

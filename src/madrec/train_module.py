@@ -5,6 +5,7 @@ Each optimiser step re-seeds the RNG from (seed, step, rank) and normalises the 
 whole global batch, so a resumed run continues exactly and any number of processes computes
 the same objective (madrec.train runs it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,8 +47,15 @@ def lr_factor(step: int, warmup: int, max_steps: float, min_ratio: float, progre
 class RecommenderModule(L.LightningModule):
     """Training of any madrec.models recommender on item rows; validation/test by decoding."""
 
-    def __init__(self, cfg: Config, vocab: SIDVocab, sids: torch.Tensor, item_ids: list[str], max_len: int,
-                 splits: dict[str, Split]):
+    def __init__(
+        self,
+        cfg: Config,
+        vocab: SIDVocab,
+        sids: torch.Tensor,
+        item_ids: list[str],
+        max_len: int,
+        splits: dict[str, Split],
+    ):
         super().__init__()
         self.cfg, self.vocab, self.item_ids, self.max_len = cfg, vocab, item_ids, max_len
         self.register_buffer("sids", sids.long(), persistent=False)
@@ -124,15 +132,18 @@ class RecommenderModule(L.LightningModule):
         ]
         # Lightning clips gradients itself under mixed precision, which a fused AdamW does not allow
         fused = (self.device.type == "cuda" and not self.cfg.optim.grad_clip) or None
-        optimizer = torch.optim.AdamW(groups, lr=o.optimizer.lr, betas=tuple(o.optimizer.betas),
-                                      eps=o.optimizer.eps, fused=fused)
+        optimizer = torch.optim.AdamW(
+            groups, lr=o.optimizer.lr, betas=tuple(o.optimizer.betas), eps=o.optimizer.eps, fused=fused
+        )
         warmup, min_ratio = o.scheduler.warmup_steps, o.scheduler.min_lr_ratio
         if self.cfg.trainer.max_minutes:  # decay over the time budget (or max_steps, if sooner)
+
             def factor(step: int) -> float:
                 return lr_factor(step, warmup, 1.0, min_ratio, progress=self.budget_spent())
         else:
-            factor = functools.partial(lr_factor, warmup=warmup, max_steps=self.cfg.trainer.max_steps,
-                                       min_ratio=min_ratio)
+            factor = functools.partial(
+                lr_factor, warmup=warmup, max_steps=self.cfg.trainer.max_steps, min_ratio=min_ratio
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -144,9 +155,17 @@ class RecommenderModule(L.LightningModule):
     # evaluation: the decoder's evaluate_split shards users over ranks and gathers the results
     def _evaluate(self, split: Split, prefix: str) -> None:
         e = self.cfg.eval
-        metrics = evaluate_split(self.model, self.vocab, self.sids, split, self.max_len, ks=tuple(e.ks),
-                                 beam_size=e.beam_size, batch_size=e.batch_size or default_batch_size(self.device),
-                                 device=self.device)
+        metrics = evaluate_split(
+            self.model,
+            self.vocab,
+            self.sids,
+            split,
+            self.max_len,
+            ks=tuple(e.ks),
+            beam_size=e.beam_size,
+            batch_size=e.batch_size or default_batch_size(self.device),
+            device=self.device,
+        )
         metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
         self.results.update(metrics)
         # identical on every rank already; sync_dist averages equal numbers (exact) and keeps Lightning quiet

@@ -10,6 +10,7 @@
 - `deploy_step(...)`: the pipeline's deploy step: create or update the InferenceService when
   the evaluated model's test Recall@10 reaches a threshold, and say why it did or did not.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,52 +31,92 @@ PORT = 8080
 RECALL_KEY = "test/recall@10"
 
 
-def build_inferenceservice(name: str = "madrec", storage_uri: str = "gs://BUCKET/PATH/TO/model", *,
-                           namespace: str | None = None, gpu: bool = False, tag: str | None = None,
-                           registry: str | None = None, min_replicas: int = 1, max_replicas: int = 4,
-                           max_batch_size: int = 64, max_batch_wait_ms: float = 5.0) -> dict:
+def build_inferenceservice(
+    name: str = "madrec",
+    storage_uri: str = "gs://BUCKET/PATH/TO/model",
+    *,
+    namespace: str | None = None,
+    gpu: bool = False,
+    tag: str | None = None,
+    registry: str | None = None,
+    min_replicas: int = 1,
+    max_replicas: int = 4,
+    max_batch_size: int = 64,
+    max_batch_wait_ms: float = 5.0,
+) -> dict:
     """The InferenceService for a checkpoint at `storage_uri` (gs://, s3://, https://, pvc://)."""
     if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 45:
-        raise MadrecError(f"InferenceService name {name!r} must be a DNS label of at most 45 characters "
-                          "(lower-case letters, digits, '-', starting with a letter)")
+        raise MadrecError(
+            f"InferenceService name {name!r} must be a DNS label of at most 45 characters "
+            "(lower-case letters, digits, '-', starting with a letter)"
+        )
     threads = 1 if gpu else 2
-    args = ["serve", "--ckpt", MODEL_DIR, "--port", str(PORT), "--max-batch-size", str(max_batch_size),
-            "--max-batch-wait-ms", f"{max_batch_wait_ms:g}", "--threads", str(threads)]
-    resources = ({"requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"},
-                  "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}} if gpu else
-                 {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}})
+    args = [
+        "serve",
+        "--ckpt",
+        MODEL_DIR,
+        "--port",
+        str(PORT),
+        "--max-batch-size",
+        str(max_batch_size),
+        "--max-batch-wait-ms",
+        f"{max_batch_wait_ms:g}",
+        "--threads",
+        str(threads),
+    ]
+    resources = (
+        {
+            "requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"},
+            "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+        }
+        if gpu
+        else {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    )
     probe = {"httpGet": {"path": "/v2/health/ready", "port": PORT}, "periodSeconds": 10}
     container = {
         "name": CONTAINER,
         "image": image("madrec-cuda" if gpu else "madrec", registry, tag),
         "args": args + (["--device", "cuda"] if gpu else ["--device", "cpu"]),
-        "env": [{"name": "STORAGE_URI", "value": storage_uri},
-                {"name": "OMP_NUM_THREADS", "value": str(threads)}],
+        "env": [{"name": "STORAGE_URI", "value": storage_uri}, {"name": "OMP_NUM_THREADS", "value": str(threads)}],
         "ports": [{"containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": {**probe, "initialDelaySeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": PORT}, "periodSeconds": 20,
-                          "initialDelaySeconds": 30},
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": PORT},
+            "periodSeconds": 20,
+            "initialDelaySeconds": 30,
+        },
         "resources": resources,
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
     }
     predictor = {"minReplicas": min_replicas, "maxReplicas": max_replicas, "containers": [container]}
     if gpu:
         predictor["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    metadata = {"name": name, "labels": {"app.kubernetes.io/name": "madrec", "app.kubernetes.io/part-of": "madrec",
-                                         "app.kubernetes.io/component": "serving"}}
+    metadata = {
+        "name": name,
+        "labels": {
+            "app.kubernetes.io/name": "madrec",
+            "app.kubernetes.io/part-of": "madrec",
+            "app.kubernetes.io/component": "serving",
+        },
+    }
     if namespace:
         metadata["namespace"] = namespace
-    return {"apiVersion": API_VERSION, "kind": "InferenceService", "metadata": metadata,
-            "spec": {"predictor": predictor}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceService",
+        "metadata": metadata,
+        "spec": {"predictor": predictor},
+    }
 
 
 # --- offline validation ------------------------------------------------------------------------
 
 _SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool}
 _QUANTITY = ("ResourceQuantity", "V1beta1MetricQuantity", "IntOrString")
-_RENAMED = {"K8sIoApiAppsV1DeploymentStrategy": "V1DeploymentStrategy",
-            "K8sIoApiAutoscalingV2HorizontalPodAutoscalerBehavior": "V2HorizontalPodAutoscalerBehavior"}
+_RENAMED = {
+    "K8sIoApiAppsV1DeploymentStrategy": "V1DeploymentStrategy",
+    "K8sIoApiAutoscalingV2HorizontalPodAutoscalerBehavior": "V2HorizontalPodAutoscalerBehavior",
+}
 
 
 def _model_class(type_name: str):
@@ -130,8 +171,10 @@ def validate_inferenceservice(doc: dict, k8s_version: str = "1.32") -> list[str]
     """Problems, one line each, of an InferenceService object (empty when valid)."""
     label = f"InferenceService {doc.get('metadata', {}).get('name')}"
     if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "InferenceService":
-        return [f"{label}: apiVersion/kind must be {API_VERSION} InferenceService, got "
-                f"{doc.get('apiVersion')} {doc.get('kind')}"]
+        return [
+            f"{label}: apiVersion/kind must be {API_VERSION} InferenceService, got "
+            f"{doc.get('apiVersion')} {doc.get('kind')}"
+        ]
     problems: list[str] = []
     _check(doc, "V1beta1InferenceService", "", problems)
     predictor = (doc.get("spec") or {}).get("predictor")
@@ -142,8 +185,12 @@ def validate_inferenceservice(doc: dict, k8s_version: str = "1.32") -> list[str]
     import kubernetes_validate
 
     pod_fields = set(kubernetes.client.models.V1PodSpec.attribute_map.values())
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"},
-           "spec": {k: v for k, v in predictor.items() if k in pod_fields}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "predictor"},
+        "spec": {k: v for k, v in predictor.items() if k in pod_fields},
+    }
     try:
         kubernetes_validate.validate(pod, k8s_version, strict=True)
     except kubernetes_validate.ValidationError as exc:
@@ -152,12 +199,14 @@ def validate_inferenceservice(doc: dict, k8s_version: str = "1.32") -> list[str]
     if len(containers) != 1 or containers[0].get("name") != CONTAINER:
         problems.append(f".spec.predictor.containers: a custom predictor has one container named {CONTAINER!r}")
     elif "STORAGE_URI" not in {e.get("name") for e in containers[0].get("env", [])}:
-        problems.append(f".spec.predictor.containers[0].env: STORAGE_URI (the model to fetch into {MODEL_DIR}) "
-                        "is missing")
+        problems.append(
+            f".spec.predictor.containers[0].env: STORAGE_URI (the model to fetch into {MODEL_DIR}) is missing"
+        )
     return [f"{label}: {p.lstrip('.')}" for p in problems]
 
 
 # --- the pipeline's deploy step ----------------------------------------------------------------
+
 
 def read_recall(metrics_path: str | Path, metadata: dict | None = None) -> float:
     """test Recall@10 from an evaluate step's Metrics artifact (JSON file, else its metadata)."""
@@ -169,8 +218,10 @@ def read_recall(metrics_path: str | Path, metadata: dict | None = None) -> float
         except json.JSONDecodeError as exc:
             raise MadrecError(f"{path}: metrics are not JSON ({exc})") from exc
     if RECALL_KEY not in values:
-        raise MadrecError(f"no {RECALL_KEY!r} in the evaluation metrics ({', '.join(sorted(values)) or 'none'}); "
-                          "deploy needs the metrics of an evaluation on the test split")
+        raise MadrecError(
+            f"no {RECALL_KEY!r} in the evaluation metrics ({', '.join(sorted(values)) or 'none'}); "
+            "deploy needs the metrics of an evaluation on the test split"
+        )
     return float(values[RECALL_KEY])
 
 
@@ -203,8 +254,17 @@ def apply_inferenceservice(doc: dict, api=None) -> str:
     return "updated"
 
 
-def deploy_step(model_uri: str, metrics_path: str, metrics_metadata: dict | None, min_recall: float,
-                name: str, namespace: str = "", gpu: bool = False, tag: str | None = None, api=None) -> str:
+def deploy_step(
+    model_uri: str,
+    metrics_path: str,
+    metrics_metadata: dict | None,
+    min_recall: float,
+    name: str,
+    namespace: str = "",
+    gpu: bool = False,
+    tag: str | None = None,
+    api=None,
+) -> str:
     """Deploy `model_uri` as InferenceService `name` when test Recall@10 >= min_recall.
 
     Returns a one-line decision (also logged): 'deployed ...' or 'skipped ...'."""
@@ -214,14 +274,18 @@ def deploy_step(model_uri: str, metrics_path: str, metrics_metadata: dict | None
         log.info(decision)
         return decision
     if not model_uri or "://" not in model_uri:
-        raise MadrecError(f"model URI {model_uri!r} is not a storage URI KServe can fetch (gs://, s3://, pvc://, "
-                          "https://); run the pipeline with a remote pipeline root")
+        raise MadrecError(
+            f"model URI {model_uri!r} is not a storage URI KServe can fetch (gs://, s3://, pvc://, "
+            "https://); run the pipeline with a remote pipeline root"
+        )
     doc = build_inferenceservice(name, model_uri, namespace=namespace or _current_namespace(), gpu=gpu, tag=tag)
     problems = validate_inferenceservice(doc)
     if problems:
         raise MadrecError("the InferenceService does not validate: " + "; ".join(problems))
     action = apply_inferenceservice(doc, api)
-    decision = (f"deployed: test Recall@10 {recall:.4f} >= {min_recall:.4f}; InferenceService "
-                f"{doc['metadata']['namespace']}/{name} {action} with {model_uri}")
+    decision = (
+        f"deployed: test Recall@10 {recall:.4f} >= {min_recall:.4f}; InferenceService "
+        f"{doc['metadata']['namespace']}/{name} {action} with {model_uri}"
+    )
     log.info(decision)
     return decision

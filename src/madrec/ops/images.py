@@ -4,6 +4,7 @@
 the CUDA image (train, evaluate). MADREC_REGISTRY / MADREC_TAG override the defaults, so a
 pipeline compiled after `make push-images REGISTRY=... TAG=...` points at the pushed images.
 """
+
 from __future__ import annotations
 
 import os

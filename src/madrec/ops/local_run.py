@@ -6,6 +6,7 @@ Kubernetes), on CPU, with the `tiny` experiment. Data: MovieLens-1M from GroupLe
 recognises. Finished runs are linked under OUT/latest with plain file names (dataset/,
 sids.pt, model.ckpt, metrics.json, report.html, ...), and the metrics table is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,15 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 KINDS = ("ml-1m", "sequences", "interactions")
 # Artifacts of a finished run, linked under OUT/latest: link name -> evaluate output or lineage key.
 RESULT_LINKS = {
-    "dataset": "dataset", "sids.pt": "sids", "sid_report.html": "sid_report", "model.ckpt": "model",
-    "train_run": "run", "metrics.json": "metrics", "report.html": "report",
-    "predictions.parquet": "predictions", "summary.md": "summary",
+    "dataset": "dataset",
+    "sids.pt": "sids",
+    "sid_report.html": "sid_report",
+    "model.ckpt": "model",
+    "train_run": "run",
+    "metrics.json": "metrics",
+    "report.html": "report",
+    "predictions.parquet": "predictions",
+    "summary.md": "summary",
 }
 
 
@@ -95,7 +102,9 @@ def _pick_items(folder: Path, items: str | None, exclude: Path | None = None) ->
             "sequences or interactions; pass --items FILE (make run ITEMS=...)"
         )
     if len(found) > 1:
-        raise MadrecError(f"{folder}: several items files ({_listing(found)}); pick one with --items FILE (make run ITEMS=...)")
+        raise MadrecError(
+            f"{folder}: several items files ({_listing(found)}); pick one with --items FILE (make run ITEMS=...)"
+        )
     return found[0]
 
 
@@ -122,8 +131,9 @@ def _kind_of_file(name: str) -> str:
     return "interactions" if lower.endswith(TABLE_SUFFIXES) else "sequences"
 
 
-def find_data(data: str | None = None, sequences: str | None = None, items: str | None = None,
-              kind: str | None = None) -> DataSpec:
+def find_data(
+    data: str | None = None, sequences: str | None = None, items: str | None = None, kind: str | None = None
+) -> DataSpec:
     """Recognise the input layout.
 
     - nothing given: MovieLens-1M from GroupLens;
@@ -180,22 +190,29 @@ def _find_in_folder(path: Path, items: str | None, kind: str | None) -> DataSpec
         others = _listing(seqs + tables) or "with --items"
         raise MadrecError(
             f"{path}: both MovieLens-1M files ({_listing(ml1m)}) and sequences or interactions ({others}); "
-            f"use --data {ml1m[0]} for the ratings, or --sequences FILE / --data TABLE (make run SEQUENCES=... / DATA=...)"
+            f"use --data {ml1m[0]} for the ratings, or --sequences FILE / --data TABLE "
+            "(make run SEQUENCES=... / DATA=...)"
         )
     if seqs and tables and kind is None:
-        raise MadrecError(f"{path}: both sequences ({_listing(seqs)}) and interactions tables ({_listing(tables)}); "
-                          "pick one with --sequences FILE or --data TABLE")
+        raise MadrecError(
+            f"{path}: both sequences ({_listing(seqs)}) and interactions tables ({_listing(tables)}); "
+            "pick one with --sequences FILE or --data TABLE"
+        )
     if len(found.get("ml-1m", [])) > 1:
-        raise MadrecError(f"{path}: several MovieLens-1M sources ({_listing(ml1m)}); pick one with --data FILE_OR_FOLDER")
+        raise MadrecError(
+            f"{path}: several MovieLens-1M sources ({_listing(ml1m)}); pick one with --data FILE_OR_FOLDER"
+        )
     if found.get("ml-1m"):
         return DataSpec("ml-1m", str(ml1m[0] if ml1m[0].suffix == ".zip" else ml1m[0].parent))
     if len(found.get("sequences", [])) > 1:
         raise MadrecError(
-            f"{path}: several sequences files ({_listing(seqs)}); pick one with --sequences FILE (make run SEQUENCES=...)"
+            f"{path}: several sequences files ({_listing(seqs)}); pick one with --sequences FILE "
+            "(make run SEQUENCES=...)"
         )
     if len(found.get("interactions", [])) > 1:
-        raise MadrecError(f"{path}: several interactions tables ({_listing(tables)}); pick one with --data TABLE "
-                          "(make run DATA=...)")
+        raise MadrecError(
+            f"{path}: several interactions tables ({_listing(tables)}); pick one with --data TABLE (make run DATA=...)"
+        )
     if found.get("sequences"):
         return _sequences(seqs[0], items)
     if found.get("interactions"):
@@ -318,19 +335,33 @@ def cli(argv: list[str]) -> int:
         "`madrec train` overrides, e.g. trainer.max_steps=200.",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
-    p.add_argument("--data", help="a folder or file: ml-1m.zip, ratings.dat + movies.dat, a sequences *.txt or an "
-                   "interactions table (*.csv / *.parquet: user_id, item_id, timestamp) with items; or a gs:// / "
-                   "https:// URI")
+    p.add_argument(
+        "--data",
+        help="a folder or file: ml-1m.zip, ratings.dat + movies.dat, a sequences *.txt or an "
+        "interactions table (*.csv / *.parquet: user_id, item_id, timestamp) with items; or a gs:// / "
+        "https:// URI",
+    )
     p.add_argument("--sequences", help="the sequences file, when the folder has several")
-    p.add_argument("--items", help="the items file (items.jsonl[.gz], movies.dat, CSV / Parquet item_id,text), "
-                   "when the folder has several or has none")
-    p.add_argument("--dataset", choices=KINDS, help="the kind of --data, when its name does not say it "
-                   "(as madrec prepare-data --dataset)")
+    p.add_argument(
+        "--items",
+        help="the items file (items.jsonl[.gz], movies.dat, CSV / Parquet item_id,text), "
+        "when the folder has several or has none",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=KINDS,
+        help="the kind of --data, when its name does not say it (as madrec prepare-data --dataset)",
+    )
     p.add_argument("--min-item-count", type=int, default=None, help="as madrec prepare-data (default 5)")
     p.add_argument("--sid-uri", default="", help="a GRID SID file to ingest instead of building SIDs")
     p.add_argument("--experiment", default="tiny", help="training experiment (configs/experiment/NAME.yaml)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other pipeline parameter, e.g. --param sid_levels=4 --param eval_overrides=beam_size=20")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other pipeline parameter, e.g. --param sid_levels=4 --param eval_overrides=beam_size=20",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/local"), help="pipeline root (default runs/local)")
     p.add_argument("--no-cache", action="store_true", help="rerun every step instead of reusing earlier outputs")
     p.add_argument("--pipeline-file", type=Path, default=PIPELINE_FILE, help="compiled pipeline YAML")
@@ -342,9 +373,13 @@ def cli(argv: list[str]) -> int:
     out = args.out.resolve()
     store = out / ".inputs"
     arguments = {
-        "dataset": spec.kind, "source": stage_input(spec.source, store), "items": stage_input(spec.items, store),
-        "sid_uri": stage_input(args.sid_uri, store), "experiment": args.experiment,
-        "train_overrides": shlex.join(args.overrides), "num_gpus": 0,
+        "dataset": spec.kind,
+        "source": stage_input(spec.source, store),
+        "items": stage_input(spec.items, store),
+        "sid_uri": stage_input(args.sid_uri, store),
+        "experiment": args.experiment,
+        "train_overrides": shlex.join(args.overrides),
+        "num_gpus": 0,
         **({"min_item_count": args.min_item_count} if args.min_item_count is not None else {}),
         **parse_params(args.param, pipeline_inputs(args.pipeline_file)),
     }

@@ -4,6 +4,7 @@
 are the run parameters, and `parse_params` turns `--param KEY=VALUE` strings into values of
 their declared types.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,5 +49,7 @@ def parse_params(items: list[str], inputs: dict[str, dict]) -> dict:
         except (ValueError, KeyError) as exc:
             raise MadrecError(f"--param {key}={raw!r}: not a valid {kind.lower()} ({exc})") from exc
         if kind in ("STRUCT", "LIST") and not isinstance(params[key], dict if kind == "STRUCT" else list):
-            raise MadrecError(f"--param {key}: expected a JSON {'object' if kind == 'STRUCT' else 'array'}, got {raw!r}")
+            raise MadrecError(
+                f"--param {key}: expected a JSON {'object' if kind == 'STRUCT' else 'array'}, got {raw!r}"
+            )
     return params

@@ -30,6 +30,7 @@ Every problem with a request is a 400 whose message names it (malformed JSON, un
 without skip_unknown, k beyond the beam, empty history, more histories than --max-batch-size,
 bad field types or names); the server keeps serving.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from madrec.errors import MadrecError
 
@@ -74,8 +74,11 @@ from kserve.protocol.dataplane import DataPlane  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 from prometheus_client import Histogram  # noqa: E402
 
-BATCH_HISTORIES = Histogram("madrec_batch_histories", "histories decoded together in one model call",
-                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_HISTORIES = Histogram(
+    "madrec_batch_histories",
+    "histories decoded together in one model call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 QUEUE_SECONDS = Histogram("madrec_queue_seconds", "time a request waited for its batch to start decoding")
 DECODE_SECONDS = Histogram("madrec_decode_seconds", "wall time of one batched decoding call")
 
@@ -83,6 +86,7 @@ DECODE_SECONDS = Histogram("madrec_decode_seconds", "wall time of one batched de
 @dataclass
 class Query:
     """One history to decode, validated, with its options."""
+
     history: list[str]
     k: int
     exclude_history: bool
@@ -107,21 +111,34 @@ def resolve_checkpoint(path: str) -> str:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     ckpts = [p for p in files if p.suffix == ".ckpt"] or files
     if len(ckpts) != 1:
-        raise MadrecError(f"{path}: a folder given as --ckpt must hold best.ckpt or exactly one file, "
-                          f"found {len(ckpts)}: {', '.join(p.name for p in ckpts[:5])}")
+        raise MadrecError(
+            f"{path}: a folder given as --ckpt must hold best.ckpt or exactly one file, "
+            f"found {len(ckpts)}: {', '.join(p.name for p in ckpts[:5])}"
+        )
     return str(ckpts[0])
 
 
 class RecommenderModel(kserve.Model):
     """The KServe model: parses V1/V2 requests, batches them, decodes with `Recommender`."""
 
-    def __init__(self, name: str, ckpt: str, *, device: str | None = None, beam_size: int = 10,
-                 max_batch_size: int = 64, max_batch_wait_ms: float = 5.0, batching: bool = True,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        ckpt: str,
+        *,
+        device: str | None = None,
+        beam_size: int = 10,
+        max_batch_size: int = 64,
+        max_batch_wait_ms: float = 5.0,
+        batching: bool = True,
+        threads: int | None = None,
+    ):
         super().__init__(name)
         if beam_size < 1 or max_batch_size < 1 or max_batch_wait_ms < 0:
-            raise MadrecError(f"--beam-size and --max-batch-size must be >= 1 and --max-batch-wait-ms >= 0 "
-                              f"(got {beam_size}, {max_batch_size}, {max_batch_wait_ms})")
+            raise MadrecError(
+                f"--beam-size and --max-batch-size must be >= 1 and --max-batch-wait-ms >= 0 "
+                f"(got {beam_size}, {max_batch_size}, {max_batch_wait_ms})"
+            )
         self.ckpt, self.device, self.threads = ckpt, device, threads
         self.beam_size, self.max_batch_size = beam_size, max_batch_size
         self.max_batch_wait = max_batch_wait_ms / 1000.0
@@ -139,8 +156,14 @@ class RecommenderModel(kserve.Model):
         self.rec = Recommender.from_checkpoint(path, device=self.device)
         H = self.rec.vocab.sid_len
         self.max_next_items = max(1, (self.rec.max_len - H) // H)
-        log.info("loaded %s: %d items, SID length %d, max_len %d, device %s", path, len(self.rec.item_ids),
-                 H, self.rec.max_len, self.rec.device)
+        log.info(
+            "loaded %s: %d items, SID length %d, max_len %d, device %s",
+            path,
+            len(self.rec.item_ids),
+            H,
+            self.rec.max_len,
+            self.rec.device,
+        )
         self.ready = True
         return self.ready
 
@@ -164,8 +187,10 @@ class RecommenderModel(kserve.Model):
         return [{"name": "history", "datatype": "BYTES", "shape": [-1, -1]}]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": "items", "datatype": "BYTES", "shape": [-1, -1]},
-                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}]
+        return [
+            {"name": "items", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+        ]
 
     # --- request handling --------------------------------------------------------------------
     async def predict(self, payload, headers=None, response_headers=None):
@@ -174,8 +199,12 @@ class RecommenderModel(kserve.Model):
             return self._v2_response(payload, queries, await self._decode(queries))
         queries = self._parse_v1(payload)
         results = await self._decode(queries)
-        return {"predictions": [{"items": [list(i) if isinstance(i, tuple) else i for i, _ in r],
-                                 "scores": [s for _, s in r]} for r in results]}
+        return {
+            "predictions": [
+                {"items": [list(i) if isinstance(i, tuple) else i for i, _ in r], "scores": [s for _, s in r]}
+                for r in results
+            ]
+        }
 
     def _parse_v1(self, payload) -> list[Query]:
         if isinstance(payload, (bytes, bytearray, str)):  # a body whose content-type is not JSON
@@ -186,9 +215,10 @@ class RecommenderModel(kserve.Model):
             except orjson.JSONDecodeError as exc:
                 raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
         if not isinstance(payload, dict) or "instances" not in payload:
-            raise InvalidInput('expected a JSON object {"instances": [history, ...], "k": ...}, got '
-                               + (f"an object with keys {sorted(payload)}" if isinstance(payload, dict)
-                                  else type(payload).__name__))
+            raise InvalidInput(
+                'expected a JSON object {"instances": [history, ...], "k": ...}, got '
+                + (f"an object with keys {sorted(payload)}" if isinstance(payload, dict) else type(payload).__name__)
+            )
         extra = sorted(set(payload) - {"instances", *OPTIONS, "parameters"})
         if extra:
             raise InvalidInput(f"unknown request field(s) {extra}; allowed: instances, {', '.join(OPTIONS)}")
@@ -245,8 +275,10 @@ class RecommenderModel(kserve.Model):
         if n == 0:
             raise InvalidInput("no histories in the request: send at least one")
         if n > self.max_batch_size:
-            raise InvalidInput(f"oversized batch: {n} histories in one request, this server takes at most "
-                               f"{self.max_batch_size} (--max-batch-size); split the request")
+            raise InvalidInput(
+                f"oversized batch: {n} histories in one request, this server takes at most "
+                f"{self.max_batch_size} (--max-batch-size); split the request"
+            )
 
     def _query(self, i: int, history, opts: dict) -> Query:
         k = opts.get("k", 10)
@@ -255,12 +287,16 @@ class RecommenderModel(kserve.Model):
         if k < 1:
             raise InvalidInput(f"instance {i}: k must be >= 1, got {k}")
         if k > self.beam_size:
-            raise InvalidInput(f"instance {i}: k={k} is beyond what the beam can give: the server decodes with "
-                               f"beam size {self.beam_size} (--beam-size), so k <= {self.beam_size}")
+            raise InvalidInput(
+                f"instance {i}: k={k} is beyond what the beam can give: the server decodes with "
+                f"beam size {self.beam_size} (--beam-size), so k <= {self.beam_size}"
+            )
         n = opts.get("next_items", 1)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_next_items:
-            raise InvalidInput(f"instance {i}: next_items must be an integer from 1 to {self.max_next_items} "
-                               f"(the model's max_len {self.rec.max_len}), got {n!r}")
+            raise InvalidInput(
+                f"instance {i}: next_items must be an integer from 1 to {self.max_next_items} "
+                f"(the model's max_len {self.rec.max_len}), got {n!r}"
+            )
         exclude, skip = opts.get("exclude_history", False), opts.get("skip_unknown", False)
         for name, value in (("exclude_history", exclude), ("skip_unknown", skip)):
             if not isinstance(value, bool):
@@ -277,13 +313,16 @@ class RecommenderModel(kserve.Model):
         if unknown:
             if not skip:
                 shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-                raise InvalidInput(f"instance {i}: unknown item id(s): {len(unknown)} not in the model's catalogue "
-                                   f"of {len(self.rec.item_ids)} items: {shown}; send \"skip_unknown\": true to "
-                                   f"ignore them")
+                raise InvalidInput(
+                    f"instance {i}: unknown item id(s): {len(unknown)} not in the model's catalogue "
+                    f'of {len(self.rec.item_ids)} items: {shown}; send "skip_unknown": true to '
+                    f"ignore them"
+                )
             history = [h for h in history if h in self.rec.index_of]
             if not history:
-                raise InvalidInput(f"instance {i}: empty history: none of its {len(unknown)} item id(s) is in the "
-                                   f"model's catalogue")
+                raise InvalidInput(
+                    f"instance {i}: empty history: none of its {len(unknown)} item id(s) is in the model's catalogue"
+                )
         return Query(history, k, exclude, n)
 
     # --- batching ----------------------------------------------------------------------------
@@ -340,19 +379,24 @@ class RecommenderModel(kserve.Model):
         for n in sorted({q.next_items for q in flat}):
             idx = [j for j, q in enumerate(flat) if q.next_items == n]
             BATCH_HISTORIES.observe(len(idx))
-            ranked = self.rec.recommend_many([flat[j].history for j in idx], k=self.beam_size,
-                                             beam_size=self.beam_size, skip_unknown=True, next_items=n,
-                                             batch_size=len(idx))
+            ranked = self.rec.recommend_many(
+                [flat[j].history for j in idx],
+                k=self.beam_size,
+                beam_size=self.beam_size,
+                skip_unknown=True,
+                next_items=n,
+                batch_size=len(idx),
+            )
             for j, r in zip(idx, ranked):
                 q = flat[j]
                 if q.exclude_history:
                     seen = set(q.history)
                     r = [(i, s) for i, s in r if not (seen & ({i} if isinstance(i, str) else set(i)))]
-                out[j] = r[:q.k]
+                out[j] = r[: q.k]
         DECODE_SECONDS.observe(time.perf_counter() - t0)
         results, lo = [], 0
         for p in batch:
-            results.append(out[lo:lo + len(p.queries)])
+            results.append(out[lo : lo + len(p.queries)])
             lo += len(p.queries)
         return results
 
@@ -367,16 +411,19 @@ class RecommenderModel(kserve.Model):
         for b, r in enumerate(results):
             for j, (ids, s) in enumerate(r):
                 ids = (ids,) if isinstance(ids, str) else ids
-                items[b, j, :len(ids)] = ids
+                items[b, j, : len(ids)] = ids
                 scores[b, j] = s
         if n == 1:
             items = items[..., 0]
-        out_items, out_scores = InferOutput("items", list(items.shape), "BYTES"), InferOutput(
-            "scores", list(scores.shape), "FP32")
+        out_items, out_scores = (
+            InferOutput("items", list(items.shape), "BYTES"),
+            InferOutput("scores", list(scores.shape), "FP32"),
+        )
         out_items.set_data_from_numpy(items, binary_data=False)
         out_scores.set_data_from_numpy(scores, binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=[out_items, out_scores],
-                             response_id=request.id or str(uuid.uuid4()))
+        return InferResponse(
+            model_name=self.name, infer_outputs=[out_items, out_scores], response_id=request.id or str(uuid.uuid4())
+        )
 
 
 class _DataPlane(DataPlane):
@@ -388,7 +435,7 @@ class _DataPlane(DataPlane):
         except InvalidInput as exc:
             prefix = "Unrecognized request format: "
             if str(exc).startswith(prefix):
-                raise InvalidInput(f"malformed JSON in the request body: {str(exc)[len(prefix):]}") from None
+                raise InvalidInput(f"malformed JSON in the request body: {str(exc)[len(prefix) :]}") from None
             raise
 
 
@@ -409,18 +456,32 @@ class _ModelServer(kserve.ModelServer):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="madrec serve", description="Serve a madrec checkpoint with KServe "
-                                "(V1 /v1/models/NAME:predict, V2 /v2/models/NAME/infer, /metrics).")
+    p = argparse.ArgumentParser(
+        prog="madrec serve",
+        description="Serve a madrec checkpoint with KServe "
+        "(V1 /v1/models/NAME:predict, V2 /v2/models/NAME/infer, /metrics).",
+    )
     p.add_argument("--ckpt", required=True, help="checkpoint (local file or folder, http(s)://, gs://)")
-    p.add_argument("--host", default=os.environ.get("MADREC_SERVE_HOST", "0.0.0.0"),
-                   help="address to listen on (default 0.0.0.0, as in a pod; 127.0.0.1 for local only)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("MADREC_SERVE_HOST", "0.0.0.0"),
+        help="address to listen on (default 0.0.0.0, as in a pod; 127.0.0.1 for local only)",
+    )
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080, KServe's)")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name in the URL paths (default madrec)")
-    p.add_argument("--max-batch-size", type=int, default=64,
-                   help="most histories decoded together, and most histories in one request (default 64)")
-    p.add_argument("--max-batch-wait-ms", type=float, default=5.0,
-                   help="how long the first waiting request waits for others to join its batch (default 5)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=64,
+        help="most histories decoded together, and most histories in one request (default 64)",
+    )
+    p.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first waiting request waits for others to join its batch (default 5)",
+    )
     p.add_argument("--no-batching", action="store_true", help="decode every request on its own")
     p.add_argument("--beam-size", type=int, default=10, help="beam width; requests may ask k <= this (default 10)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -433,9 +494,16 @@ def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise MadrecError(f"--workers must be >= 1, got {args.workers}")
-    model = RecommenderModel(args.model_name, args.ckpt, device=args.device, beam_size=args.beam_size,
-                             max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
-                             batching=not args.no_batching, threads=args.threads)
+    model = RecommenderModel(
+        args.model_name,
+        args.ckpt,
+        device=args.device,
+        beam_size=args.beam_size,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        batching=not args.no_batching,
+        threads=args.threads,
+    )
     model.load()
     server = _ModelServer(args.host, http_port=args.port, workers=args.workers, enable_grpc=False)
     server.start([model])

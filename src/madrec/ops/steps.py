@@ -6,6 +6,7 @@ wrote as typed KFP artifacts: scalar metrics logged for the KFP UI *and* saved a
 into HTML artifacts, and a short Markdown summary. Artifacts are duck-typed (`.path`,
 `.uri`, `.metadata`, `.log_metric`), so this module never imports kfp.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,16 @@ PIPELINE_KEYS = ("data_dir", "sid_data_path", "output_dir", "ckpt_path", "split"
 def run_verb(argv: list[str], nproc: int = 1) -> None:
     """Run `madrec VERB ...` in this process, or under torchrun with one process per GPU."""
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "madrec.cli", *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "madrec.cli",
+            *argv,
+        ]
         print("+", shlex.join(cmd), flush=True)
         code = subprocess.run(cmd).returncode
     else:
@@ -102,8 +111,14 @@ def _publish_sids(out: Path, sids, report, metrics) -> None:
     _copy(out / "sid_report.html", report.path)
     publish_metrics(metrics, json.loads((out / "sid_report.json").read_text()))
     table = load_sids(sids.path)
-    sids.metadata.update({"sid_len": int(table.shape[0]), "num_items": int(table.shape[1]),
-                          "format": "torch (H, N) int64", "sid_report": report.uri})
+    sids.metadata.update(
+        {
+            "sid_len": int(table.shape[0]),
+            "num_items": int(table.shape[1]),
+            "format": "torch (H, N) int64",
+            "sid_report": report.uri,
+        }
+    )
 
 
 def ingest_sids_step(source: str, dataset_path: str, sids, report, metrics) -> None:
@@ -114,20 +129,34 @@ def ingest_sids_step(source: str, dataset_path: str, sids, report, metrics) -> N
     sids.metadata["source"] = source
 
 
-def build_sids_step(dataset_path: str, encoder: str, levels: int, codebook_size: int, seed: int,
-                    sids, codebooks, report, metrics) -> None:
+def build_sids_step(
+    dataset_path: str, encoder: str, levels: int, codebook_size: int, seed: int, sids, codebooks, report, metrics
+) -> None:
     """`madrec build-sids` from the items' text; codebooks are kept to assign new items later."""
     # Kept between runs for the same item texts: build-sids reuses its embeddings.pt (the
     # expensive part) when only the k-means settings or the code changed.
     out = default_cache_dir() / "build-sids" / content_digest(Path(dataset_path) / "items")[:16]
-    argv = ["build-sids", "--data", dataset_path, "--out", str(out), "--levels", str(levels),
-            "--codebook-size", str(codebook_size), "--seed", str(seed)]
+    argv = [
+        "build-sids",
+        "--data",
+        dataset_path,
+        "--out",
+        str(out),
+        "--levels",
+        str(levels),
+        "--codebook-size",
+        str(codebook_size),
+        "--seed",
+        str(seed),
+    ]
     if encoder:
         argv += ["--encoder", encoder]
     run_verb(argv)
     _publish_sids(out, sids, report, metrics)
     _copy(out / "codebooks.pt", codebooks.path)
-    sids.metadata.update({"encoder": encoder or "default", "levels": levels, "codebook_size": codebook_size, "seed": seed})
+    sids.metadata.update(
+        {"encoder": encoder or "default", "levels": levels, "codebook_size": codebook_size, "seed": seed}
+    )
 
 
 def train_step(dataset, sids, experiment: str, overrides: str, num_gpus: int, model, metrics, run) -> None:
@@ -136,16 +165,31 @@ def train_step(dataset, sids, experiment: str, overrides: str, num_gpus: int, mo
     checkpoint becomes the Model artifact."""
     run_dir = Path(run.path)
     # test=false: the evaluate step owns the test split (full decoder, report, predictions)
-    argv = ["train", f"experiment={experiment}", "test=false", f"data_dir={dataset.path}",
-            f"sid_data_path={sids.path}", f"output_dir={run_dir}", *split_overrides(overrides)]
+    argv = [
+        "train",
+        f"experiment={experiment}",
+        "test=false",
+        f"data_dir={dataset.path}",
+        f"sid_data_path={sids.path}",
+        f"output_dir={run_dir}",
+        *split_overrides(overrides),
+    ]
     run_verb(argv, nproc=num_gpus)
     _copy(run_dir / "checkpoints" / "best.ckpt", model.path)
     summary = json.loads((run_dir / "summary.json").read_text())
     publish_metrics(metrics, summary)
     # Lineage, shown on the model in the KFP UI; `madrec run-local` follows it to the files.
-    model.metadata.update({"experiment": experiment, "overrides": overrides, "num_gpus": num_gpus,
-                           "dataset": dataset.uri, "sids": sids.uri,
-                           "sid_report": sids.metadata.get("sid_report", ""), "run": run.uri})
+    model.metadata.update(
+        {
+            "experiment": experiment,
+            "overrides": overrides,
+            "num_gpus": num_gpus,
+            "dataset": dataset.uri,
+            "sids": sids.uri,
+            "sid_report": sids.metadata.get("sid_report", ""),
+            "run": run.uri,
+        }
+    )
 
 
 _METRIC_KEY = re.compile(r"^(?P<split>[a-z]+)/(?P<name>recall|ndcg)@(?P<k>\d+)$")
@@ -170,26 +214,36 @@ def metrics_table(values: dict[str, float]) -> str:
 def summary_markdown(dataset_info: dict, model_meta: dict, split: str, values: dict[str, float]) -> str:
     """The run's one-screen summary: data, model, and the metrics table."""
     source = dataset_info.get("source") or dataset_info.get("dataset")
-    return "\n".join([
-        f"### madrec — {split} split",
-        "",
-        f"- data: `{source}` ({dataset_info['num_users']:,} users, {dataset_info['num_items']:,} items, "
-        f"{dataset_info['num_interactions']:,} interactions)",
-        f"- model: experiment `{model_meta.get('experiment', '?')}`"
-        + (f", overrides `{model_meta['overrides']}`" if model_meta.get("overrides") else ""),
-        "",
-        metrics_table(values),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"### madrec — {split} split",
+            "",
+            f"- data: `{source}` ({dataset_info['num_users']:,} users, {dataset_info['num_items']:,} items, "
+            f"{dataset_info['num_interactions']:,} interactions)",
+            f"- model: experiment `{model_meta.get('experiment', '?')}`"
+            + (f", overrides `{model_meta['overrides']}`" if model_meta.get("overrides") else ""),
+            "",
+            metrics_table(values),
+            "",
+        ]
+    )
 
 
-def evaluate_step(model, dataset, split: str, overrides: str, num_gpus: int,
-                  metrics, report, predictions, summary) -> dict[str, float]:
+def evaluate_step(
+    model, dataset, split: str, overrides: str, num_gpus: int, metrics, report, predictions, summary
+) -> dict[str, float]:
     """`madrec evaluate` of the checkpoint on `split`; metrics, report, predictions and summary."""
     with tempfile.TemporaryDirectory(prefix="madrec-eval-") as tmp:
         out = Path(tmp)
-        argv = ["evaluate", f"ckpt_path={model.path}", f"data_dir={dataset.path}", f"split={split}",
-                f"output_dir={out}", "predictions=true", *split_overrides(overrides)]
+        argv = [
+            "evaluate",
+            f"ckpt_path={model.path}",
+            f"data_dir={dataset.path}",
+            f"split={split}",
+            f"output_dir={out}",
+            "predictions=true",
+            *split_overrides(overrides),
+        ]
         run_verb(argv, nproc=num_gpus)
         values = publish_metrics(metrics, json.loads((out / "metrics.json").read_text()))
         _copy(out / "report.html", report.path)
@@ -197,8 +251,9 @@ def evaluate_step(model, dataset, split: str, overrides: str, num_gpus: int,
     info = json.loads((Path(dataset.path) / "dataset.json").read_text())
     write_text_atomic(summary.path, summary_markdown(info, model.metadata, split, values))
     lineage = {k: model.metadata.get(k, "") for k in ("sids", "sid_report", "run")}
-    summary.metadata.update({**lineage, "dataset": dataset.uri, "model": model.uri,
-                             "experiment": model.metadata.get("experiment", "")})
+    summary.metadata.update(
+        {**lineage, "dataset": dataset.uri, "model": model.uri, "experiment": model.metadata.get("experiment", "")}
+    )
     return values
 
 
@@ -221,13 +276,15 @@ COMPARED = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "num_users", "invalid_
 
 def comparison_rows(entries: list[tuple[str, dict[str, float]]]) -> list[dict]:
     """One row per experiment (test metrics) plus the most-popular baseline, best Recall@10 first."""
-    rows = [{"experiment": name, **{k: values.get(f"test/{k}", float("nan")) for k in COMPARED}}
-            for name, values in entries]
+    rows = [
+        {"experiment": name, **{k: values.get(f"test/{k}", float("nan")) for k in COMPARED}} for name, values in entries
+    ]
     rows.sort(key=lambda r: -r["recall@10"])
     if entries:
         pop = entries[0][1]
-        rows.append({"experiment": "most popular",
-                     **{k: pop.get(f"test/most_popular/{k}", float("nan")) for k in COMPARED[:4]}})
+        rows.append(
+            {"experiment": "most popular", **{k: pop.get(f"test/most_popular/{k}", float("nan")) for k in COMPARED[:4]}}
+        )
     return rows
 
 
@@ -243,13 +300,18 @@ def compare_step(summaries, metrics, table, report, comparison) -> list[dict]:
         entries.append((name, json.loads(Path(values.path).read_text())))
     rows = comparison_rows(entries)
     head = ["experiment", *COMPARED[:4]]
-    lines = ["### madrec — models compared on the test split", "",
-             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines = [
+        "### madrec — models compared on the test split",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
     for r in rows:
         lines.append("| " + " | ".join([r["experiment"]] + [f"{r.get(k, float('nan')):.4f}" for k in head[1:]]) + " |")
     write_text_atomic(table.path, "\n".join(lines) + "\n")
     write_text_atomic(report.path, html.html_page("madrec: models compared", [("Test split", html.table_html(rows))]))
-    flat = {f"{r['experiment']}/test/{k}": r[k] for r in rows if r["experiment"] != "most popular"
-            for k in COMPARED[:4]}
+    flat = {
+        f"{r['experiment']}/test/{k}": r[k] for r in rows if r["experiment"] != "most popular" for k in COMPARED[:4]
+    }
     publish_metrics(comparison, flat)
     return rows

@@ -11,6 +11,7 @@ pod waits, the last log line of node 0) and turns a failure into a MadrecError t
 failed pods' exit codes, log tails and warning events. `launch` is what the KFP launcher step
 runs: inputs staged on the shared volume, job run, best checkpoint copied back.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,12 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from madrec.errors import MadrecError
-from madrec.ops.images import image as image_ref
 from madrec.io import atomic_dir, atomic_file
+from madrec.ops.images import image as image_ref
 from madrec.ops.steps import PIPELINE_KEYS
 from madrec.overrides import refuse_keys
 
@@ -73,8 +74,9 @@ def build_trainjob(
     gpus_per_node=0 runs one CPU process per node (gloo), e.g. on a test cluster.
     """
     if not _DNS1035.fullmatch(name) or len(name) > 63:
-        raise MadrecError(f"TrainJob name {name!r}: use at most 63 lower-case letters, digits and '-', "
-                          "starting with a letter")
+        raise MadrecError(
+            f"TrainJob name {name!r}: use at most 63 lower-case letters, digits and '-', starting with a letter"
+        )
     if num_nodes < 1:
         raise MadrecError(f"num_nodes={num_nodes}: a TrainJob needs at least one node")
     if gpus_per_node < 0:
@@ -95,8 +97,7 @@ def build_trainjob(
     }
     if resources:
         trainer["resourcesPerNode"] = resources
-    metadata = {"name": name, "labels": {"app.kubernetes.io/name": "madrec",
-                                         "app.kubernetes.io/component": "train"}}
+    metadata = {"name": name, "labels": {"app.kubernetes.io/name": "madrec", "app.kubernetes.io/component": "train"}}
     if namespace:
         metadata["namespace"] = namespace
     job = {
@@ -125,8 +126,10 @@ def validate_trainer_object(obj: dict, source: str = "") -> None:
     where = f"{source}: " if source else ""
     label = f"{where}{kind} {obj.get('metadata', {}).get('name', '?')!r}"
     if obj.get("apiVersion") != API_VERSION or kind not in TRAINER_MODELS:
-        raise MadrecError(f"{where}apiVersion/kind {obj.get('apiVersion')}/{kind} is not a Kubeflow "
-                          f"Trainer object ({API_VERSION}: {', '.join(TRAINER_MODELS)})")
+        raise MadrecError(
+            f"{where}apiVersion/kind {obj.get('apiVersion')}/{kind} is not a Kubeflow "
+            f"Trainer object ({API_VERSION}: {', '.join(TRAINER_MODELS)})"
+        )
     try:
         parsed = getattr(models, TRAINER_MODELS[kind]).from_dict(obj)
     except pydantic.ValidationError as exc:
@@ -171,10 +174,13 @@ def _api_error(exc, what: str, namespace: str) -> MadrecError:
     except Exception:  # body is not always the API's Status JSON
         detail = getattr(exc, "reason", None) or str(exc)
     hint = {
-        403: (f"the launcher's service account may not do this in namespace {namespace!r}; apply "
-              "manifests/overlays/<cluster> there (Role/RoleBinding madrec-trainjob-launcher)"),
-        404: (f"{detail}; is Kubeflow Trainer v2.3+ installed and manifests/overlays/<cluster> "
-              f"applied in {namespace!r}?"),
+        403: (
+            f"the launcher's service account may not do this in namespace {namespace!r}; apply "
+            "manifests/overlays/<cluster> there (Role/RoleBinding madrec-trainjob-launcher)"
+        ),
+        404: (
+            f"{detail}; is Kubeflow Trainer v2.3+ installed and manifests/overlays/<cluster> applied in {namespace!r}?"
+        ),
         409: "a TrainJob with this name already exists; pick another name",
     }.get(status, detail)
     return MadrecError(f"{what}: Kubernetes API error {status}: {hint}")
@@ -183,8 +189,14 @@ def _api_error(exc, what: str, namespace: str) -> MadrecError:
 class TrainJobClient:
     """Create, follow and delete TrainJobs in one namespace."""
 
-    def __init__(self, namespace: str | None = None, custom_api=None, core_api=None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        namespace: str | None = None,
+        custom_api=None,
+        core_api=None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if custom_api is None or core_api is None:
             custom_api, core_api = _connect()
         self.namespace = namespace or current_namespace()
@@ -200,15 +212,22 @@ class TrainJobClient:
         except ApiException as exc:
             raise _api_error(exc, f"creating TrainJob {name}", self.namespace) from exc
         spec = job["spec"]["trainer"]
-        log.info("created TrainJob %s/%s: %d node(s) x %d process(es), image %s", self.namespace, name,
-                 spec["numNodes"], spec["numProcPerNode"], spec["image"])
+        log.info(
+            "created TrainJob %s/%s: %d node(s) x %d process(es), image %s",
+            self.namespace,
+            name,
+            spec["numNodes"],
+            spec["numProcPerNode"],
+            spec["image"],
+        )
 
     def delete(self, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name,
-                                                        propagation_policy="Foreground")
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Foreground"
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise _api_error(exc, f"deleting TrainJob {name}", self.namespace) from exc
@@ -243,30 +262,40 @@ class TrainJobClient:
             line = self._node0_last_line(pods)
             elapsed = self.clock() - start
             if status != last_status or line != last_line or elapsed - last_logged >= HEARTBEAT_S:
-                log.info("TrainJob %s [%s]: %s%s", name, _duration(elapsed), status,
-                         f" | node 0: {line}" if line else "")
+                log.info(
+                    "TrainJob %s [%s]: %s%s", name, _duration(elapsed), status, f" | node 0: {line}" if line else ""
+                )
                 last_status, last_line, last_logged = status, line, elapsed
             if elapsed > timeout_s:
                 self.delete(name)
-                raise MadrecError(self._failure_report(
-                    name, f"TrainJob {name} did not finish within {_duration(timeout_s)}; deleted it "
-                          "to free its GPUs (raise the launcher's timeout_hours)", pods))
+                raise MadrecError(
+                    self._failure_report(
+                        name,
+                        f"TrainJob {name} did not finish within {_duration(timeout_s)}; deleted it "
+                        "to free its GPUs (raise the launcher's timeout_hours)",
+                        pods,
+                    )
+                )
             self.sleep(poll_s)
 
     def _pods(self, name: str) -> list:
         selector = f"jobset.sigs.k8s.io/jobset-name={name}"
-        return sorted(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items,
-                      key=lambda p: p.metadata.name)
+        return sorted(
+            self.core.list_namespaced_pod(self.namespace, label_selector=selector).items, key=lambda p: p.metadata.name
+        )
 
     def _node0_last_line(self, pods: list) -> str:
         running = [p for p in pods if p.status.phase == "Running"]
         if not running:
             return ""
-        node0 = next((p for p in running if (p.metadata.labels or {}).get(
-            "batch.kubernetes.io/job-completion-index") == "0"), running[0])
+        node0 = next(
+            (p for p in running if (p.metadata.labels or {}).get("batch.kubernetes.io/job-completion-index") == "0"),
+            running[0],
+        )
         try:
-            text = self.core.read_namespaced_pod_log(node0.metadata.name, self.namespace,
-                                                     container="node", tail_lines=5)
+            text = self.core.read_namespaced_pod_log(
+                node0.metadata.name, self.namespace, container="node", tail_lines=5
+            )
         except Exception:  # the container may be restarting or gone; progress is best-effort
             return ""
         lines = [seg.strip() for seg in re.split(r"[\r\n]+", text or "") if seg.strip()]
@@ -279,25 +308,39 @@ class TrainJobClient:
                 term = cs.state.terminated if cs.state else None
                 if term is None or term.exit_code == 0:
                     continue
-                parts.append(f"--- pod {pod.metadata.name}: container {cs.name} exited {term.exit_code} "
-                             f"({term.reason or 'Error'}); last {tail} log lines:")
+                parts.append(
+                    f"--- pod {pod.metadata.name}: container {cs.name} exited {term.exit_code} "
+                    f"({term.reason or 'Error'}); last {tail} log lines:"
+                )
                 try:
-                    parts.append((self.core.read_namespaced_pod_log(
-                        pod.metadata.name, self.namespace, container=cs.name, tail_lines=tail) or "").rstrip())
+                    parts.append(
+                        (
+                            self.core.read_namespaced_pod_log(
+                                pod.metadata.name, self.namespace, container=cs.name, tail_lines=tail
+                            )
+                            or ""
+                        ).rstrip()
+                    )
                 except Exception as exc:  # logs may already be gone with the pod
                     parts.append(f"(no logs: {exc})")
         try:
             events = self.core.list_namespaced_event(self.namespace).items
         except Exception as exc:  # events are context only; the headline already says what failed
             events, parts = [], parts + [f"(cannot list events: {exc})"]
-        warnings = [e for e in events if e.type == "Warning" and e.involved_object is not None
-                    and (e.involved_object.name or "").startswith(name)]
+        warnings = [
+            e
+            for e in events
+            if e.type == "Warning" and e.involved_object is not None and (e.involved_object.name or "").startswith(name)
+        ]
         if warnings:
             parts.append("--- warning events:")
-            parts += [f"{e.involved_object.kind} {e.involved_object.name}: {e.reason}: {e.message}"
-                      for e in warnings[-20:]]
-        parts.append(f"(kubectl -n {self.namespace} describe trainjob {name}; "
-                     f"kubectl -n {self.namespace} logs -l jobset.sigs.k8s.io/jobset-name={name} -c node)")
+            parts += [
+                f"{e.involved_object.kind} {e.involved_object.name}: {e.reason}: {e.message}" for e in warnings[-20:]
+            ]
+        parts.append(
+            f"(kubectl -n {self.namespace} describe trainjob {name}; "
+            f"kubectl -n {self.namespace} logs -l jobset.sigs.k8s.io/jobset-name={name} -c node)"
+        )
         return "\n".join(parts)
 
 
@@ -310,8 +353,10 @@ def _connect():
         try:
             config.load_kube_config()
         except Exception as exc:
-            raise MadrecError(f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc}); "
-                              "run inside the cluster or point KUBECONFIG at one") from exc
+            raise MadrecError(
+                f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc}); "
+                "run inside the cluster or point KUBECONFIG at one"
+            ) from exc
     return client.CustomObjectsApi(), client.CoreV1Api()
 
 
@@ -381,16 +426,29 @@ def launch(
     client = client or TrainJobClient()
     name = job_name()
     stage = shared / "trainjobs" / name
-    args = [f"experiment={experiment}", f"data_dir={stage / 'data'}", f"sid_data_path={stage / 'sids.pt'}",
-            f"output_dir={stage / 'run'}", *overrides]
-    job = build_trainjob(name, args, num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
-                         runtime=runtime, namespace=client.namespace)
+    args = [
+        f"experiment={experiment}",
+        f"data_dir={stage / 'data'}",
+        f"sid_data_path={stage / 'sids.pt'}",
+        f"output_dir={stage / 'run'}",
+        *overrides,
+    ]
+    job = build_trainjob(
+        name,
+        args,
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        image=image,
+        runtime=runtime,
+        namespace=client.namespace,
+    )
     _stage_and_create(client, job, stage, data_dir, sid_path)
     try:
         client.wait(name, timeout_s=timeout_s, poll_s=poll_s)
     except MadrecError as exc:
-        raise MadrecError(f"{exc}\nthe job's run folder (metrics.csv, last.ckpt) stays in {stage / 'run'} "
-                          f"on PVC {SHARED_PVC}") from exc
+        raise MadrecError(
+            f"{exc}\nthe job's run folder (metrics.csv, last.ckpt) stays in {stage / 'run'} on PVC {SHARED_PVC}"
+        ) from exc
     finally:
         # The staged copies are only the job's inputs; the run folder stays for inspection.
         shutil.rmtree(stage / "data", ignore_errors=True)
@@ -401,8 +459,10 @@ def launch(
 def _check_launch_inputs(shared: Path, data_dir: Path, sid_path: Path) -> tuple[Path, Path, Path]:
     """The shared volume is mounted and the prepared data and SID file are there to stage."""
     if not shared.is_dir():
-        raise MadrecError(f"shared volume {shared} is not mounted in the launcher; mount PVC {SHARED_PVC} "
-                          f"there (components/trainjob.py: mount_shared_volume(task))")
+        raise MadrecError(
+            f"shared volume {shared} is not mounted in the launcher; mount PVC {SHARED_PVC} "
+            f"there (components/trainjob.py: mount_shared_volume(task))"
+        )
     if sid_path.is_dir():
         sid_path = sid_path / "sids.pt"
     for path, what in ((data_dir / "dataset.json", "data_dir (prepared dataset)"), (sid_path, "SID file")):
@@ -423,14 +483,15 @@ def _stage_and_create(client: TrainJobClient, job: dict, stage: Path, data_dir: 
         raise
 
 
-def _collect_run(client: TrainJobClient, name: str, run: Path, model_path: Path,
-                 run_dir: str | Path | None) -> dict:
+def _collect_run(client: TrainJobClient, name: str, run: Path, model_path: Path, run_dir: str | Path | None) -> dict:
     """The finished job's best checkpoint to `model_path`, its run folder to `run_dir` (then the
     job's folder is removed); returns its summary.json."""
     best = run / "checkpoints" / "best.ckpt"
     if not best.is_file():
-        raise MadrecError(f"TrainJob {name} completed but wrote no {best}; check its logs "
-                          f"(kubectl -n {client.namespace} logs -l jobset.sigs.k8s.io/jobset-name={name} -c node)")
+        raise MadrecError(
+            f"TrainJob {name} completed but wrote no {best}; check its logs "
+            f"(kubectl -n {client.namespace} logs -l jobset.sigs.k8s.io/jobset-name={name} -c node)"
+        )
     summary_path = run / "summary.json"
     if not summary_path.is_file():
         raise MadrecError(f"TrainJob {name} completed but wrote no {summary_path}; check its logs")
@@ -440,7 +501,8 @@ def _collect_run(client: TrainJobClient, name: str, run: Path, model_path: Path,
     log.info("TrainJob %s: best checkpoint copied to %s", name, model_path)
     if run_dir is not None:
         with atomic_dir(run_dir) as tmp:
-            shutil.copytree(run, tmp, ignore=lambda d, names: ["best.ckpt"] if d == str(best.parent) else [],
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                run, tmp, ignore=lambda d, names: ["best.ckpt"] if d == str(best.parent) else [], dirs_exist_ok=True
+            )
         shutil.rmtree(run.parent)
     return summary
