@@ -1,4 +1,5 @@
 """Masking process and the weighted denoising loss (method.md §6)."""
+
 from __future__ import annotations
 
 import math
@@ -136,7 +137,7 @@ def test_suffix_masking_noises_whole_trailing_items_and_keeps_a_clean_prefix():
     masked = diffusion.masking(maskable, torch.ones(400, 1), 2)
     assert not (masked & ~maskable).any()
     first = masked.int().argmax(1)  # the suffix starts at an item boundary and runs to the end
-    assert all(masked[i, first[i]:].all() and not masked[i, :first[i]].any() for i in range(400))
+    assert all(masked[i, first[i] :].all() and not masked[i, : first[i]].any() for i in range(400))
     items_masked = masked.sum(1) // 2
     assert set(items_masked[:200].tolist()) == {1, 2, 3, 4}  # never the whole row
     assert set(items_masked[200:].tolist()) == {1, 2}

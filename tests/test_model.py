@@ -121,8 +121,8 @@ def test_item_causal_training_pass_gives_each_item_its_decoding_logits():
         both = model(noisy, clean=clean)[:, 15:]
         for row, first in ((0, 0), (1, 2)):
             for b in range(first, 5):
-                alone = model(torch.cat([clean[row, first * H:b * H], noisy[row, b * H:(b + 1) * H]])[None])
-                torch.testing.assert_close(both[row, b * H:(b + 1) * H], alone[0, -H:], atol=1e-5, rtol=1e-4)
+                alone = model(torch.cat([clean[row, first * H : b * H], noisy[row, b * H : (b + 1) * H]])[None])
+                torch.testing.assert_close(both[row, b * H : (b + 1) * H], alone[0, -H:], atol=1e-5, rtol=1e-4)
         later = clean.clone()
         later[:, 9:12] = (later[:, 9:12] + 1) % 30  # change the clean fourth item only
         changed = model(noisy, clean=later)[:, 15:]

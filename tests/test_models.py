@@ -1,14 +1,12 @@
 """The three recommenders (madrec.models) learn a planted rule and go through the shared paths:
 checkpoints that name their model, `madrec evaluate` with 0 invalid / 0 duplicate items, no
 target in any model input, and decoding that refuses what a model was not trained for."""
+
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
-from planted import planted_dataset
 
 from madrec.checkpoint import load_checkpoint, read_checkpoint
 from madrec.cli import main
@@ -19,20 +17,52 @@ from madrec.evaluate import predict_split
 from madrec.recommend import Recommender
 from madrec.train import run
 
-BASE = ["trainer.max_minutes=0", "codebook_size=8", "batch_size=64", "max_len=30", "optim.scheduler.warmup_steps=20",
-        "model.dropout=0", "trainer.num_threads=1", "trainer.progress_bar=false", "eval.val_max_users=0",
-        "trainer.accelerator=cpu", "trainer.early_stopping_patience=0"]
+from planted import planted_dataset
+
+BASE = [
+    "trainer.max_minutes=0",
+    "codebook_size=8",
+    "batch_size=64",
+    "max_len=30",
+    "optim.scheduler.warmup_steps=20",
+    "model.dropout=0",
+    "trainer.num_threads=1",
+    "trainer.progress_bar=false",
+    "eval.val_max_users=0",
+    "trainer.accelerator=cpu",
+    "trainer.early_stopping_patience=0",
+]
 SMALL = ["model.n_layer=1", "model.n_embd=64", "model.n_head=4", "model.d_ff=256", "optim.optimizer.lr=5e-3"]
 # the reference objective of method.md §6 as the reference experiment sets it, scaled down in
 # width and steps only: uniform masking, rotary positions only (no slot embedding), 2 layers
-REFERENCE = ["experiment=discrete_diffusion_train", "model.n_layer=2", "model.n_embd=64", "model.n_head=4",
-             "model.d_ff=256", "optim.optimizer.lr=5e-3", "trainer.max_steps=1500",
-             "trainer.val_every_n_steps=750", "trainer.checkpoint_every_n_steps=750"]
+REFERENCE = [
+    "experiment=discrete_diffusion_train",
+    "model.n_layer=2",
+    "model.n_embd=64",
+    "model.n_head=4",
+    "model.d_ff=256",
+    "optim.optimizer.lr=5e-3",
+    "trainer.max_steps=1500",
+    "trainer.val_every_n_steps=750",
+    "trainer.checkpoint_every_n_steps=750",
+]
 MODELS = {
-    "tiger": ["experiment=tiger_cpu", *SMALL, "rows=windows", "trainer.max_steps=400",
-              "trainer.val_every_n_steps=400", "trainer.checkpoint_every_n_steps=400"],
-    "sasrec": ["experiment=sasrec_cpu", *SMALL, "max_len=10", "trainer.max_steps=400",
-               "trainer.val_every_n_steps=400", "trainer.checkpoint_every_n_steps=400"],
+    "tiger": [
+        "experiment=tiger_cpu",
+        *SMALL,
+        "rows=windows",
+        "trainer.max_steps=400",
+        "trainer.val_every_n_steps=400",
+        "trainer.checkpoint_every_n_steps=400",
+    ],
+    "sasrec": [
+        "experiment=sasrec_cpu",
+        *SMALL,
+        "max_len=10",
+        "trainer.max_steps=400",
+        "trainer.val_every_n_steps=400",
+        "trainer.checkpoint_every_n_steps=400",
+    ],
 }
 
 
@@ -66,8 +96,19 @@ def test_baseline_checkpoint_names_its_model_and_evaluates(baseline, planted, tm
     assert read_checkpoint(ckpt)["madrec"]["model"] == name
     loaded = load_checkpoint(ckpt)
     assert loaded.config.model.name == name and loaded.model.causal
-    assert main(["evaluate", f"ckpt_path={ckpt}", f"data_dir={planted[0]}", "split=test",
-                 f"output_dir={tmp_path / 'eval'}", "compare_users=50"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                f"ckpt_path={ckpt}",
+                f"data_dir={planted[0]}",
+                "split=test",
+                f"output_dir={tmp_path / 'eval'}",
+                "compare_users=50",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["test/recall@10"] == pytest.approx(summary["test/recall@10"])
     assert metrics["test/invalid_sid_rate"] == 0.0 and metrics["test/duplicate_rate"] == 0.0
@@ -106,8 +147,13 @@ def test_reference_objective_learns_the_planted_rule(planted, tmp_path):
 
 
 def test_next_items_needs_a_model_trained_on_several_masked_items(planted, tmp_path):
-    args = ["experiment=tiny", "trainer.max_steps=60", "trainer.val_every_n_steps=60",
-            "trainer.checkpoint_every_n_steps=60", "test=false"]
+    args = [
+        "experiment=tiny",
+        "trainer.max_steps=60",
+        "trainer.val_every_n_steps=60",
+        "trainer.checkpoint_every_n_steps=60",
+        "test=false",
+    ]
     train(planted, tmp_path / "next", [*args, "diffusion.masking=next_item"])
     train(planted, tmp_path / "mixed", [*args, "diffusion.masking=mixed"])
     history = ["item1", "item2", "item3"]
@@ -130,8 +176,15 @@ def test_causal_models_refuse_out_of_order_decoding(baseline):
 def test_every_item_masking_learns_the_planted_rule_and_decodes_one_item(planted, tmp_path):
     """Block diffusion (every item noised, the item-causal network): learns the rule, its
     checkpoint rebuilds the item-causal network, and it refuses several masked next items."""
-    args = ["experiment=small", *SMALL, "diffusion.masking=every_item", "rows=windows", "trainer.max_steps=300",
-            "trainer.val_every_n_steps=300", "trainer.checkpoint_every_n_steps=300"]
+    args = [
+        "experiment=small",
+        *SMALL,
+        "diffusion.masking=every_item",
+        "rows=windows",
+        "trainer.max_steps=300",
+        "trainer.val_every_n_steps=300",
+        "trainer.checkpoint_every_n_steps=300",
+    ]
     summary = train(planted, tmp_path / "run", args)
     assert summary["val/recall@10"] >= 0.9 and summary["test/recall@10"] >= 0.8, summary
     assert summary["test/invalid_sid_rate"] == 0.0 and summary["test/duplicate_rate"] == 0.0

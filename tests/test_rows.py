@@ -1,4 +1,5 @@
 """Training rows (madrec.rows): the three ways to cut histories, and the step sampler."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,12 @@ def test_windows_cover_every_item_once_from_the_recent_end():
 def test_sliding_ends_a_row_at_every_item_with_a_history():
     rows = TrainingRows(SEQS, items_per_row=3, mode="sliding")
     assert all_rows(rows) == [
-        [P, 10, 11], [10, 11, 12], [11, 12, 13], [12, 13, 14], [13, 14, 15], [14, 15, 16],
+        [P, 10, 11],
+        [10, 11, 12],
+        [11, 12, 13],
+        [12, 13, 14],
+        [13, 14, 15],
+        [14, 15, 16],
         [P, 20, 21],
     ]  # the one-item user has no transition to learn
 

@@ -13,6 +13,7 @@ each pinned to its own core (taskset), for machines with idle cores. Writes OUT/
 OUT/curves.html (validation Recall@10 against training seconds), and keeps the run folders
 in OUT/runs/<experiment>.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,16 +37,19 @@ from madrec.metrics import most_popular, ranking_metrics  # noqa: E402
 
 # method.md §9, test split: (R@5, N@5, R@10, N@10)
 PUBLISHED = {
-    "beauty": {"SASRec (BCE, TIGER's table)": (.0387, .0249, .0605, .0318),
-               "TIGER (paper)": (.0454, .0321, .0648, .0384),
-               "TIGER on RK-Means SIDs": (.0429, .0288, .0659, .0367),
-               "MaskGR": (.0538, .0351, .0815, .0436)},
-    "toys": {"SASRec (BCE, TIGER's table)": (.0463, .0306, .0675, .0374),
-             "TIGER (paper)": (.0521, .0371, .0712, .0432),
-             "TIGER on RK-Means SIDs": (.0442, .0291, .0636, .0351),
-             "MaskGR": (.0548, .0375, .0806, .0455)},
-    "ml-1m": {"TIGER on RK-Means SIDs": (.1283, .0885, .1866, .1083),
-              "MaskGR": (.1672, .1112, .2278, .1306)},
+    "beauty": {
+        "SASRec (BCE, TIGER's table)": (0.0387, 0.0249, 0.0605, 0.0318),
+        "TIGER (paper)": (0.0454, 0.0321, 0.0648, 0.0384),
+        "TIGER on RK-Means SIDs": (0.0429, 0.0288, 0.0659, 0.0367),
+        "MaskGR": (0.0538, 0.0351, 0.0815, 0.0436),
+    },
+    "toys": {
+        "SASRec (BCE, TIGER's table)": (0.0463, 0.0306, 0.0675, 0.0374),
+        "TIGER (paper)": (0.0521, 0.0371, 0.0712, 0.0432),
+        "TIGER on RK-Means SIDs": (0.0442, 0.0291, 0.0636, 0.0351),
+        "MaskGR": (0.0548, 0.0375, 0.0806, 0.0455),
+    },
+    "ml-1m": {"TIGER on RK-Means SIDs": (0.1283, 0.0885, 0.1866, 0.1083), "MaskGR": (0.1672, 0.1112, 0.2278, 0.1306)},
 }
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
@@ -58,10 +62,21 @@ def minutes(text: str) -> float:
 
 
 def train_command(args, experiment: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "madrec.cli", "train", f"experiment={experiment}",
-            f"data_dir={args.data}", f"sid_data_path={args.sids}", f"output_dir={out}",
-            f"trainer.max_minutes={minutes(args.budget)}", "trainer.max_steps=100000000",
-            f"trainer.num_threads={args.threads}", "trainer.progress_bar=false", *args.override]
+    return [
+        sys.executable,
+        "-m",
+        "madrec.cli",
+        "train",
+        f"experiment={experiment}",
+        f"data_dir={args.data}",
+        f"sid_data_path={args.sids}",
+        f"output_dir={out}",
+        f"trainer.max_minutes={minutes(args.budget)}",
+        "trainer.max_steps=100000000",
+        f"trainer.num_threads={args.threads}",
+        "trainer.progress_bar=false",
+        *args.override,
+    ]
 
 
 def run_all(args, runs: Path) -> dict[str, dict]:
@@ -81,19 +96,23 @@ def run_all(args, runs: Path) -> dict[str, dict]:
                 continue
             if out.exists():
                 import shutil
+
                 shutil.rmtree(out)
             cmd = train_command(args, exp, out)
             if args.jobs > 1:  # pin to cores no running training holds
                 busy = {c for _, _, _, held in active for c in held}
-                held = [c for c in cores if c not in busy][:args.threads] or cores
+                held = [c for c in cores if c not in busy][: args.threads] or cores
                 cmd = ["taskset", "-c", ",".join(map(str, held)), *cmd]
             else:
                 held = cores
             out.mkdir(parents=True)
             started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-            (out / "provenance.json").write_text(json.dumps(
-                {"commit": git_commit(), "started_utc": started, "load_average": os.getloadavg(),
-                 "cores": held}) + "\n")
+            (out / "provenance.json").write_text(
+                json.dumps(
+                    {"commit": git_commit(), "started_utc": started, "load_average": os.getloadavg(), "cores": held}
+                )
+                + "\n"
+            )
             log = (out / "train.log").open("w")
             print(f"[{exp}] {' '.join(cmd)}", flush=True)
             active.append((exp, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, held))
@@ -128,8 +147,10 @@ def provenance_row(exp: str, run: Path) -> str:
     p = json.loads((run / "provenance.json").read_text()) if (run / "provenance.json").is_file() else {}
     load = p.get("load_average")
     shown = " / ".join(f"{v:.2f}" for v in load) if load else "not recorded"
-    return (f"| {exp} | {p.get('commit', 'not recorded')} | {p.get('started_utc', 'not recorded')} | {shown} "
-            f"| {','.join(map(str, p.get('cores', []))) or '–'} |")
+    return (
+        f"| {exp} | {p.get('commit', 'not recorded')} | {p.get('started_utc', 'not recorded')} | {shown} "
+        f"| {','.join(map(str, p.get('cores', []))) or '–'} |"
+    )
 
 
 def popular_row(data_dir: str) -> dict[str, float]:
@@ -152,47 +173,72 @@ def dataset_key(data_dir: str) -> str | None:
 
 
 def git_commit() -> str:
-    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def write_results(args, summaries: dict[str, dict], out: Path) -> None:
     pop = popular_row(args.data)
     lines = [
-        "# Equal-budget quality benchmark", "",
+        "# Equal-budget quality benchmark",
+        "",
         f"Data: `{args.data}` (test split); SIDs: `{args.sids}`. Budget: {args.budget} of training wall time "
         f"per model (validation excluded), {args.threads} thread(s) each, {args.jobs} training(s) at a time. "
         f"Machine {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-        f"{platform.python_version()}.", "",
-        "| experiment | commit | started (UTC) | load average at start | cores |", "|---|---|---|---|---|",
-        *[provenance_row(exp, out / "runs" / exp) for exp in summaries], "",
-        "Command:", "", "    " + " ".join(["python", "bench/quality/bench_quality.py", *sys.argv[1:]]), "",
+        f"{platform.python_version()}.",
+        "",
+        "| experiment | commit | started (UTC) | load average at start | cores |",
+        "|---|---|---|---|---|",
+        *[provenance_row(exp, out / "runs" / exp) for exp in summaries],
+        "",
+        "Command:",
+        "",
+        "    " + " ".join(["python", "bench/quality/bench_quality.py", *sys.argv[1:]]),
+        "",
         "| model | experiment | R@5 | N@5 | R@10 | N@10 | parameters | steps | tokens seen | train s | "
         "best step | invalid | duplicates |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for exp, s in summaries.items():
         metrics = " | ".join(f"{s.get('test/' + m, float('nan')):.4f}" for m in METRICS)
-        lines.append(f"| {s.get('model', '?')} | {exp} | {metrics} | {s['num_parameters']:,} | {s['global_step']:,} "
-                     f"| {int(s.get('tokens_seen', 0)):,} | {s.get('train_seconds', 0):.0f} | {s.get('best_step', '')} "
-                     f"| {s.get('test/invalid_sid_rate', float('nan')):.4f} | {s.get('test/duplicate_rate', float('nan')):.4f} |")
-    lines.append(f"| most popular | – | {pop['recall@5']:.4f} | {pop['ndcg@5']:.4f} | {pop['recall@10']:.4f} "
-                 f"| {pop['ndcg@10']:.4f} | – | – | – | – | – | – | – |")
+        lines.append(
+            f"| {s.get('model', '?')} | {exp} | {metrics} | {s['num_parameters']:,} | {s['global_step']:,} "
+            f"| {int(s.get('tokens_seen', 0)):,} | {s.get('train_seconds', 0):.0f} | {s.get('best_step', '')} "
+            f"| {s.get('test/invalid_sid_rate', float('nan')):.4f} | {s.get('test/duplicate_rate', float('nan')):.4f} |"
+        )
+    lines.append(
+        f"| most popular | – | {pop['recall@5']:.4f} | {pop['ndcg@5']:.4f} | {pop['recall@10']:.4f} "
+        f"| {pop['ndcg@10']:.4f} | – | – | – | – | – | – | – |"
+    )
     for name, vals in PUBLISHED.get(dataset_key(args.data) or "", {}).items():
-        lines.append(f"| published: {name} | – | " + " | ".join(f"{v:.4f}" for v in vals)
-                     + " | – | – | – | – | – | – | – |")
-    lines += ["", "Published numbers: method.md §9 (GPU training to convergence, other SIDs); here: equal CPU "
-              "wall time. Reading and context: `README.md` beside this file.", "",
-              "Validation Recall@10 against training seconds (every validation of each run; `curves.html`):", "",
-              "| experiment | step | training s | val Recall@10 |", "|---|---|---|---|"]
-    lines += [f"| {exp} | {step} | {x:.0f} | {y:.4f} |" for exp in summaries
-              for step, x, y in curve(out / "runs" / exp, with_steps=True)]
+        lines.append(
+            f"| published: {name} | – | " + " | ".join(f"{v:.4f}" for v in vals) + " | – | – | – | – | – | – | – |"
+        )
+    lines += [
+        "",
+        "Published numbers: method.md §9 (GPU training to convergence, other SIDs); here: equal CPU "
+        "wall time. Reading and context: `README.md` beside this file.",
+        "",
+        "Validation Recall@10 against training seconds (every validation of each run; `curves.html`):",
+        "",
+        "| experiment | step | training s | val Recall@10 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {exp} | {step} | {x:.0f} | {y:.4f} |"
+        for exp in summaries
+        for step, x, y in curve(out / "runs" / exp, with_steps=True)
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     series = {exp: [(round(x), y) for x, y in curve(out / "runs" / exp)] for exp in summaries}
     chart = report.xy_chart(series, "validation Recall@10", "training seconds")
     table = [{"experiment": e, "seconds": x, "val Recall@10": y} for e, pts in series.items() for x, y in pts]
-    (out / "curves.html").write_text(report.html_page("Validation Recall@10 vs training wall time",
-                                                      [("Curves", chart), ("Points", report.table_html(table))]))
+    (out / "curves.html").write_text(
+        report.html_page(
+            "Validation Recall@10 vs training wall time", [("Curves", chart), ("Points", report.table_html(table))]
+        )
+    )
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ real training rows of a prepared dataset in the training order (StepSampler), or
 with Beauty-like lengths when no data is given. tokens/s counts real (non-PAD) tokens; MFU
 uses the padded tokens the GPU actually computes and nanoGPT's 6N + 12·layers·width·L FLOPs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ def rows_for(args, cfg) -> tuple[TrainingRows, torch.Tensor, SIDVocab, int, str]
     spec = models.get(cfg.model.name)
     if args.data:
         data = load_dataset(args.data, splits=("training",))
-        sids = load_sids(args.sids, num_items=data.num_items, codebook_size=cfg.codebook_size) if spec.uses_sids else None
+        sids = (
+            load_sids(args.sids, num_items=data.num_items, codebook_size=cfg.codebook_size) if spec.uses_sids else None
+        )
         table = spec.sid_table(sids, data.num_items)
         sequences, source = data.splits["training"].sequences, f"{Path(args.data).name} training rows"
     else:
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config([f"experiment={EXPERIMENTS.get(args.model, args.model)}", "data_dir=-", "sid_data_path=-",
-                       *args.override])
+    cfg = load_config(
+        [f"experiment={EXPERIMENTS.get(args.model, args.model)}", "data_dir=-", "sid_data_path=-", *args.override]
+    )
     batch_size = args.batch_size or cfg.batch_size
     device = torch.device(args.device)
     rows, table, vocab, max_len, source = rows_for(args, cfg)
@@ -103,10 +107,16 @@ def main(argv: list[str] | None = None) -> dict:
     model.to(device).train()
     forward = torch.compile(model.forward) if args.compile else model.forward
     o = cfg.optim.optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
-                                  fused=device.type == "cuda" or None)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
-                else contextlib.nullcontext())
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        betas=tuple(o.betas),
+        fused=device.type == "cuda" or None,
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    )
     tokenizer = item_tokenizer(vocab, table)
     batches = iter(StepSampler(rows, batch_size, cfg.seed, 0, 1, start_step=lambda: 0))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -132,12 +142,23 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     peak = peak_tflops(device, args.peak_tflops)
     result = {
-        "model": args.model, "params": model.num_parameters(), "batch_size": batch_size, "max_len": max_len,
-        "device": machine(device), "precision": args.precision, "compile": args.compile, "data": source,
-        "steps": args.steps, "ms_per_step": 1000 * seconds / args.steps, "tokens_per_s": real / seconds,
-        "padded_tokens_per_s": padded / seconds, "tflops": flops / seconds / 1e12,
+        "model": args.model,
+        "params": model.num_parameters(),
+        "batch_size": batch_size,
+        "max_len": max_len,
+        "device": machine(device),
+        "precision": args.precision,
+        "compile": args.compile,
+        "data": source,
+        "steps": args.steps,
+        "ms_per_step": 1000 * seconds / args.steps,
+        "tokens_per_s": real / seconds,
+        "padded_tokens_per_s": padded / seconds,
+        "tflops": flops / seconds / 1e12,
         "mfu": (flops / seconds / 1e12) / peak if peak else None,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "date": datetime.date.today().isoformat(),
     }
     print(json.dumps(result, indent=1))
@@ -147,10 +168,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.append:
         mfu = f"{100 * result['mfu']:.1f} %" if result["mfu"] is not None else "–"
         with open(args.append, "a") as fh:
-            fh.write(f"| {result['date']} | {result['commit']} | {result['device']} | {args.model} "
-                     f"({result['params'] / 1e6:.2f}M) | {batch_size} | {args.precision}"
-                     f"{' + compile' if args.compile else ''} | {result['tokens_per_s']:,.0f} | "
-                     f"{result['padded_tokens_per_s']:,.0f} | {result['ms_per_step']:.1f} | {mfu} |\n")
+            fh.write(
+                f"| {result['date']} | {result['commit']} | {result['device']} | {args.model} "
+                f"({result['params'] / 1e6:.2f}M) | {batch_size} | {args.precision}"
+                f"{' + compile' if args.compile else ''} | {result['tokens_per_s']:,.0f} | "
+                f"{result['padded_tokens_per_s']:,.0f} | {result['ms_per_step']:.1f} | {mfu} |\n"
+            )
     return result
 
 

@@ -8,6 +8,7 @@ schedule (the reference) mask_prob(t) = t and the weight is 1/t, the masked-diff
 The schedule and the masking policy are small objects looked up by name, so a new one is a
 class and a registry entry; the model never sees either.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,8 +122,13 @@ class EveryItemMasking(UniformMasking):
 
 
 SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule}
-MASKINGS = {"uniform": UniformMasking, "next_item": NextItemMasking, "suffix": SuffixMasking,
-            "mixed": MixedMasking, "every_item": EveryItemMasking}
+MASKINGS = {
+    "uniform": UniformMasking,
+    "next_item": NextItemMasking,
+    "suffix": SuffixMasking,
+    "mixed": MixedMasking,
+    "every_item": EveryItemMasking,
+}
 
 
 class MaskedDiffusion:
@@ -151,8 +157,11 @@ class MaskedDiffusion:
         """t ~ U(t_min, 1): (B, 1), one per sequence, or (B, L), one per item when the policy says so."""
         b, length = tokens.shape
         per_item = getattr(self.masking, "per_item", False)
-        draws = torch.rand(b, length // self.sid_len + 2, device=tokens.device) if per_item else \
-            torch.rand(b, device=tokens.device)[:, None]
+        draws = (
+            torch.rand(b, length // self.sid_len + 2, device=tokens.device)
+            if per_item
+            else torch.rand(b, device=tokens.device)[:, None]
+        )
         t = self.cfg.t_min + (1.0 - self.cfg.t_min) * draws
         if not per_item:
             return t

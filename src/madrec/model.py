@@ -10,6 +10,7 @@ depend on relative offsets alone and PAD keys are masked out: a sequence gives t
 logits at its real tokens whether it is padded on the left, on the right, or not at all.
 Attention is PyTorch's fused `scaled_dot_product_attention`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -161,8 +162,14 @@ class MaskedDiffusionLM(nn.Module):
         """
         return self.logits(tokens, self.attention_mask(tokens), self.slots(tokens), select)
 
-    def logits(self, tokens: torch.Tensor, keep: torch.Tensor, slots: torch.Tensor | None,
-               select: torch.Tensor | None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        tokens: torch.Tensor,
+        keep: torch.Tensor,
+        slots: torch.Tensor | None,
+        select: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The transformer on given attention `keep` mask, SID slots and rotary positions."""
         x = self.embed(tokens)
         if self.slot is not None:
@@ -243,8 +250,9 @@ class ItemCausalDiffusionLM(MaskedDiffusionLM):
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int):
         super().__init__(cfg, vocab_size, pad_id, sid_len)
 
-    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None,
-                clean: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, select: torch.Tensor | None = None, clean: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if clean is None:
             return super().forward(tokens, select)
         length = tokens.shape[1]
@@ -253,8 +261,13 @@ class ItemCausalDiffusionLM(MaskedDiffusionLM):
         sees_clean = real_key & (key >= query)  # clean -> clean: own item and earlier ones
         noisy_sees_clean = real_key & (key > query)  # noised -> clean: strictly earlier items
         noisy_sees_noisy = real_key & (key == query)  # noised -> noised: its own item only
-        keep = torch.cat([torch.cat([sees_clean, torch.zeros_like(sees_clean)], 2),
-                          torch.cat([noisy_sees_clean, noisy_sees_noisy], 2)], 1)
+        keep = torch.cat(
+            [
+                torch.cat([sees_clean, torch.zeros_like(sees_clean)], 2),
+                torch.cat([noisy_sees_clean, noisy_sees_noisy], 2),
+            ],
+            1,
+        )
         keep = keep | torch.eye(2 * length, dtype=torch.bool, device=tokens.device)
         positions = torch.arange(length, device=tokens.device).repeat(2)  # a copy keeps its item's positions
         slots = None if self.slot is None else self.slots(clean).repeat(1, 2)

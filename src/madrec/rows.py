@@ -12,9 +12,10 @@ A row is a window of consecutive items of one user, ending at some item, at most
 
 Rows hold item indices; the model's tokenizer turns a batch into tokens (madrec.train).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,8 +52,10 @@ class TrainingRows:
         self.first_row = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else counts
         self.row_count = counts
         if len(self.row_end) == 0:
-            raise MadrecError("the training split holds no rows to train on (every user's training sequence "
-                              f"is too short for rows={mode})")
+            raise MadrecError(
+                "the training split holds no rows to train on (every user's training sequence "
+                f"is too short for rows={mode})"
+            )
 
     def _ends(self, n: int) -> np.ndarray:
         if self.mode == "truncate":
@@ -92,8 +95,9 @@ class StepSampler:
     function of (seed, step), which makes resumed runs exact.
     """
 
-    def __init__(self, rows: TrainingRows, batch_size: int, seed: int, rank: int, world: int,
-                 start_step: Callable[[], int]):
+    def __init__(
+        self, rows: TrainingRows, batch_size: int, seed: int, rank: int, world: int, start_step: Callable[[], int]
+    ):
         if len(rows) < world:
             raise MadrecError(f"{len(rows)} training rows cannot be shared by {world} processes")
         self.rows, self.batch_size, self.seed = rows, batch_size, seed
@@ -109,10 +113,10 @@ class StepSampler:
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(step_seed(self.seed, epoch))
             self._perm = (epoch, torch.randperm(len(self.rows), generator=g))
-        return self._perm[1][j * self.batch_size:(j + 1) * self.batch_size]
+        return self._perm[1][j * self.batch_size : (j + 1) * self.batch_size]
 
     def __iter__(self):
         step = self.start_step()
         while True:
-            yield self.global_batch(step)[self.rank::self.world]
+            yield self.global_batch(step)[self.rank :: self.world]
             step += 1

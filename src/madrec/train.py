@@ -80,8 +80,11 @@ def auto_precision(accelerator: str) -> str:
     BF16 or AMX: 1.3x the steps of float32 on a Zen 4 core, bench/train/results.md), else float32."""
     if accelerator == "gpu":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+    return (
+        "bf16-mixed"
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         else "32-true"
+    )
 
 
 def make_trainer(cfg: Config, out: Path, resume_step: int | None, fitting: bool) -> L.Trainer:

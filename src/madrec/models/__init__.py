@@ -14,10 +14,12 @@ the Lightning loop (madrec.train), checkpoints, decoding (one constrained beam s
 `sasrec` a "SID" is the item index itself, so the beam search is an exact top-K over every
 item), metrics and the pipeline.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn

@@ -3,6 +3,7 @@
 A bidirectional transformer (madrec.model.MaskedDiffusionLM) denoises masked SID tokens; the
 objective is madrec.diffusion. Decoding may reveal positions in any order, several per call.
 """
+
 from __future__ import annotations
 
 from madrec.diffusion import MaskedDiffusion

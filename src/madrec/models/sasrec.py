@@ -7,10 +7,12 @@ codebook = the catalogue), so the shared tokens, training loop, checkpoints and 
 unchanged: a beam search over one digit is an exact top-K over every item. Positions are
 rotary (relative) like the other two models rather than SASRec's learned absolute embedding.
 """
+
 from __future__ import annotations
 
 from madrec.models import Recommender, tiger
 
 # the same causal network and next-token loss as tiger; only the tokens differ (uses_sids=False)
-RECOMMENDER = Recommender("sasrec", uses_sids=False, build_network=tiger.build_network,
-                          build_objective=tiger.build_objective)
+RECOMMENDER = Recommender(
+    "sasrec", uses_sids=False, build_network=tiger.build_network, build_objective=tiger.build_objective
+)

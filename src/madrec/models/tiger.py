@@ -7,6 +7,7 @@ objective: next-token prediction with teacher forcing on every token of a row (e
 the history is a training target, as in SASRec-style training) versus masked diffusion.
 Decoding is the shared constrained beam search, left to right, one digit per model call.
 """
+
 from __future__ import annotations
 
 import torch
