@@ -1,4 +1,4 @@
-"""Masking process and the weighted denoising loss (method.md §6)."""
+"""Masking process and the weighted denoising loss (docs/method.md, "Masked diffusion")."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ BASE = [
     "trainer.early_stopping_patience=0",
 ]
 SMALL = ["model.n_layer=1", "model.n_embd=64", "model.n_head=4", "model.d_ff=256", "optim.optimizer.lr=5e-3"]
-# the reference objective of method.md §6 as the reference experiment sets it, scaled down in
+# the reference objective (docs/method.md) as the reference experiment sets it, scaled down in
 # width and steps only: uniform masking, rotary positions only (no slot embedding), 2 layers
 REFERENCE = [
     "experiment=discrete_diffusion_train",

@@ -1,4 +1,4 @@
-"""Masked (absorbing-state) diffusion over SID token sequences (method.md §6), mdlm-style.
+"""Masked (absorbing-state) diffusion over SID token sequences (docs/method.md, "Masked diffusion"), mdlm-style.
 
 Forward process: draw t per sequence, replace each maskable token by MASK with probability
 `schedule.mask_prob(t)`. Objective: cross-entropy at the masked positions, each weighted by

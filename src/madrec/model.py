@@ -1,4 +1,4 @@
-"""The masked-diffusion language model over SID tokens (method.md §5), in one file.
+"""The masked-diffusion language model over SID tokens (docs/method.md, "The recommenders"), in one file.
 
 A bidirectional (non-causal) pre-LayerNorm transformer encoder:
 
@@ -24,7 +24,7 @@ from torch import nn
 
 @dataclass
 class ModelConfig:
-    """Transformer shape; the defaults are the reference configuration (method.md §5).
+    """Transformer shape; the defaults are the reference configuration (docs/method.md).
 
     `name` picks the recommender (madrec.models): maskgr (masked diffusion over SIDs, the
     method), tiger (autoregressive over the same SIDs) or sasrec (next item id)."""

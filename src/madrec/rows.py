@@ -3,7 +3,7 @@
 A row is a window of consecutive items of one user, ending at some item, at most
 `items_per_row` long (left-padded). Three ways to cut them (config key `rows`):
 
-- `truncate`: one row per user, its most recent items (method.md §4; the reference).
+- `truncate`: one row per user, its most recent items (docs/method.md, "Training rows"; the reference).
 - `windows`: consecutive non-overlapping windows from the most recent end, so long
   histories contribute every item once.
 - `sliding`: a row ending at every training item (stride 1, rows of >= 2 items), as

@@ -1,4 +1,4 @@
-"""maskgr: masked diffusion over semantic IDs (method.md §5–7), the method madrec implements.
+"""maskgr: masked diffusion over semantic IDs (docs/method.md), the method madrec implements.
 
 A bidirectional transformer (madrec.model.MaskedDiffusionLM) denoises masked SID tokens; the
 objective is madrec.diffusion. Decoding may reveal positions in any order, several per call.
