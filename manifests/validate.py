@@ -147,6 +147,22 @@ def check_serving(docs: list[dict]) -> list[str]:
     return problems
 
 
+def _validate(folder: Path, check, valid: str, kubernetes_version: str) -> bool:
+    """Render one Kustomize folder and check it; print its problems or one line saying it is valid."""
+    try:
+        docs = render(folder)
+    except RuntimeError as exc:
+        print(exc)
+        return False
+    problems = check_schemas(docs, kubernetes_version) + check(docs)
+    for problem in problems:
+        print(f"{folder}: {problem}")
+    if not problems:
+        kinds = ", ".join(sorted({d["kind"] for d in docs}))
+        print(f"{folder}: {len(docs)} {valid} {kubernetes_version} ({kinds})")
+    return not problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kubernetes-version", default="1.32")
@@ -157,41 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     overlays = [p for p in overlays if p not in serving]
     if not args.overlays:
         serving = sorted(p for p in (HERE / "serving").iterdir() if p.is_dir() and p.name != "base")
+    checks = [
+        (serving, check_serving, "serving objects pass the KServe v1beta1 API of the kserve SDK and Kubernetes"),
+        (overlays, check_references, "objects valid for Kubeflow Trainer v1alpha1 and Kubernetes"),
+    ]
     failed = False
-    for variant in serving:
-        try:
-            docs = render(variant)
-        except RuntimeError as exc:
-            print(exc)
-            failed = True
-            continue
-        problems = check_schemas(docs, args.kubernetes_version) + check_serving(docs)
-        for problem in problems:
-            print(f"{variant}: {problem}")
-        failed |= bool(problems)
-        if not problems:
-            kinds = ", ".join(sorted({d["kind"] for d in docs}))
-            print(
-                f"{variant}: {len(docs)} serving objects pass the KServe v1beta1 API of the kserve SDK "
-                f"and Kubernetes {args.kubernetes_version} ({kinds})"
-            )
-    for overlay in overlays:
-        try:
-            docs = render(overlay)
-        except RuntimeError as exc:
-            print(exc)
-            failed = True
-            continue
-        problems = check_schemas(docs, args.kubernetes_version) + check_references(docs)
-        for problem in problems:
-            print(f"{overlay}: {problem}")
-        failed |= bool(problems)
-        if not problems:
-            kinds = ", ".join(sorted({d["kind"] for d in docs}))
-            print(
-                f"{overlay}: {len(docs)} objects valid for Kubernetes {args.kubernetes_version} "
-                f"and Kubeflow Trainer v1alpha1 ({kinds})"
-            )
+    for folders, check, valid in checks:
+        for folder in folders:
+            failed |= not _validate(folder, check, valid, args.kubernetes_version)
     return 1 if failed else 0
 
 

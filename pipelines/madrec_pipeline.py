@@ -13,6 +13,7 @@ joining the branches, each branch calls the downstream steps as a sub-pipeline.
 
 import argparse
 import ast
+import inspect
 import re
 import tempfile
 from pathlib import Path
@@ -42,6 +43,59 @@ GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "No
 CPU_STEP_RESOURCES = {"cpu": "2", "memory": "8Gi"}
 GPU_STEP_RESOURCES = {"cpu": "8", "memory": "32Gi"}
 LAUNCHER_RESOURCES = {"cpu": "1", "memory": "4Gi"}  # copies the inputs to the shared volume, then waits
+
+
+# One description per run parameter (the KFP UI shows them in the run form), shared by the
+# pipelines that take it; `_described` writes them into each pipeline's Args: docstring.
+PARAMETERS = {
+    "dataset": "Input format: `ml-1m` (GroupLens MovieLens-1M), `sequences` (one line per user, "
+    "'user item item ...' oldest first) or `interactions` (CSV or Parquet with user_id, item_id, timestamp).",
+    "source": "Path or URI (gs://, https://) of the input; for ml-1m the GroupLens archive.",
+    "items": "Item texts for sequences / interactions: items.jsonl[.gz] (item_id, text), movies.dat, or a "
+    "CSV / Parquet item_id,text table; empty for ml-1m.",
+    "min_item_count": "Items with fewer interactions are removed before splitting.",
+    "sid_uri": "A SID file made by GRID (path, gs:// or https://) to ingest; empty: build SIDs from the item "
+    "texts with the sid_* settings.",
+    "sid_encoder": "Text encoder for build-sids (Hugging Face name); empty: all-MiniLM-L6-v2.",
+    "sid_levels": "Residual k-means levels; SIDs get one more digit (de-duplication).",
+    "sid_codebook_size": "Codes per k-means level.",
+    "sid_seed": "Seed of the k-means initialisation.",
+    "sids": "The (H, N) SID tensor.",
+    "experiment": "Training configuration: a configs/experiment name (tiny, small, discrete_diffusion_train, "
+    "tiger, sasrec, ...).",
+    "experiments": "Comma-separated experiment names to train side by side and compare in one table "
+    "(single-node each), e.g. `small,tiger_cpu,sasrec_cpu`; empty: train `experiment` only.",
+    "train_overrides": "Extra `madrec train` config overrides, `key=value ...`, e.g. `trainer.max_steps=20000 "
+    "optim.optimizer.lr=1e-3`; data_dir, sid_data_path, output_dir, ckpt_path and split are set by the pipeline.",
+    "eval_overrides": "Extra `madrec evaluate` settings, `key=value ...`, e.g. `beam_size=20`.",
+    "num_gpus": "GPUs of the single-node train and evaluate steps; 0 runs on CPU, more than one runs DDP "
+    "through torchrun.",
+    "num_nodes": "More than 1 trains as a Kubeflow Trainer TrainJob on num_nodes x gpus_per_node GPUs instead "
+    "of the single-node train step.",
+    "gpus_per_node": "GPUs per node of the TrainJob (num_nodes > 1), and of evaluation after it.",
+    "image_tag": "Tag of the madrec and madrec-cuda images every step runs on.",
+    "gpu_node_selector": "Node labels that place the GPU steps on the GPU node pool (JSON object).",
+    "gpu_tolerations": "Tolerations of the GPU node pool's taints (JSON list of Kubernetes tolerations).",
+    "deploy_min_recall_at_10": "Deploy the evaluated model as a KServe InferenceService when its test "
+    "Recall@10 reaches this; above 1 (the default) never deploys.",
+    "deploy_service_name": "Name of the InferenceService to create or update.",
+    "deploy_namespace": "Its namespace; empty: the namespace the run's steps run in.",
+    "deploy_gpu": "Serve on the madrec-cuda image with one GPU instead of the CPU image.",
+}
+
+
+def _described(**special: str):
+    """Append an Args: section to the pipeline's docstring, one line per parameter from
+    PARAMETERS (or `special`, for a name that means something else here); kfp reads it when the
+    pipeline is defined, so this decorator goes below @dsl.pipeline."""
+
+    def apply(func):
+        names = inspect.signature(func).parameters
+        lines = [f"        {name}: {special.get(name) or PARAMETERS[name]}" for name in names]
+        func.__doc__ = f"{func.__doc__.rstrip()}\n\n    Args:\n" + "\n".join(lines) + "\n"
+        return func
+
+    return apply
 
 
 def _use_image(task, name: str, tag):
@@ -81,6 +135,7 @@ def _evaluate(model, dataset, eval_overrides, num_gpus, image_tag, node_selector
 @dsl.pipeline(
     name="madrec-train-evaluate", description="Train on prepared data and SIDs, then evaluate on the test split."
 )
+@_described(dataset="The prepared dataset.")
 def train_and_evaluate(
     dataset: Input[Dataset],
     sids: Input[Artifact],
@@ -100,56 +155,21 @@ def train_and_evaluate(
 ):
     """Train on one node (DDP through torchrun for several GPUs) or, with num_nodes > 1, as a
     Kubeflow Trainer TrainJob on num_nodes x gpus_per_node GPUs; then evaluate, then deploy
-    when the test Recall@10 reaches deploy_min_recall_at_10.
-
-    Args:
-        dataset: The prepared dataset.
-        sids: The (H, N) SID tensor.
-        experiment: Training configuration: a configs/experiment name (tiny, small,
-            discrete_diffusion_train, tiger, sasrec, ...).
-        train_overrides: Extra `madrec train` config overrides, `key=value ...`, e.g.
-            `trainer.max_steps=20000 optim.optimizer.lr=1e-3`; data_dir, sid_data_path,
-            output_dir, ckpt_path and split are set by the pipeline.
-        eval_overrides: Extra `madrec evaluate` settings, `key=value ...`, e.g. `beam_size=20`.
-        num_gpus: GPUs of the single-node train and evaluate steps; 0 runs on CPU, more than one
-            runs DDP through torchrun.
-        num_nodes: More than 1 trains as a Kubeflow Trainer TrainJob on num_nodes x gpus_per_node
-            GPUs instead of the single-node train step.
-        gpus_per_node: GPUs per node of the TrainJob (num_nodes > 1), and of evaluation after it.
-        image_tag: Tag of the madrec and madrec-cuda images every step runs on.
-        gpu_node_selector: Node labels that place the GPU steps on the GPU node pool (JSON object).
-        gpu_tolerations: Tolerations of the GPU node pool's taints (JSON list of Kubernetes
-            tolerations).
-        deploy_min_recall_at_10: Deploy the evaluated model as a KServe InferenceService when its
-            test Recall@10 reaches this; above 1 (the default) never deploys.
-        deploy_service_name: Name of the InferenceService to create or update.
-        deploy_namespace: Its namespace; empty: the namespace the run's steps run in.
-        deploy_gpu: Serve on the madrec-cuda image with one GPU instead of the CPU image.
-    """
+    when the test Recall@10 reaches deploy_min_recall_at_10."""
     pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
-    serving = dict(
-        min_recall_at_10=deploy_min_recall_at_10,
-        service_name=deploy_service_name,
-        namespace=deploy_namespace,
-        use_gpu=deploy_gpu,
-    )
+    serving = dict(min_recall_at_10=deploy_min_recall_at_10, service_name=deploy_service_name)
+    serving.update(namespace=deploy_namespace, use_gpu=deploy_gpu)
+    inputs = dict(dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides)
     with dsl.If(num_nodes > 1, name="multi-node"):
-        job = launch_trainjob(
-            dataset=dataset,
-            sids=sids,
-            experiment=experiment,
-            overrides=train_overrides,
-            num_nodes=num_nodes,
-            gpus_per_node=gpus_per_node,
-            trainer_image=f"{image('madrec-cuda').rsplit(':', 1)[0]}:{image_tag}",
-        )
+        trainer_image = f"{image('madrec-cuda').rsplit(':', 1)[0]}:{image_tag}"
+        job = launch_trainjob(**inputs, num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_image=trainer_image)
         job.set_display_name("train (TrainJob)")
         _requests(_use_image(job, "madrec", image_tag), LAUNCHER_RESOURCES)
         mount_shared_volume(job)
         evaluated = _evaluate(job.outputs["model"], dataset, eval_overrides, gpus_per_node, **pool)
         _deploy(job.outputs["model"], evaluated, serving, image_tag)
     with dsl.Else(name="single-node"):
-        trained = train(dataset=dataset, sids=sids, experiment=experiment, overrides=train_overrides, num_gpus=num_gpus)
+        trained = train(**inputs, num_gpus=num_gpus)
         trained.set_display_name("train")
         _use_image(trained, "madrec-cuda", image_tag)
         _on_gpu_pool(trained, num_gpus, gpu_node_selector, gpu_tolerations)
@@ -162,6 +182,11 @@ def train_and_evaluate(
     description="Train several experiments in parallel on the same data and SIDs, "
     "evaluate each, and publish one comparison table.",
 )
+@_described(
+    dataset="The prepared dataset.",
+    experiments="Comma-separated configs/experiment names, e.g. `small,tiger_cpu,sasrec_cpu`.",
+    num_gpus="GPUs of each train and evaluate step; 0 runs on CPU.",
+)
 def compare_experiments(
     dataset: Input[Dataset],
     sids: Input[Artifact],
@@ -173,20 +198,7 @@ def compare_experiments(
     gpu_node_selector: dict,
     gpu_tolerations: list,
 ):
-    """One branch per experiment in `experiments` (comma-separated), single-node each; then the table.
-
-    Args:
-        dataset: The prepared dataset.
-        sids: The (H, N) SID tensor.
-        experiments: Comma-separated configs/experiment names, e.g. `small,tiger_cpu,sasrec_cpu`.
-        train_overrides: Extra `madrec train` config overrides for every experiment, `key=value ...`.
-        eval_overrides: Extra `madrec evaluate` settings, `key=value ...`.
-        num_gpus: GPUs of each train and evaluate step; 0 runs on CPU.
-        image_tag: Tag of the madrec and madrec-cuda images every step runs on.
-        gpu_node_selector: Node labels that place the GPU steps on the GPU node pool (JSON object).
-        gpu_tolerations: Tolerations of the GPU node pool's taints (JSON list of Kubernetes
-            tolerations).
-    """
+    """One branch per experiment in `experiments` (comma-separated), single-node each; then the table."""
     pool = dict(image_tag=image_tag, node_selector=gpu_node_selector, tolerations=gpu_tolerations)
     plan = plan_experiments(experiments=experiments)
     plan.set_display_name("plan-experiments")
@@ -204,23 +216,22 @@ def compare_experiments(
     _requests(_use_image(table, "madrec", image_tag), LAUNCHER_RESOURCES)
 
 
+# The run parameters that reach the steps after the SIDs (train_and_evaluate), and those of them
+# that the comparison branch takes (compare_experiments); the prepared dataset goes along.
+DOWNSTREAM = (
+    "experiment train_overrides eval_overrides num_gpus num_nodes gpus_per_node image_tag gpu_node_selector "
+    "gpu_tolerations deploy_min_recall_at_10 deploy_service_name deploy_namespace deploy_gpu"
+).split()
+COMPARED_WITH = "dataset train_overrides eval_overrides num_gpus image_tag gpu_node_selector gpu_tolerations".split()
+
+
 def train_evaluate_or_compare(sids, experiments, **downstream):
     """The steps after the SIDs: one experiment (train_and_evaluate), or several side by side."""
     with dsl.If(experiments == "", name="one-experiment"):
         train_and_evaluate(sids=sids, **downstream).set_display_name("train-and-evaluate")
     with dsl.Else(name="compare-experiments"):
-        keep = (
-            "dataset",
-            "train_overrides",
-            "eval_overrides",
-            "num_gpus",
-            "image_tag",
-            "gpu_node_selector",
-            "gpu_tolerations",
-        )
-        compare_experiments(sids=sids, experiments=experiments, **{k: downstream[k] for k in keep}).set_display_name(
-            "train-and-compare"
-        )
+        compared = {k: downstream[k] for k in COMPARED_WITH}
+        compare_experiments(sids=sids, experiments=experiments, **compared).set_display_name("train-and-compare")
 
 
 @dsl.pipeline(
@@ -228,6 +239,7 @@ def train_evaluate_or_compare(sids, experiments, **downstream):
     description="Masked-diffusion recommender on semantic IDs: prepare data, semantic IDs "
     "(ingest a GRID file when sid_uri is set, else build them), train, evaluate.",
 )
+@_described()
 def madrec_pipeline(
     dataset: str = "ml-1m",
     source: str = ML1M_URL,
@@ -253,65 +265,12 @@ def madrec_pipeline(
     deploy_namespace: str = "",
     deploy_gpu: bool = False,
 ):
-    """Prepare data, get semantic IDs, train, evaluate (and optionally deploy).
-
-    Args:
-        dataset: Input format: `ml-1m` (GroupLens MovieLens-1M), `sequences` (one line per user,
-            "user item item ..." oldest first) or `interactions` (CSV or Parquet with user_id,
-            item_id, timestamp).
-        source: Path or URI (gs://, https://) of the input; for ml-1m the GroupLens archive.
-        items: Item texts for sequences / interactions: items.jsonl[.gz] (item_id, text),
-            movies.dat, or a CSV / Parquet item_id,text table; empty for ml-1m.
-        min_item_count: Items with fewer interactions are removed before splitting.
-        sid_uri: A SID file made by GRID (path, gs:// or https://) to ingest; empty: build SIDs
-            from the item texts with the sid_* settings.
-        sid_encoder: Text encoder for build-sids (Hugging Face name); empty: all-MiniLM-L6-v2.
-        sid_levels: Residual k-means levels; SIDs get one more digit (de-duplication).
-        sid_codebook_size: Codes per k-means level.
-        sid_seed: Seed of the k-means initialisation.
-        experiment: Training configuration: a configs/experiment name (tiny, small,
-            discrete_diffusion_train, tiger, sasrec, ...).
-        train_overrides: Extra `madrec train` config overrides, `key=value ...`, e.g.
-            `trainer.max_steps=20000 optim.optimizer.lr=1e-3`; data_dir, sid_data_path,
-            output_dir, ckpt_path and split are set by the pipeline.
-        eval_overrides: Extra `madrec evaluate` settings, `key=value ...`, e.g. `beam_size=20`.
-        num_gpus: GPUs of the single-node train and evaluate steps; 0 runs on CPU, more than one
-            runs DDP through torchrun.
-        experiments: Comma-separated experiment names to train side by side and compare in one
-            table (single-node each); empty: train `experiment` only.
-        num_nodes: More than 1 trains as a Kubeflow Trainer TrainJob on num_nodes x gpus_per_node
-            GPUs instead of the single-node train step.
-        gpus_per_node: GPUs per node of the TrainJob (num_nodes > 1), and of evaluation after it.
-        image_tag: Tag of the madrec and madrec-cuda images every step runs on.
-        gpu_node_selector: Node labels that place the GPU steps on the GPU node pool (JSON object).
-        gpu_tolerations: Tolerations of the GPU node pool's taints (JSON list of Kubernetes
-            tolerations).
-        deploy_min_recall_at_10: Deploy the evaluated model as a KServe InferenceService when its
-            test Recall@10 reaches this; above 1 (the default) never deploys.
-        deploy_service_name: Name of the InferenceService to create or update.
-        deploy_namespace: Its namespace; empty: the namespace the run's steps run in.
-        deploy_gpu: Serve on the madrec-cuda image with one GPU instead of the CPU image.
-    """
+    """Prepare data, get semantic IDs, train, evaluate (and optionally deploy)."""
+    downstream = {name: value for name, value in locals().items() if name in DOWNSTREAM}
     prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
     prepared.set_display_name("prepare-data")
     _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)
-    data = prepared.outputs["dataset"]
-    downstream = dict(
-        dataset=data,
-        experiment=experiment,
-        train_overrides=train_overrides,
-        eval_overrides=eval_overrides,
-        num_gpus=num_gpus,
-        num_nodes=num_nodes,
-        gpus_per_node=gpus_per_node,
-        image_tag=image_tag,
-        gpu_node_selector=gpu_node_selector,
-        gpu_tolerations=gpu_tolerations,
-        deploy_min_recall_at_10=deploy_min_recall_at_10,
-        deploy_service_name=deploy_service_name,
-        deploy_namespace=deploy_namespace,
-        deploy_gpu=deploy_gpu,
-    )
+    data = downstream["dataset"] = prepared.outputs["dataset"]
     with dsl.If(sid_uri != "", name="sids-from-uri"):
         ingested = ingest_sids(source=sid_uri, dataset=data)
         ingested.set_display_name("ingest-sids")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,3 +18,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real data not found at {SHARED_DATA}; set MADREC_SHARED_DATA")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def tiny_prepared(tmp_path) -> Path:
+    """A prepared dataset of three users over four items (madrec prepare-data, sequences kind)."""
+    from madrec.prepare import prepare
+
+    (tmp_path / "seq.txt").write_text("1 1 2 3 4\n2 2 3 4\n3 4 3 2 1\n")
+    (tmp_path / "items.jsonl").write_text(
+        "".join(json.dumps({"item_id": i, "text": f"t{i}"}) + "\n" for i in range(1, 5))
+    )
+    prepare(
+        "sequences", str(tmp_path / "seq.txt"), tmp_path / "ds", items=str(tmp_path / "items.jsonl"), min_item_count=1
+    )
+    return tmp_path / "ds"

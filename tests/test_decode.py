@@ -12,7 +12,7 @@ from madrec.decode import SIDIndex, _first_occurrence, beam_search, build_histor
 from madrec.errors import MadrecError
 from madrec.tokens import SIDVocab
 
-from toy_lm import FixedLM, MixLM, random_sids
+from toy_lm import FixedLM, MixLM, brute_force_left_to_right, random_sids
 
 # Hand-checked catalogue, H = 2, V = 3: item index -> SID (d0, d1). (1, 0) is not an item.
 HAND_SIDS = torch.tensor([[0, 0], [2, 0], [0, 1], [1, 1], [1, 2]]).t()
@@ -76,25 +76,6 @@ def test_sid_index_agrees_with_brute_force_for_every_subset():
     missing = [t for t in np.ndindex(4, 4, 4) if not (digits == torch.tensor(t)).all(1).any()][:3]
     assert index.lookup(torch.tensor(missing)).tolist() == [-1, -1, -1]
     assert index.lookup(torch.tensor([[0, 0, 4], [-1, 0, 0]])).tolist() == [-1, -1]
-
-
-def brute_force_left_to_right(model, vocab, sids, hist):
-    """Exact constrained left-to-right score of every catalogue item, one model call per digit."""
-    H, V = vocab.sid_len, vocab.codebook_size
-    digits = sids.t()
-    out = []
-    for d in digits.tolist():
-        slot, score = [vocab.mask_id] * H, 0.0
-        for p in range(H):
-            logits = model(torch.cat([hist, torch.tensor([slot])], 1))[0, hist.shape[1] + p]
-            lg = logits[p * (V + 1) : p * (V + 1) + V].clone()
-            agree = (digits[:, :p] == torch.tensor(d[:p])).all(1)
-            allowed = torch.zeros(V, dtype=torch.bool)
-            allowed[digits[agree, p]] = True
-            score += torch.log_softmax(lg.masked_fill(~allowed, float("-inf")), 0)[d[p]].item()
-            slot[p] = p * (V + 1) + d[p]
-        out.append(score)
-    return torch.tensor(out)
 
 
 def test_wide_beam_is_exhaustive_and_exact():

@@ -42,25 +42,18 @@ def _ml1m_zip(path):
 # --- the real folders the README names -------------------------------------------------
 
 
-def test_amazon_beauty_folder(shared_data):
-    # Beauty.txt is the only *.txt of integer sequences; the phrase / keyword .txt files are not
-    folder = shared_data / "amazon_beauty"
+@pytest.mark.parametrize(
+    "name, sequences, items",
+    [
+        # Beauty.txt is the only *.txt of integer sequences; the phrase / keyword .txt files are not
+        ("amazon_beauty", "Beauty.txt", "items.jsonl.gz"),
+        ("movielens_1m", "sequences_chrono.txt", "movies.dat"),
+    ],
+)
+def test_real_sequences_folders(shared_data, name, sequences, items):
+    folder = shared_data / name
     spec = find_data(str(folder))
-    assert (spec.kind, spec.source, spec.items) == (
-        "sequences",
-        str(folder / "Beauty.txt"),
-        str(folder / "items.jsonl.gz"),
-    )
-
-
-def test_movielens_folder_uses_sequences_chrono(shared_data):
-    folder = shared_data / "movielens_1m"
-    spec = find_data(str(folder))
-    assert (spec.kind, spec.source, spec.items) == (
-        "sequences",
-        str(folder / "sequences_chrono.txt"),
-        str(folder / "movies.dat"),
-    )
+    assert (spec.kind, spec.source, spec.items) == ("sequences", str(folder / sequences), str(folder / items))
 
 
 def test_toys_folder_is_ambiguous_and_sequences_picks(shared_data):

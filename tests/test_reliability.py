@@ -3,7 +3,6 @@ out-of-range history items. Each test failed before its fix."""
 
 from __future__ import annotations
 
-import json
 import random
 import zipfile
 
@@ -21,31 +20,11 @@ from madrec.recommend import Recommender
 from madrec.tfrecord import encode_example, write_records
 from madrec.tokens import SIDVocab
 
-from toy_lm import MixLM, random_sids, write_checkpoint
+from toy_lm import MixLM, brute_force_left_to_right, random_sids, write_checkpoint
 
 # ---------------------------------------------------------------- top-K on a tiny catalogue
 
 SMALL_IDS = ["w", "x", "y", "z"]
-
-
-def _all_item_scores(model, vocab, sids, hist):
-    """Brute force, independent of beam_search: the exact constrained left-to-right log-prob of
-    every catalogue item (one model call per digit, allowed digits from a plain scan)."""
-    H, V = vocab.sid_len, vocab.codebook_size
-    digits = sids.t()
-    out = []
-    for d in digits.tolist():
-        slot, score = [vocab.mask_id] * H, 0.0
-        for p in range(H):
-            logits = model(torch.cat([hist, torch.tensor([slot])], 1))[0, hist.shape[1] + p]
-            lg = logits[p * (V + 1) : p * (V + 1) + V]
-            agree = (digits[:, :p] == torch.tensor(d[:p])).all(1)
-            allowed = torch.zeros(V, dtype=torch.bool)
-            allowed[digits[agree, p]] = True
-            score += torch.log_softmax(lg.masked_fill(~allowed, float("-inf")), 0)[d[p]].item()
-            slot[p] = p * (V + 1) + d[p]
-        out.append(score)
-    return out
 
 
 @pytest.mark.parametrize("order", ["confidence", "left_to_right", "random"])
@@ -69,7 +48,7 @@ def test_catalogue_smaller_than_the_beam_left_to_right_is_exact():
     model = MixLM(vocab, seed=0).eval()
     hist = build_histories(vocab, sids, [[0, 1]], max_len=15, drop_last=False)
     res = beam_search(model, vocab, sids, hist, beam_size=10, top_k=8, order="left_to_right")
-    want = _all_item_scores(model, vocab, sids, hist)
+    want = brute_force_left_to_right(model, vocab, sids, hist).tolist()
     ranked = sorted(range(4), key=lambda i: -want[i])
     assert res.items[0].tolist() == ranked + [-1] * 4
     assert res.scores[0, :4].tolist() == pytest.approx([want[i] for i in ranked], abs=1e-5)
@@ -169,18 +148,6 @@ def test_recommend_and_evaluate_cli_report_a_truncated_checkpoint(good_ckpt, tmp
 # ---------------------------------------------------------------- splits checked against each other
 
 
-@pytest.fixture()
-def prepared(tmp_path):
-    (tmp_path / "seq.txt").write_text("1 1 2 3 4\n2 2 3 4\n3 4 3 2 1\n")
-    (tmp_path / "items.jsonl").write_text(
-        "".join(json.dumps({"item_id": i, "text": f"t{i}"}) + "\n" for i in range(1, 5))
-    )
-    prepare(
-        "sequences", str(tmp_path / "seq.txt"), tmp_path / "ds", items=str(tmp_path / "items.jsonl"), min_item_count=1
-    )
-    return tmp_path / "ds"
-
-
 def _rewrite(folder, rows):
     shards = sorted(folder.glob("*.tfrecord.gz"))
     for s in shards[1:]:
@@ -189,38 +156,38 @@ def _rewrite(folder, rows):
     return shards[0]
 
 
-def test_evaluation_holding_the_full_sequence_is_named(prepared):
+def test_evaluation_holding_the_full_sequence_is_named(tiny_prepared):
     # evaluation rows equal to testing rows: the evaluation target would be the test target
-    shard = _rewrite(prepared / "evaluation", [(0, [0, 1, 2]), (1, [1, 2, 3]), (2, [3, 2, 1])])
+    shard = _rewrite(tiny_prepared / "evaluation", [(0, [0, 1, 2]), (1, [1, 2, 3]), (2, [3, 2, 1])])
     with pytest.raises(
         MadrecError,
         match=rf"{shard.name}: record 1: user 1's evaluation row \[1, 2, 3\] is not the "
         r"testing row \[1, 2, 3\] minus its last 1 item",
     ):
-        load_dataset(prepared)
+        load_dataset(tiny_prepared)
 
 
-def test_training_holding_a_target_is_named(prepared):
-    shard = _rewrite(prepared / "training", [(0, [0, 1]), (1, [1]), (2, [3, 2, 1])])
+def test_training_holding_a_target_is_named(tiny_prepared):
+    shard = _rewrite(tiny_prepared / "training", [(0, [0, 1]), (1, [1]), (2, [3, 2, 1])])
     with pytest.raises(
         MadrecError,
         match=rf"{shard.name}: record 2: user 2's training row \[3, 2, 1\] is not the "
         r"testing row \[3, 2, 1, 0\] minus its last 2 item",
     ):
-        load_dataset(prepared)
+        load_dataset(tiny_prepared)
     # only training + evaluation loaded: checked against each other
     with pytest.raises(MadrecError, match=r"user 2's training row \[3, 2, 1\] is not the evaluation row"):
-        load_dataset(prepared, splits=("training", "evaluation"))
-    assert len(load_dataset(prepared, splits=("testing",)).splits["testing"]) == 3
+        load_dataset(tiny_prepared, splits=("training", "evaluation"))
+    assert len(load_dataset(tiny_prepared, splits=("testing",)).splits["testing"]) == 3
 
 
-def test_users_missing_or_repeated_are_named(prepared):
-    shard = _rewrite(prepared / "evaluation", [(0, [0, 1, 2]), (1, [1, 2])])
+def test_users_missing_or_repeated_are_named(tiny_prepared):
+    shard = _rewrite(tiny_prepared / "evaluation", [(0, [0, 1, 2]), (1, [1, 2])])
     with pytest.raises(MadrecError, match=r"user 2 is in the testing split but not in evaluation"):
-        load_dataset(prepared)
-    shard = _rewrite(prepared / "evaluation", [(0, [0, 1, 2]), (1, [1, 2]), (2, [3, 2, 1]), (1, [1, 2])])
+        load_dataset(tiny_prepared)
+    shard = _rewrite(tiny_prepared / "evaluation", [(0, [0, 1, 2]), (1, [1, 2]), (2, [3, 2, 1]), (1, [1, 2])])
     with pytest.raises(MadrecError, match=rf"{shard.name}: record 3: user 1 appears twice"):
-        load_dataset(prepared)
+        load_dataset(tiny_prepared)
 
 
 def test_prepared_real_slice_passes_the_check(shared_data, tmp_path):

@@ -64,26 +64,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.log = log
+        cmd = [sys.executable, "-m", "madrec.cli", "serve", "--ckpt", str(ckpt), "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--threads", "1", *args]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "madrec.cli",
-                "serve",
-                "--ckpt",
-                str(ckpt),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--threads",
-                "1",
-                *args,
-            ],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent,
+            cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
         )
         deadline = time.time() + 300  # a busy shared machine can take minutes to import torch
         while time.time() < deadline:

@@ -28,6 +28,7 @@ from madrec.ops import trainjob
 from madrec.ops.images import image
 
 _REAL_CLIENT = trainjob.TrainJobClient
+TWO_NODES = dict(experiment="tiny", num_nodes=2, gpus_per_node=1)  # launch() settings of the tests
 
 
 def test_manifest_for_nodes_times_gpus(monkeypatch):
@@ -198,26 +199,24 @@ def test_wait_logs_progress_until_complete(caplog):
     assert "completed after 0h01m30s" in text
 
 
+def _warning(name: str, reason: str, message: str, pod: str) -> CoreV1Event:
+    return CoreV1Event(
+        metadata=V1ObjectMeta(name=name),
+        type="Warning",
+        reason=reason,
+        message=message,
+        involved_object=V1ObjectReference(kind="Pod", name=pod),
+    )
+
+
 def test_failure_carries_exit_code_logs_and_events():
     failed = _pod("j-node-0-1", "Failed", index="1", terminated=1)
     fake = FakeCluster(
         [([], [_pod("j-node-0-0", "Running")]), ([("Failed", "jobset failed: node-0 failed")], [failed])],
         logs={"j-node-0-1": "\n".join(f"line {i}" for i in range(100)) + "\nRuntimeError: NCCL timeout"},
         events=[
-            CoreV1Event(
-                metadata=V1ObjectMeta(name="e1"),
-                type="Warning",
-                reason="BackOff",
-                message="restarting",
-                involved_object=V1ObjectReference(kind="Pod", name="j-node-0-1"),
-            ),
-            CoreV1Event(
-                metadata=V1ObjectMeta(name="e2"),
-                type="Warning",
-                reason="Other",
-                message="unrelated",
-                involved_object=V1ObjectReference(kind="Pod", name="other-pod"),
-            ),
+            _warning("e1", "BackOff", "restarting", "j-node-0-1"),
+            _warning("e2", "Other", "unrelated", "other-pod"),
         ],
     )
     with pytest.raises(MadrecError) as err:
@@ -344,17 +343,8 @@ def test_failed_launch_keeps_the_run_and_drops_staged_inputs(tmp_path):
     shared.mkdir()
     fake = TrainingCluster(fail=True)
     with pytest.raises(MadrecError, match="(?s)failed: node 0 exited 1.*run folder .* stays in .*on PVC madrec-data"):
-        trainjob.launch(
-            data,
-            sids / "sids.pt",
-            tmp_path / "model",
-            tmp_path / "run",
-            experiment="tiny",
-            num_nodes=2,
-            gpus_per_node=1,
-            shared_dir=shared,
-            client=_client(fake),
-        )
+        paths = (data, sids / "sids.pt", tmp_path / "model", tmp_path / "run")
+        trainjob.launch(*paths, **TWO_NODES, shared_dir=shared, client=_client(fake))
     (stage,) = (shared / "trainjobs").iterdir()
     assert (stage / "run" / "metrics.csv").is_file()
     assert not (stage / "data").exists() and not (stage / "sids.pt").exists()
@@ -363,7 +353,7 @@ def test_failed_launch_keeps_the_run_and_drops_staged_inputs(tmp_path):
 
 def test_launch_refuses_bad_setups(tmp_path):
     data, sids = _inputs(tmp_path)
-    common = dict(experiment="tiny", num_nodes=2, gpus_per_node=1, client=_client(FakeCluster([([], [])])))
+    common = dict(**TWO_NODES, client=_client(FakeCluster([([], [])])))
     with pytest.raises(MadrecError, match="the pipeline sets output_dir itself"):
         trainjob.launch(data, sids, tmp_path / "m", overrides=["output_dir=/x"], shared_dir=tmp_path, **common)
     with pytest.raises(MadrecError, match="not mounted in the launcher; mount PVC madrec-data"):
@@ -449,18 +439,22 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
     monkeypatch.setenv("MADREC_TAG", "9.9")
     out = tmp_path / "out"
     model, metrics = dsl.Model(uri=str(out / "model")), dsl.Metrics(uri=str(out / "metrics"))
-    launch_trainjob.python_func(
-        dataset=dsl.Dataset(uri=str(data)),
-        sids=dsl.Artifact(uri=str(sids)),
-        experiment="tiny",
-        overrides="max_steps=5 'lr=0.001'",
-        num_nodes=2,
-        gpus_per_node=2,
-        model=model,
-        metrics=metrics,
-        run=dsl.Artifact(uri=str(out / "run")),
-        shared_dir=str(shared),
-    )
+
+    def launch(overrides: str, run: str) -> None:
+        launch_trainjob.python_func(
+            dataset=dsl.Dataset(uri=str(data)),
+            sids=dsl.Artifact(uri=str(sids)),
+            experiment="tiny",
+            overrides=overrides,
+            num_nodes=2,
+            gpus_per_node=2,
+            model=model,
+            metrics=metrics,
+            run=dsl.Artifact(uri=str(out / run)),
+            shared_dir=str(shared),
+        )
+
+    launch("max_steps=5 'lr=0.001'", "run")
     job = fake.created[0][1]
     assert job["spec"]["trainer"]["image"].endswith("/madrec-cuda:9.9")
     assert job["spec"]["trainer"]["args"][-2:] == ["max_steps=5", "lr=0.001"]
@@ -468,34 +462,14 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
     assert json.loads(Path(metrics.path).read_text()) == {"test/recall@10": 0.09, "val/recall@10": 0.1}
     assert model.metadata["num_nodes"] == 2 and model.metadata["experiment"] == "tiny"
     with pytest.raises(MadrecError, match="the pipeline sets output_dir itself"):
-        launch_trainjob.python_func(
-            dataset=dsl.Dataset(uri=str(data)),
-            sids=dsl.Artifact(uri=str(sids)),
-            experiment="tiny",
-            overrides="output_dir=/x",
-            num_nodes=2,
-            gpus_per_node=2,
-            model=model,
-            metrics=metrics,
-            run=dsl.Artifact(uri=str(out / "run2")),
-            shared_dir=str(shared),
-        )
+        launch("output_dir=/x", "run2")
 
 
 def test_rejected_job_leaves_nothing_on_the_shared_volume(tmp_path):
     data, sids = _inputs(tmp_path)
     fake = FakeCluster([([], [])], create_error=ApiException(status=403, reason="Forbidden"))
     with pytest.raises(MadrecError, match="may not do this in namespace 'team'"):
-        trainjob.launch(
-            data,
-            sids,
-            tmp_path / "m",
-            experiment="tiny",
-            num_nodes=2,
-            gpus_per_node=1,
-            shared_dir=tmp_path,
-            client=_client(fake),
-        )
+        trainjob.launch(data, sids, tmp_path / "m", **TWO_NODES, shared_dir=tmp_path, client=_client(fake))
     assert list((tmp_path / "trainjobs").iterdir()) == []
 
 

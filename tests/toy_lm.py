@@ -115,3 +115,23 @@ def write_checkpoint(path, sids: torch.Tensor, item_ids: list[str], max_len: int
         path,
     )
     return model.eval()
+
+
+def brute_force_left_to_right(model, vocab, sids, hist):
+    """Brute force, independent of beam_search: the exact constrained left-to-right log-prob of
+    every catalogue item (one model call per digit, allowed digits from a plain scan)."""
+    H, V = vocab.sid_len, vocab.codebook_size
+    digits = sids.t()
+    out = []
+    for d in digits.tolist():
+        slot, score = [vocab.mask_id] * H, 0.0
+        for p in range(H):
+            logits = model(torch.cat([hist, torch.tensor([slot])], 1))[0, hist.shape[1] + p]
+            lg = logits[p * (V + 1) : p * (V + 1) + V].clone()
+            agree = (digits[:, :p] == torch.tensor(d[:p])).all(1)
+            allowed = torch.zeros(V, dtype=torch.bool)
+            allowed[digits[agree, p]] = True
+            score += torch.log_softmax(lg.masked_fill(~allowed, float("-inf")), 0)[d[p]].item()
+            slot[p] = p * (V + 1) + d[p]
+        out.append(score)
+    return torch.tensor(out)

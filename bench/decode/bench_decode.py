@@ -102,21 +102,8 @@ def run_reference(
 
 
 def run_madrec(model, vocab, sids, split: Split, max_len: int, args, device, k: int, index, batch_size: int) -> dict:
-    preds = predict_split(
-        model,
-        vocab,
-        sids,
-        split,
-        max_len,
-        top_k=10,
-        beam_size=args.beam,
-        batch_size=batch_size,
-        device=device,
-        reveal_per_step=k,
-        progress=False,
-        index=index,
-        amp=args.amp,
-    )
+    settings = dict(top_k=10, beam_size=args.beam, device=device, progress=False, index=index, amp=args.amp)
+    preds = predict_split(model, vocab, sids, split, max_len, **settings, batch_size=batch_size, reveal_per_step=k)
     m = summarize(preds, (10,))
     return {
         "users_per_s": m["users_per_s"],
@@ -177,18 +164,8 @@ def main() -> None:
     ref_split = Split(full.name, full.user_ids[:n_ref], full.sequences[:n_ref])
     index = SIDIndex(sids, vocab.codebook_size)
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
-    predict_split(
-        model,
-        vocab,
-        sids,
-        Split(split.name, split.user_ids[:32], split.sequences[:32]),
-        max_len,
-        top_k=10,
-        beam_size=args.beam,
-        device=device,
-        progress=False,
-        index=index,
-    )  # warm-up
+    warm_up = dict(top_k=10, beam_size=args.beam, device=device, progress=False, index=index)
+    predict_split(model, vocab, sids, split.first(32), max_len, **warm_up)
 
     # every decoder at every batch size, in interleaved rounds; a decoder's row is its best batch
     # size's best round (other jobs on a shared machine only ever slow a run down)

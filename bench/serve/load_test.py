@@ -54,26 +54,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        cmd = [sys.executable, "-m", "madrec.cli", "serve", "--ckpt", ckpt, "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--threads", str(threads), *extra]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "madrec.cli",
-                "serve",
-                "--ckpt",
-                ckpt,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--threads",
-                str(threads),
-                *extra,
-            ],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent,
+            cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
         )
         deadline = time.time() + 300
         while time.time() < deadline:

@@ -73,15 +73,10 @@ def predict_split(
     device = torch.device(device) if device is not None else _model_device(model)
     rank, world = rank_and_world()
     sids = sids.to(device)
-    decode = dict(
-        beam_size=beam_size,
-        top_k=top_k,
-        order=order,
-        reveal_per_step=reveal_per_step,
-        constrained=constrained,
-        index=index if index is not None else SIDIndex(sids, vocab.codebook_size),
-        generator=torch.Generator(device=device).manual_seed(seed + rank) if order == "random" else None,
-    )
+    index = index if index is not None else SIDIndex(sids, vocab.codebook_size)
+    generator = torch.Generator(device=device).manual_seed(seed + rank) if order == "random" else None
+    decode = dict(beam_size=beam_size, top_k=top_k, order=order, reveal_per_step=reveal_per_step)
+    decode.update(constrained=constrained, index=index, generator=generator)
     mine = _my_users(split, rank, world)
     start = time.perf_counter()
     with _eval_mode(model, device):
@@ -206,18 +201,8 @@ def evaluate_split(
     `predict_split` (order, reveal_per_step, constrained, ...). Every rank gets the same dict.
     """
     ks = tuple(int(k) for k in ks)
-    preds = predict_split(
-        model,
-        vocab,
-        sids,
-        split,
-        max_len,
-        top_k=max(ks),
-        beam_size=beam_size,
-        batch_size=batch_size,
-        device=device,
-        **decode_kw,
-    )
+    settings = dict(top_k=max(ks), beam_size=beam_size, batch_size=batch_size, device=device)
+    preds = predict_split(model, vocab, sids, split, max_len, **settings, **decode_kw)
     return summarize(preds, ks, prefix)
 
 

@@ -36,17 +36,8 @@ def build_cli(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="texts per encoder batch (default 16 CPU, 128 GPU)")
     p.add_argument("--max-iter", type=int, default=300, help="cap on Lloyd iterations per level")
     a = p.parse_args(argv)
-    report = build_sids(
-        a.data,
-        a.out,
-        encoder=a.encoder,
-        levels=a.levels,
-        codebook_size=a.codebook_size,
-        seed=a.seed,
-        device=a.device,
-        batch_size=a.batch_size,
-        max_iter=a.max_iter,
-    )
+    options = {k: v for k, v in vars(a).items() if k not in ("data", "out")}  # build_sids' keywords
+    report = build_sids(a.data, a.out, **options)
     print(_summary(a.out, report))
     return 0
 

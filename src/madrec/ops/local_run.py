@@ -22,7 +22,7 @@ from pathlib import Path
 
 from madrec.errors import MadrecError
 from madrec.io import content_digest, is_remote
-from madrec.ops.pipeline_params import PIPELINE_FILE, REPO, parse_params, pipeline_inputs
+from madrec.ops.pipeline_params import PIPELINE_FILE, REPO, add_param_option, parse_params, pipeline_inputs
 from madrec.prepare import ML1M_URL
 
 # Items files next to sequences or an interactions table (prepare-data --items reads them all).
@@ -184,45 +184,50 @@ def _find_in_folder(path: Path, items: str | None, kind: str | None) -> DataSpec
     seqs = [p for p in texts if _looks_like_sequences(p)]
     tables = sorted(p for p in path.iterdir() if p.is_file() and _is_table(p) and _looks_like_interactions(p))
     found = {"ml-1m": ml1m, "sequences": seqs, "interactions": tables}
-    if kind is not None:
-        found = {kind: found[kind]}
-    if ml1m and kind is None and (seqs or tables or items):
-        others = _listing(seqs + tables) or "with --items"
-        raise MadrecError(
-            f"{path}: both MovieLens-1M files ({_listing(ml1m)}) and sequences or interactions ({others}); "
-            f"use --data {ml1m[0]} for the ratings, or --sequences FILE / --data TABLE "
-            "(make run SEQUENCES=... / DATA=...)"
-        )
-    if seqs and tables and kind is None:
-        raise MadrecError(
-            f"{path}: both sequences ({_listing(seqs)}) and interactions tables ({_listing(tables)}); "
-            "pick one with --sequences FILE or --data TABLE"
-        )
-    if len(found.get("ml-1m", [])) > 1:
-        raise MadrecError(
-            f"{path}: several MovieLens-1M sources ({_listing(ml1m)}); pick one with --data FILE_OR_FOLDER"
-        )
-    if found.get("ml-1m"):
-        return DataSpec("ml-1m", str(ml1m[0] if ml1m[0].suffix == ".zip" else ml1m[0].parent))
-    if len(found.get("sequences", [])) > 1:
-        raise MadrecError(
-            f"{path}: several sequences files ({_listing(seqs)}); pick one with --sequences FILE "
-            "(make run SEQUENCES=...)"
-        )
-    if len(found.get("interactions", [])) > 1:
-        raise MadrecError(
-            f"{path}: several interactions tables ({_listing(tables)}); pick one with --data TABLE (make run DATA=...)"
-        )
-    if found.get("sequences"):
-        return _sequences(seqs[0], items)
-    if found.get("interactions"):
-        return _interactions(tables[0], items)
+    if kind is None:
+        _refuse_mixed(path, ml1m, seqs, tables, items)
+    for k in (kind,) if kind else KINDS:
+        if len(found[k]) > 1:
+            what, pick = PICK[k]
+            raise MadrecError(f"{path}: several {what} ({_listing(found[k])}); pick one with {pick}")
+        if found[k]:
+            return _spec(k, found[k][0], items)
     hint = f"; its .txt files ({_listing(texts)}) are not 'user item item ...' lines of integer ids" if texts else ""
     raise MadrecError(
         f"{path}: no recognised data: expected ml-1m.zip, ratings.dat + movies.dat, a sequences *.txt or an "
         f"interactions table (*.csv / *.parquet with {', '.join(INTERACTION_COLUMNS)}) with an items file{hint}; "
         "pass --sequences FILE --items FILE or --data TABLE --items FILE"
     )
+
+
+# What each kind's candidates are called, and the option that picks one of several.
+PICK = {
+    "ml-1m": ("MovieLens-1M sources", "--data FILE_OR_FOLDER"),
+    "sequences": ("sequences files", "--sequences FILE (make run SEQUENCES=...)"),
+    "interactions": ("interactions tables", "--data TABLE (make run DATA=...)"),
+}
+
+
+def _spec(kind: str, found: Path, items: str | None) -> DataSpec:
+    if kind == "ml-1m":  # the archive, or the folder holding ratings.dat
+        return DataSpec("ml-1m", str(found if found.suffix == ".zip" else found.parent))
+    return _sequences(found, items) if kind == "sequences" else _interactions(found, items)
+
+
+def _refuse_mixed(path: Path, ml1m: list, seqs: list, tables: list, items: str | None) -> None:
+    """A folder holding inputs of two kinds is ambiguous: the message says how to pick one."""
+    if ml1m and (seqs or tables or items):
+        others = _listing(seqs + tables) or "with --items"
+        raise MadrecError(
+            f"{path}: both MovieLens-1M files ({_listing(ml1m)}) and sequences or interactions ({others}); "
+            f"use --data {ml1m[0]} for the ratings, or --sequences FILE / --data TABLE "
+            "(make run SEQUENCES=... / DATA=...)"
+        )
+    if seqs and tables:
+        raise MadrecError(
+            f"{path}: both sequences ({_listing(seqs)}) and interactions tables ({_listing(tables)}); "
+            "pick one with --sequences FILE or --data TABLE"
+        )
 
 
 def stage_input(source: str, store: Path) -> str:
@@ -355,13 +360,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--min-item-count", type=int, default=None, help="as madrec prepare-data (default 5)")
     p.add_argument("--sid-uri", default="", help="a GRID SID file to ingest instead of building SIDs")
     p.add_argument("--experiment", default="tiny", help="training experiment (configs/experiment/NAME.yaml)")
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other pipeline parameter, e.g. --param sid_levels=4 --param eval_overrides=beam_size=20",
-    )
+    add_param_option(p, "any other pipeline parameter, e.g. --param sid_levels=4 --param eval_overrides=beam_size=20")
     p.add_argument("--out", type=Path, default=Path("runs/local"), help="pipeline root (default runs/local)")
     p.add_argument("--no-cache", action="store_true", help="rerun every step instead of reusing earlier outputs")
     p.add_argument("--pipeline-file", type=Path, default=PIPELINE_FILE, help="compiled pipeline YAML")

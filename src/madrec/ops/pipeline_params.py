@@ -37,6 +37,11 @@ def pipeline_inputs(pipeline_file: Path) -> dict[str, dict]:
     return spec["root"]["inputDefinitions"]["parameters"]
 
 
+def add_param_option(parser, example: str) -> None:
+    """The `--param KEY=VALUE` option of run-local and submit (parsed by `parse_params`)."""
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help=example)
+
+
 def parse_params(items: list[str], inputs: dict[str, dict]) -> dict:
     """`KEY=VALUE` strings -> typed run parameters; unknown keys and bad values are errors."""
     params = {}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from madrec.errors import MadrecError
-from madrec.ops.pipeline_params import PIPELINE_FILE, parse_params, pipeline_inputs
+from madrec.ops.pipeline_params import PIPELINE_FILE, add_param_option, parse_params, pipeline_inputs
 
 
 def upload(client, pipeline_file: Path, name: str) -> tuple[str, str]:
@@ -86,13 +86,7 @@ def cli(argv: list[str]) -> int:
         "madrec-trainjob-launcher Role (manifests/) (default $KFP_SERVICE_ACCOUNT)",
     )
     p.add_argument("--no-cache", action="store_true", help="disable step caching for this run")
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run parameter (repeatable), e.g. --param dataset=sequences --param num_gpus=4",
-    )
+    add_param_option(p, "run parameter (repeatable), e.g. --param dataset=sequences --param num_gpus=4")
     args = p.parse_args(argv)
     if not args.host:
         raise MadrecError(
