@@ -4,12 +4,16 @@ completes (training resumes from its last checkpoint and ends with the same weig
 
 Each kill is aimed at the step's write: the process is killed as soon as its temporary
 output folder (or checkpoint) appears, so the final rename has not happened yet.
+
+A local pipeline run (`madrec run-local`) killed with all its steps during training, then
+re-run: the steps that had finished are reused from kfp's local step cache, the run completes.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from madrec.checkpoint import load_checkpoint
 from madrec.data import load_dataset
 from madrec.prepare import prepare
 from madrec.sids import dedup_digit, load_sids
@@ -44,25 +49,47 @@ def run_ok(cmd, cwd):
     return proc
 
 
-def kill_when(cmd, ready, cwd, log: Path, timeout=900) -> None:
-    """Run `cmd`, SIGKILL it the moment `ready()` is true; fail if it finished first."""
+def kill_when(cmd, ready, cwd, log: Path, timeout=900, group=False, poll=0.001) -> None:
+    """Run `cmd`, SIGKILL it the moment `ready()` is true; fail if it finished first. With
+    `group`, `cmd` runs in a process group of its own and the whole group is killed (a pipeline
+    and the steps it started), and this returns once none of them is left."""
     hit = False
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env(), cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env(), cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=group)
         deadline = time.time() + timeout
         try:
             while proc.poll() is None and time.time() < deadline:
                 if ready():
-                    proc.send_signal(signal.SIGKILL)
+                    if group:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    else:
+                        proc.send_signal(signal.SIGKILL)
                     hit = True
                     break
-                time.sleep(0.001)
+                time.sleep(poll)
         finally:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
     assert hit and proc.returncode == -signal.SIGKILL, \
         f"not killed at the aimed point (rc {proc.returncode}):\n{log.read_text()[-3000:]}"
+    if group:  # the steps die with the pipeline: nothing keeps writing into the killed run
+        while group_alive(proc.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not group_alive(proc.pid), f"process group {proc.pid} still alive after SIGKILL"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies waiting to be reaped do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rpartition(")")[2].split()[:3]
+        except OSError:
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def temp_of(final: Path):
@@ -207,3 +234,70 @@ def test_kill_evaluate(beauty, sids_file, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test/num_users"] == USERS and (out / "report.html").exists()
     assert (out / "predictions.parquet").exists()
+
+
+# `madrec run-local` with the code fingerprint pinned: the killed run and the re-run share one
+# step cache even if the checkout is edited in between (shared working trees; as in test_pipeline_local)
+RUN_LOCAL = ("import sys; from madrec.cli import main; from madrec.ops import local_run; "
+             "local_run.code_fingerprint = lambda: 'test'; sys.exit(main(['run-local', *sys.argv[1:]]))")
+PIPELINE = ["--param", "sid_levels=2", "--param", "sid_codebook_size=16",
+            "--param", "eval_overrides=sweep=false compare_unconstrained=false",
+            "trainer.max_steps=200", "trainer.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=200",
+            "eval.val_max_users=40", "trainer.progress_bar=false"]
+
+
+def finished_tasks(run_dir: Path) -> set[str]:
+    """The steps that ran to the end in `run_dir` (kfp writes executor_output.json last)."""
+    return {p.name.rstrip("-0123456789") for p in run_dir.iterdir() if (p / "executor_output.json").is_file()}
+
+
+def stamps(*folders: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for f in folders for p in [f, *f.rglob("*")]}
+
+
+def test_kill_local_pipeline_during_training_then_rerun_reuses_finished_steps(beauty, tmp_path, monkeypatch):
+    root, items = beauty
+    monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))  # build-sids' embeddings, inherited
+    data = tmp_path / "beauty"
+    data.mkdir()
+    (data / "Beauty.txt").symlink_to(root / "Beauty.txt")
+    (data / "items.jsonl.gz").symlink_to(items)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-c", RUN_LOCAL, "--data", data, "--out", out, *PIPELINE]
+
+    # killed (the pipeline and every step it started) once training has written a checkpoint
+    kill_when(cmd, lambda: any(out.glob("*/train*/run/checkpoints/last.ckpt")), tmp_path, tmp_path / "1.log",
+              group=True, poll=0.05)
+    [killed] = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert finished_tasks(killed) == {"prepare-data", "build-sids"}
+    [train] = killed.glob("train*")
+    assert not (train / "model").exists() and not (train / "run" / "summary.json").exists()
+    assert not (out / "latest").exists()  # nothing is presented as a finished run
+    # the step cache holds the two finished steps, nothing of the killed training
+    entries = [p.read_text() for p in (out / ".cache").rglob("*.json")]
+    assert len(entries) == 2 and all(str(train) not in e for e in entries)
+    assert sum(str(killed / "prepare-data") in e for e in entries) == 1
+    assert sum(str(killed / "build-sids") in e for e in entries) == 1
+    before = stamps(killed / "prepare-data", killed / "build-sids")
+
+    # the same command again: prepare-data and build-sids are served from the killed run, training
+    # runs afresh in the new run (never from the half-finished folder), and the run completes
+    proc = run_ok(cmd, tmp_path)
+    log = proc.stdout + proc.stderr  # kfp logs a cache hit on stderr
+    for step in ("prepare-data", "build-sids"):
+        assert re.search(rf"Task \W*{step}\W* cache hit", log), f"{step} was not reused:\n{log[-3000:]}"
+    [rerun] = [p for p in out.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and p != killed]
+    assert finished_tasks(rerun) == {"train", "evaluate", "deploy"}  # cache hits leave no step folder
+    assert stamps(killed / "prepare-data", killed / "build-sids") == before  # not rewritten
+    latest = out / "latest"
+    assert latest.resolve() == rerun / "results"
+    assert Path(os.path.realpath(latest / "dataset")) == killed / "prepare-data" / "dataset"
+    assert Path(os.path.realpath(latest / "sids.pt")) == killed / "build-sids" / "sids"
+    for link in latest.iterdir():  # no result comes from the killed training
+        assert not Path(os.path.realpath(link)).is_relative_to(train), link
+    assert Path(os.path.realpath(latest / "model.ckpt")).is_relative_to(rerun)
+    assert load_checkpoint(latest / "model.ckpt").global_step > 0
+    assert "global_step" in json.loads((latest / "train_run" / "summary.json").read_text())
+    metrics = json.loads((latest / "metrics.json").read_text())
+    users = len(load_dataset(latest / "dataset").splits["testing"].user_ids)
+    assert metrics["test/num_users"] == users > 0
