@@ -6,13 +6,14 @@ same as the images). Run `make lock-images` after changing dependencies in pypro
 torch is pinned without its local label (`torch==2.13.0` also matches `2.13.0+cpu`), so one
 file serves the CPU and the CUDA image; the CUDA wheel pins its own nvidia-* libraries.
 """
+
 from __future__ import annotations
 
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

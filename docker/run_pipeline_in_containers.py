@@ -13,10 +13,15 @@ itself is the committed one:
   - kfp's local runner does not resolve the `image_tag` run parameter inside image names (a
     cluster does), so the images are written into a copy of the YAML;
   - DockerRunner passes a step's command as the container's CMD, which our `madrec` ENTRYPOINT
-    would prefix; the containers get `env` as entrypoint instead (a cluster overrides it too).
+    would prefix; the containers get `env` as entrypoint instead (a cluster overrides it too);
+  - kfp 2.17's DockerRunner starts each container with auto_remove and reads its logs and exit
+    code afterwards: a step that ends before that is already gone, which kfp then counts as a
+    success (NotFound) or, through podman's API (HTTP 500 "no such container"), fails the whole
+    run. Here each step's container is removed only after its logs and exit code were read.
 DockerRunner mounts only the pipeline root (at the same path), so the inputs are copied under
 it, and the root is made writable by the image's user.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +62,31 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
 
+def run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+    """kfp's `docker_task_handler.run_docker_container`, without its auto_remove race: the
+    container is removed after its logs were streamed and its real exit code was read."""
+    from kfp.local import docker_task_handler
+
+    image = docker_task_handler.add_latest_tag_if_not_present(image=image)
+    if not any(image in img.tags + img.attrs.get("RepoDigests", []) for img in client.images.list()):
+        print(f"Pulling image {image!r}", flush=True)
+        client.images.pull(image)
+    container = client.containers.run(
+        image=image, command=command, detach=True, stdout=True, stderr=True, volumes=volumes, **run_args
+    )
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="", flush=True)
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
+
+
 def run(args) -> Path:
     from kfp import components, local
+    from kfp.local import docker_task_handler
+
+    docker_task_handler.run_docker_container = run_container  # looked up there at each step
 
     from madrec.ops.local_run import PIPELINE_FILE, collect_results, link_results, parse_params, pipeline_inputs
 
@@ -78,8 +106,12 @@ def run(args) -> Path:
     resolved = Path(tempfile.mkdtemp(prefix="madrec-pipeline-")) / "pipeline.yaml"
     resolved.write_text(resolve_images(Path(pipeline_file).read_text(), args.image_tag, args.registry))
     arguments = {
-        "dataset": "sequences", **staged, "experiment": args.experiment,
-        "train_overrides": " ".join(args.overrides), "num_gpus": 0, "image_tag": args.image_tag,
+        "dataset": "sequences",
+        **staged,
+        "experiment": args.experiment,
+        "train_overrides": " ".join(args.overrides),
+        "num_gpus": 0,
+        "image_tag": args.image_tag,
         **parse_params(args.param, pipeline_inputs(resolved)),
     }
     run_args = {"entrypoint": ["env"], "environment": {"OMP_NUM_THREADS": str(args.threads)}}

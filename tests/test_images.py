@@ -1,4 +1,5 @@
 """Image references: defaults, environment overrides, explicit arguments, bad names."""
+
 from __future__ import annotations
 
 import pytest

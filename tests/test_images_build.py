@@ -9,6 +9,7 @@ socket here). Every step's outputs are checked, and so are their owner (the imag
 1000) and the container's own file system (`diff`: nothing written outside /data).
 Steps run one after another on the previous step's outputs (module order).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,25 +27,49 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("MADREC_IMAGE_TESTS") != "1",
-                       reason="container tests run through `make test-images` (builds the image first)"),
+    pytest.mark.skipif(
+        os.environ.get("MADREC_IMAGE_TESTS") != "1",
+        reason="container tests run through `make test-images` (builds the image first)",
+    ),
 ]
 
 IMAGE = os.environ.get("MADREC_TEST_IMAGE", "ghcr.io/madrec-project/madrec:0.1.0")
 DOCKER = os.environ.get("MADREC_TEST_DOCKER", "podman")
 UID = GID = 1000  # docker/Dockerfile: USER 1000:1000
 USERS = 300  # Beauty slice: the first 300 users (~700 items seen at least twice)
-PREP = ["--dataset", "sequences", "--source", "/data/raw/Beauty.txt", "--items", "/data/raw/items.jsonl.gz",
-        "--min-item-count", "2"]
+PREP = [
+    "--dataset",
+    "sequences",
+    "--source",
+    "/data/raw/Beauty.txt",
+    "--items",
+    "/data/raw/items.jsonl.gz",
+    "--min-item-count",
+    "2",
+]
 SIDS = ["--levels", "3", "--codebook-size", "16"]
-TRAIN = ["experiment=tiny", "trainer.max_steps=50", "trainer.val_every_n_steps=25",
-         "trainer.checkpoint_every_n_steps=25", "trainer.log_every_n_steps=10", "trainer.progress_bar=false",
-         "eval.val_max_users=100"]
+TRAIN = [
+    "experiment=tiny",
+    "trainer.max_steps=50",
+    "trainer.val_every_n_steps=25",
+    "trainer.checkpoint_every_n_steps=25",
+    "trainer.log_every_n_steps=10",
+    "trainer.progress_bar=false",
+    "eval.val_max_users=100",
+]
 EVAL = ["split=test", "beam_size=10", "ks=[5,10]", "predictions=true", "compare_users=50"]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # What the container runtime itself puts into every container (mount points of /etc/hosts etc.)
-RUNTIME_FILES = {"/etc", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run", "/run/.containerenv",
-                 "/run/secrets", "/data"}
+RUNTIME_FILES = {
+    "/etc",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/run",
+    "/run/.containerenv",
+    "/run/secrets",
+    "/data",
+}
 
 
 def _env() -> dict:
@@ -74,12 +99,20 @@ def in_container(data: Path, *args: str, network: str | None = None, entrypoint:
     start = time.perf_counter()
     try:
         proc = docker("run", *opts, IMAGE, *args, check=False)
-        print(f"$ {DOCKER} run ... {IMAGE} {' '.join(args)}  ({time.perf_counter() - start:.0f} s)\n"
-              f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        assert proc.returncode == 0, f"{' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        changed = [line for line in docker("diff", name).stdout.splitlines()
-                   if line.strip() and line.split(maxsplit=1)[-1] not in RUNTIME_FILES
-                   and line.split() not in (["C", "/tmp"], ["C", "/var/tmp"])]  # temp files, removed again
+        print(
+            f"$ {DOCKER} run ... {IMAGE} {' '.join(args)}  ({time.perf_counter() - start:.0f} s)\n"
+            f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
+        assert proc.returncode == 0, (
+            f"{' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+        changed = [
+            line
+            for line in docker("diff", name).stdout.splitlines()
+            if line.strip()
+            and line.split(maxsplit=1)[-1] not in RUNTIME_FILES
+            and line.split() not in (["C", "/tmp"], ["C", "/var/tmp"])
+        ]  # temp files, removed again
         assert not changed, f"{' '.join(args)} wrote outside /data: {changed}"
     finally:
         docker("rm", "--force", name, check=False)
@@ -145,8 +178,15 @@ def test_build_sids_with_the_shipped_encoder_offline(data):
 
 
 def test_train(data):
-    in_container(data, "train", *TRAIN, "data_dir=/data/beauty", "sid_data_path=/data/beauty_sids/sids.pt",
-                 "output_dir=/data/run", network="none")
+    in_container(
+        data,
+        "train",
+        *TRAIN,
+        "data_dir=/data/beauty",
+        "sid_data_path=/data/beauty_sids/sids.pt",
+        "output_dir=/data/run",
+        network="none",
+    )
     run = data / "run"
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     summary = json.loads((run / "summary.json").read_text())
@@ -156,8 +196,15 @@ def test_train(data):
 
 
 def test_evaluate(data):
-    in_container(data, "evaluate", "ckpt_path=/data/run/checkpoints/best.ckpt", "data_dir=/data/beauty",
-                 "output_dir=/data/eval", *EVAL, network="none")
+    in_container(
+        data,
+        "evaluate",
+        "ckpt_path=/data/run/checkpoints/best.ckpt",
+        "data_dir=/data/beauty",
+        "output_dir=/data/eval",
+        *EVAL,
+        network="none",
+    )
     metrics = json.loads((data / "eval" / "metrics.json").read_text())
     flat = json.dumps(metrics)
     assert "recall@10" in flat and "ndcg@10" in flat, metrics
@@ -175,8 +222,17 @@ def test_recommend(data):
     line = (data / "raw" / "Beauty.txt").read_text().splitlines()[1].split()  # a user that was kept
     history = [item for item in line[1:] if item in known][:3]
     assert history
-    out = in_container(data, "recommend", "--ckpt", "/data/run/checkpoints/best.ckpt", "--history",
-                       ",".join(history), "-k", "5", network="none")
+    out = in_container(
+        data,
+        "recommend",
+        "--ckpt",
+        "/data/run/checkpoints/best.ckpt",
+        "--history",
+        ",".join(history),
+        "-k",
+        "5",
+        network="none",
+    )
     # the ranked table: "rank item_id score" lines (log lines on stderr may be interleaved)
     rows = [row for row in (line.split() for line in out.splitlines()) if len(row) == 3 and row[0].isdigit()]
     assert [int(row[0]) for row in rows] == [1, 2, 3, 4, 5], out
@@ -196,8 +252,17 @@ def test_compose_runs_one_step_as_users_do(data):
     """`compose run --rm prepare-data ...` with docker/compose.yaml: same files as the direct run."""
     registry, _, tag = IMAGE.rpartition(":")
     env = _env() | {"MADREC_DATA_DIR": str(data), "MADREC_REGISTRY": registry.rsplit("/", 1)[0], "MADREC_TAG": tag}
-    cmd = [*_compose(), "-f", str(REPO / "docker" / "compose.yaml"), "run", "--rm", "prepare-data",
-           *PREP, "--out", "/data/beauty_compose"]
+    cmd = [
+        *_compose(),
+        "-f",
+        str(REPO / "docker" / "compose.yaml"),
+        "run",
+        "--rm",
+        "prepare-data",
+        *PREP,
+        "--out",
+        "/data/beauty_compose",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     print(f"$ {' '.join(cmd)}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -216,8 +281,13 @@ def docker_host(tmp_path_factory):
         yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         return
     sock = tmp_path_factory.mktemp("podman") / "podman.sock"
-    service = subprocess.Popen([DOCKER, "system", "service", "--time=0", f"unix://{sock}"], env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    service = subprocess.Popen(
+        [DOCKER, "system", "service", "--time=0", f"unix://{sock}"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(100):
             if sock.exists():
@@ -240,13 +310,32 @@ def test_pipeline_under_kfp_docker_runner(data, docker_host, tmp_path_factory):
     if docker("image", "exists", cuda, check=False).returncode != 0 if DOCKER.endswith("podman") else True:
         docker("tag", IMAGE, cuda)
     root = tmp_path_factory.mktemp("pipeline") / "root"
-    cmd = [sys.executable, str(REPO / "docker" / "run_pipeline_in_containers.py"),
-           "--sequences", str(data / "raw" / "Beauty.txt"), "--items", str(data / "raw" / "items.jsonl.gz"),
-           "--out", str(root), "--image-tag", tag, "--registry", registry,
-           "--param", "min_item_count=2", "--param", "sid_levels=3", "--param", "sid_codebook_size=16",
-           "--param", "eval_overrides=" + " ".join(EVAL[1:]), *TRAIN[1:]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env() | {"DOCKER_HOST": docker_host},
-                          timeout=1800, cwd=REPO)
+    cmd = [
+        sys.executable,
+        str(REPO / "docker" / "run_pipeline_in_containers.py"),
+        "--sequences",
+        str(data / "raw" / "Beauty.txt"),
+        "--items",
+        str(data / "raw" / "items.jsonl.gz"),
+        "--out",
+        str(root),
+        "--image-tag",
+        tag,
+        "--registry",
+        registry,
+        "--param",
+        "min_item_count=2",
+        "--param",
+        "sid_levels=3",
+        "--param",
+        "sid_codebook_size=16",
+        "--param",
+        "eval_overrides=" + " ".join(EVAL[1:]),
+        *TRAIN[1:],
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=_env() | {"DOCKER_HOST": docker_host}, timeout=1800, cwd=REPO
+    )
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     results = next(root.glob("*/results"))
