@@ -8,6 +8,7 @@ output folder (or checkpoint) appears, so the final rename has not happened yet.
 A local pipeline run (`madrec run-local`) killed with all its steps during training, then
 re-run: the steps that had finished are reused from kfp's local step cache, the run completes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,7 @@ def kill_when(cmd, ready, cwd, log: Path, timeout=900, group=False, poll=0.001) 
     and the steps it started), and this returns once none of them is left."""
     hit = False
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env(), cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=group)
+        proc = subprocess.Popen(cmd, env=env(), cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=group)
         deadline = time.time() + timeout
         try:
             while proc.poll() is None and time.time() < deadline:
@@ -72,8 +72,9 @@ def kill_when(cmd, ready, cwd, log: Path, timeout=900, group=False, poll=0.001) 
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    assert hit and proc.returncode == -signal.SIGKILL, \
+    assert hit and proc.returncode == -signal.SIGKILL, (
         f"not killed at the aimed point (rc {proc.returncode}):\n{log.read_text()[-3000:]}"
+    )
     if group:  # the steps die with the pipeline: nothing keeps writing into the killed run
         while group_alive(proc.pid) and time.time() < deadline:
             time.sleep(0.05)
@@ -102,8 +103,11 @@ def has_files(final: Path):
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def visible(folder: Path) -> list[str]:
@@ -124,8 +128,19 @@ def beauty(shared_data, tmp_path_factory):
 def test_kill_prepare_data(beauty, tmp_path):
     root, items = beauty
     out = tmp_path / "data"
-    cmd = madrec("prepare-data", "--dataset", "sequences", "--source", root / "Beauty.txt", "--items", items,
-                 "--min-item-count", "1", "--out", out)
+    cmd = madrec(
+        "prepare-data",
+        "--dataset",
+        "sequences",
+        "--source",
+        root / "Beauty.txt",
+        "--items",
+        items,
+        "--min-item-count",
+        "1",
+        "--out",
+        out,
+    )
     kill_when(cmd, has_files(out), tmp_path, tmp_path / "1.log")
     assert not out.exists() and visible(tmp_path) == ["1.log"]  # only the hidden temporary is left
     run_ok(cmd, tmp_path)
@@ -162,8 +177,21 @@ def test_kill_build_sids(beauty, tmp_path):
     data = tmp_path / "data"
     prepare("sequences", str(tmp_path / "small.txt"), data, items=str(items), min_item_count=1)
     out = tmp_path / "sids"
-    cmd = madrec("build-sids", "--data", data, "--out", out, "--codebook-size", "8", "--levels", "2",
-                 "--device", "cpu", "--batch-size", "32")
+    cmd = madrec(
+        "build-sids",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--codebook-size",
+        "8",
+        "--levels",
+        "2",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "32",
+    )
     # killed after the embeddings are written, during k-means: nothing at OUT
     kill_when(cmd, lambda: any((t / "embeddings.pt").exists() for t in temp_of(out)), tmp_path, tmp_path / "1.log")
     assert not out.exists()
@@ -177,10 +205,23 @@ def test_kill_build_sids(beauty, tmp_path):
     assert digest(out) == before
 
 
-TRAIN = ["experiment=tiny", "model.n_layer=1", "max_len=84", "trainer.num_threads=1", "trainer.progress_bar=false", "model.dropout=0.1",
-         "batch_size=32", "trainer.max_steps=24", "trainer.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=12",
-         "eval.val_max_users=40", "eval.batch_size=20", "test=false", "trainer.log_every_n_steps=1",
-         "optim.scheduler.warmup_steps=4"]
+TRAIN = [
+    "experiment=tiny",
+    "model.n_layer=1",
+    "max_len=84",
+    "trainer.num_threads=1",
+    "trainer.progress_bar=false",
+    "model.dropout=0.1",
+    "batch_size=32",
+    "trainer.max_steps=24",
+    "trainer.checkpoint_every_n_steps=4",
+    "trainer.val_every_n_steps=12",
+    "eval.val_max_users=40",
+    "eval.batch_size=20",
+    "test=false",
+    "trainer.log_every_n_steps=1",
+    "optim.scheduler.warmup_steps=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +264,29 @@ def test_kill_training_then_resume_gives_the_same_weights(beauty, sids_file, tmp
 def test_kill_evaluate(beauty, sids_file, tmp_path):
     root, _ = beauty
     run = tmp_path / "run"
-    run_ok(madrec("train", *TRAIN, "trainer.max_steps=4", "trainer.val_every_n_steps=4",
-                  f"data_dir={root / 'ref'}", f"sid_data_path={sids_file}", f"output_dir={run}"), tmp_path)
+    run_ok(
+        madrec(
+            "train",
+            *TRAIN,
+            "trainer.max_steps=4",
+            "trainer.val_every_n_steps=4",
+            f"data_dir={root / 'ref'}",
+            f"sid_data_path={sids_file}",
+            f"output_dir={run}",
+        ),
+        tmp_path,
+    )
     out = tmp_path / "eval"
-    cmd = madrec("evaluate", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data_dir={root / 'ref'}",
-                 "split=test", f"output_dir={out}", "sweep=false", "compare_unconstrained=false", "predictions=true")
+    cmd = madrec(
+        "evaluate",
+        f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+        f"data_dir={root / 'ref'}",
+        "split=test",
+        f"output_dir={out}",
+        "sweep=false",
+        "compare_unconstrained=false",
+        "predictions=true",
+    )
     kill_when(cmd, lambda: bool(temp_of(out)), tmp_path, tmp_path / "1.log")
     assert not out.exists()
     run_ok(cmd, tmp_path)
@@ -238,12 +297,23 @@ def test_kill_evaluate(beauty, sids_file, tmp_path):
 
 # `madrec run-local` with the code fingerprint pinned: the killed run and the re-run share one
 # step cache even if the checkout is edited in between (shared working trees; as in test_pipeline_local)
-RUN_LOCAL = ("import sys; from madrec.cli import main; from madrec.ops import local_run; "
-             "local_run.code_fingerprint = lambda: 'test'; sys.exit(main(['run-local', *sys.argv[1:]]))")
-PIPELINE = ["--param", "sid_levels=2", "--param", "sid_codebook_size=16",
-            "--param", "eval_overrides=sweep=false compare_unconstrained=false",
-            "trainer.max_steps=200", "trainer.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=200",
-            "eval.val_max_users=40", "trainer.progress_bar=false"]
+RUN_LOCAL = (
+    "import sys; from madrec.cli import main; from madrec.ops import local_run; "
+    "local_run.code_fingerprint = lambda: 'test'; sys.exit(main(['run-local', *sys.argv[1:]]))"
+)
+PIPELINE = [
+    "--param",
+    "sid_levels=2",
+    "--param",
+    "sid_codebook_size=16",
+    "--param",
+    "eval_overrides=sweep=false compare_unconstrained=false",
+    "trainer.max_steps=200",
+    "trainer.checkpoint_every_n_steps=4",
+    "trainer.val_every_n_steps=200",
+    "eval.val_max_users=40",
+    "trainer.progress_bar=false",
+]
 
 
 def finished_tasks(run_dir: Path) -> set[str]:
@@ -266,8 +336,14 @@ def test_kill_local_pipeline_during_training_then_rerun_reuses_finished_steps(be
     cmd = [sys.executable, "-c", RUN_LOCAL, "--data", data, "--out", out, *PIPELINE]
 
     # killed (the pipeline and every step it started) once training has written a checkpoint
-    kill_when(cmd, lambda: any(out.glob("*/train*/run/checkpoints/last.ckpt")), tmp_path, tmp_path / "1.log",
-              group=True, poll=0.05)
+    kill_when(
+        cmd,
+        lambda: any(out.glob("*/train*/run/checkpoints/last.ckpt")),
+        tmp_path,
+        tmp_path / "1.log",
+        group=True,
+        poll=0.05,
+    )
     [killed] = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert finished_tasks(killed) == {"prepare-data", "build-sids"}
     [train] = killed.glob("train*")
@@ -286,7 +362,9 @@ def test_kill_local_pipeline_during_training_then_rerun_reuses_finished_steps(be
     log = proc.stdout + proc.stderr  # kfp logs a cache hit on stderr
     for step in ("prepare-data", "build-sids"):
         assert re.search(rf"Task \W*{step}\W* cache hit", log), f"{step} was not reused:\n{log[-3000:]}"
-    [rerun] = [p for p in out.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and p != killed]
+    [rerun] = [
+        p for p in out.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and p != killed
+    ]
     assert finished_tasks(rerun) == {"train", "evaluate", "deploy"}  # cache hits leave no step folder
     assert stamps(killed / "prepare-data", killed / "build-sids") == before  # not rewritten
     latest = out / "latest"
