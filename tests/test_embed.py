@@ -15,6 +15,8 @@ from madrec import embed
 from madrec.embed import cached_embeddings, embed_texts, resolve_encoder, save_embeddings
 from madrec.errors import MadrecError
 
+pytestmark = pytest.mark.slow  # loads the text encoders (tens of seconds)
+
 
 @pytest.fixture(scope="module")
 def beauty_texts(shared_data) -> list[str]:

@@ -119,6 +119,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_one_process_metrics(tmp_path):
     vocab, sids, model = setup()
     single = evaluate_split(model, vocab, sids, synthetic(), MAX_LEN, batch_size=6, progress=False)

@@ -173,6 +173,7 @@ class CuttingProxy:
         self.sock.close()
 
 
+@pytest.mark.slow
 def test_gcs_download_cut_mid_transfer(tmp_path, monkeypatch):
     from gcp_storage_emulator.server import create_server
     from google.cloud import storage

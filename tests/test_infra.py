@@ -45,6 +45,7 @@ def _run(*argv, cwd=REPO):
 # --- Dockerfiles --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hadolint_passes_and_would_catch_problems(tmp_path):
     assert DOCKERFILES
     for dockerfile in DOCKERFILES:
@@ -164,6 +165,7 @@ def test_make_build_images_uses_the_shared_image_names():
 COMPOSE = REPO / "docker" / "compose.yaml"
 
 
+@pytest.mark.slow
 def test_compose_validates_against_the_compose_spec(tmp_path):
     proc = _run(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", COMPOSE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -203,6 +205,7 @@ def rendered() -> dict[str, list[dict]]:
     return {overlay.name: manifests.render(overlay) for overlay in OVERLAYS}
 
 
+@pytest.mark.slow
 def test_every_overlay_renders_and_validates():
     proc = _run(sys.executable, REPO / "manifests" / "validate.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -210,6 +213,7 @@ def test_every_overlay_renders_and_validates():
     assert proc.stdout.count("objects valid") == len(OVERLAYS)
 
 
+@pytest.mark.slow
 def test_validation_catches_schema_and_reference_errors(rendered):
     docs = [dict(d) for d in rendered["gke"]]
     pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
@@ -223,6 +227,7 @@ def test_validation_catches_schema_and_reference_errors(rendered):
     assert any("PersistentVolumeClaim madrec-data is not defined" in p for p in manifests.check_references(without_pvc))
 
 
+@pytest.mark.slow
 def test_gpu_pool_scheduling_and_secret_references(rendered):
     for name, docs in rendered.items():
         assert not [d for d in docs if d["kind"] == "Secret"], f"{name}: credentials must not live in the repo"
@@ -250,6 +255,7 @@ def test_gpu_pool_scheduling_and_secret_references(rendered):
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+@pytest.mark.slow
 def test_an_overlay_can_point_the_runtime_at_another_registry(tmp_path):
     """What the README tells a cluster admin: `kustomize edit set image` reaches the runtime."""
     shutil.copytree(REPO / "manifests", tmp_path / "manifests", ignore=shutil.ignore_patterns("*.py"))

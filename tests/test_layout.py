@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import madrec
 
 BLOCKED = ("kfp", "kubernetes", "kserve", "kubeflow_trainer_api")
@@ -25,6 +27,7 @@ def test_the_operations_layer_is_its_own_package():
     assert {"steps", "local_run", "submit", "trainjob", "deploy", "serve", "images"} <= ops
 
 
+@pytest.mark.slow
 def test_core_imports_without_kfp_kubernetes_kserve():
     code = f"""
 import importlib, importlib.abc, sys

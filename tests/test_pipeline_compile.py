@@ -44,6 +44,7 @@ def _tasks(spec):
     return [(dag_name, name, task) for dag_name, dag in dags for name, task in dag["tasks"].items()]
 
 
+@pytest.mark.slow
 def test_committed_yaml_is_current(tmp_path):
     out = tmp_path / "pipeline.yaml"
     env = {k: v for k, v in os.environ.items() if k not in ("MADREC_REGISTRY", "MADREC_TAG")}

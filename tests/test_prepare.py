@@ -30,6 +30,7 @@ REFERENCE = {
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.slow
 def test_real_datasets_reproduce_reference_counts(shared_data, tmp_path, name):
     seq_file, items_file, users, items, interactions = REFERENCE[name]
     out = tmp_path / name

@@ -124,6 +124,7 @@ def rec(ckpt):
     return Recommender.from_checkpoint(str(ckpt), device="cpu")
 
 
+@pytest.mark.slow
 def test_v1_predict_is_the_recommender_over_http(server, rec):
     histories = [["A0007", "A0014", "A0021"], ["A0070"], ["A0007", "A0000"]]
     status, body = server.v1({"instances": histories[:2] + [{"history": histories[2], "k": 3}], "k": 5})
@@ -138,6 +139,7 @@ def test_v1_predict_is_the_recommender_over_http(server, rec):
     assert preds[2]["items"] == [i for i, _ in rec.recommend(["A0007", "A0000"], k=3)]
 
 
+@pytest.mark.slow
 def test_exclude_history_skip_unknown_and_next_items(server, rec):
     full = [i for i, _ in rec.recommend(["A0007"], k=10)]
     history = full[:3]  # the model's own favourites: they must disappear
@@ -157,6 +159,7 @@ def test_exclude_history_skip_unknown_and_next_items(server, rec):
     assert pairs == [list(p) for p, _ in ref]
 
 
+@pytest.mark.slow
 def test_v2_infer(server, rec):
     request = {
         "id": "r1",
@@ -187,6 +190,7 @@ def test_v2_infer(server, rec):
     assert status == 200 and [i["name"] for i in meta["inputs"]] == ["history"]
 
 
+@pytest.mark.slow
 def test_health_readiness_and_prometheus_metrics(server):
     assert _call(server.url + "/v2/health/live")[0] == 200
     assert _call(server.url + "/v2/health/ready") == (200, {"ready": True})
@@ -204,6 +208,7 @@ def _metric(url: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_decoded_together(server, rec):
     histories = [[IDS[i], IDS[(3 * i + 1) % N]] for i in range(16)]
     calls_before = _metric(server.url, "madrec_batch_histories_count")
@@ -240,6 +245,7 @@ BAD_V1 = [
 
 
 @pytest.mark.parametrize("name,body,status,words", BAD_V1, ids=[b[0] for b in BAD_V1])
+@pytest.mark.slow
 def test_bad_v1_requests_are_4xx_with_a_named_cause(server, name, body, status, words):
     got, answer = server.v1(body)
     assert got == status, answer
@@ -316,6 +322,7 @@ BAD_V2 = [
 
 
 @pytest.mark.parametrize("name,body,status,words", BAD_V2, ids=[b[0] for b in BAD_V2])
+@pytest.mark.slow
 def test_bad_v2_requests_are_4xx_with_a_named_cause(server, name, body, status, words):
     got, answer = server.v2(body)
     assert got == status, answer
@@ -324,6 +331,7 @@ def test_bad_v2_requests_are_4xx_with_a_named_cause(server, name, body, status, 
     assert server.v2(ok)[0] == 200  # still serving
 
 
+@pytest.mark.slow
 def test_no_batching_gives_the_same_answers_and_the_server_stops_cleanly(ckpt, tmp_path, rec):
     srv = Server(ckpt, tmp_path / "server.log", "--no-batching", "--beam-size", "20")
     try:
@@ -355,6 +363,7 @@ def test_checkpoint_folder_is_resolved(tmp_path, ckpt):
 # --- deployment: the InferenceService and the pipeline's deploy step ------------------------------
 
 
+@pytest.mark.slow
 def test_inferenceservice_manifests_are_the_deploy_steps_object_and_validate():
     import shutil
 
@@ -464,6 +473,7 @@ def test_deploy_step_creates_then_updates_only_above_the_threshold(tmp_path):
         deploy_step("/local/model", str(metrics), {}, 0.0, "madrec", "team", api=api)
 
 
+@pytest.mark.slow
 def test_deploy_component_compiles(tmp_path):
     from kfp import compiler, dsl
 

@@ -52,6 +52,7 @@ def grid_style_sids(n: int = N, levels: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.cat([codes, dedup_digit(codes)[0].unsqueeze(0)])
 
 
+@pytest.mark.slow
 def test_build_writes_valid_sids_and_report(built):
     sids = load_sids(built / "sids.pt", num_items=N, codebook_size=V)
     assert sids.shape == (4, N) and sids.dtype == torch.int64
@@ -76,6 +77,7 @@ def test_build_writes_valid_sids_and_report(built):
     assert torch.equal(assign_codes(emb, codebooks), sids[:3])
 
 
+@pytest.mark.slow
 def test_rebuild_reuses_embeddings_same_seed_same_sids(beauty, built, tmp_path):
     base = ["build-sids", "--data", str(beauty), "--codebook-size", str(V), "--device", "cpu"]
     for name, seed in (("same", "42"), ("other", "43")):
@@ -88,6 +90,7 @@ def test_rebuild_reuses_embeddings_same_seed_same_sids(beauty, built, tmp_path):
     assert not torch.equal(load_sids(tmp_path / "other" / "sids.pt"), reference)
 
 
+@pytest.mark.slow
 def test_round_trip_build_output_passes_ingest_unchanged(beauty, built, tmp_path, capsys):
     argv = [
         "ingest-sids",
@@ -170,6 +173,7 @@ def test_transposed_hint_without_item_count_and_unreadable_file(tmp_path, capsys
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_ingest_from_gcs_emulator(beauty, tmp_path, monkeypatch):
     from gcp_storage_emulator.server import create_server
     from google.cloud import storage

@@ -9,7 +9,6 @@ import torch
 
 from madrec.config import load_config
 from madrec.tokens import SIDVocab
-from madrec.train_module import lr_factor
 
 BASE = ["data_dir=/data", "sid_data_path=/sids.pt"]
 
@@ -39,10 +38,14 @@ def test_token_ids_mask_and_pad():
     ],
 )
 def test_lr_factor_reference_schedule(step, want):
+    from madrec.train_module import lr_factor
+
     assert lr_factor(step, warmup=10_000, max_steps=100_000, min_ratio=0.0) == pytest.approx(want, abs=1e-12)
 
 
 def test_lr_factor_min_ratio_and_time_budget():
+    from madrec.train_module import lr_factor
+
     assert lr_factor(55_000, warmup=10_000, max_steps=100_000, min_ratio=0.1) == pytest.approx(0.55)
     assert lr_factor(200_000, warmup=10_000, max_steps=100_000, min_ratio=0.1) == pytest.approx(0.1)
     # with a time budget the decay follows the share spent, after the warm-up

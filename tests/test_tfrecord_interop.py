@@ -6,26 +6,35 @@ import gzip
 
 import numpy as np
 import pytest
-import tensorflow as tf  # a test dependency: the interop tests must run, never skip
 
 from madrec.data import load_dataset
 from madrec.errors import MadrecError
 from madrec.prepare import prepare
 from madrec.tfrecord import encode_example, read_examples, write_records
 
-SEQUENCE_SPEC = {
-    "user_id": tf.io.FixedLenFeature([1], tf.int64),
-    "sequence_data": tf.io.VarLenFeature(tf.int64),
-}
-ITEM_SPEC = {"id": tf.io.FixedLenFeature([1], tf.int64), "text": tf.io.FixedLenFeature([1], tf.string)}
+pytestmark = pytest.mark.slow  # imports tensorflow (only when these tests run, not when collected)
 
 
-def _tf_read(files, spec):
+@pytest.fixture(scope="module")
+def tf():
+    import tensorflow  # a test dependency: the interop tests must run, never skip
+
+    return tensorflow
+
+
+def _specs(tf):
+    """The feature specs of sequence and item records."""
+    sequences = {"user_id": tf.io.FixedLenFeature([1], tf.int64), "sequence_data": tf.io.VarLenFeature(tf.int64)}
+    items = {"id": tf.io.FixedLenFeature([1], tf.int64), "text": tf.io.FixedLenFeature([1], tf.string)}
+    return sequences, items
+
+
+def _tf_read(tf, files, spec):
     ds = tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP")
     return [tf.io.parse_single_example(r, spec) for r in ds]
 
 
-def test_tensorflow_reads_what_prepare_data_writes(shared_data, tmp_path):
+def test_tensorflow_reads_what_prepare_data_writes(shared_data, tmp_path, tf):
     lines = (shared_data / "amazon_beauty/Beauty.txt").read_text().splitlines()[:300]
     (tmp_path / "seq.txt").write_text("\n".join(lines) + "\n")
     prepare(
@@ -37,19 +46,19 @@ def test_tensorflow_reads_what_prepare_data_writes(shared_data, tmp_path):
     )
     ours = load_dataset(tmp_path / "out")
     for split in ("training", "evaluation", "testing"):
-        parsed = _tf_read(sorted((tmp_path / "out" / split).glob("*.tfrecord.gz")), SEQUENCE_SPEC)
+        parsed = _tf_read(tf, sorted((tmp_path / "out" / split).glob("*.tfrecord.gz")), _specs(tf)[0])
         assert len(parsed) == 300
         for ex, uid, seq in zip(parsed, ours.splits[split].user_ids, ours.splits[split].sequences):
             assert int(ex["user_id"][0]) == uid
             assert ex["sequence_data"].dtype == tf.int64
             np.testing.assert_array_equal(tf.sparse.to_dense(ex["sequence_data"]).numpy(), seq)
-    items = _tf_read(sorted((tmp_path / "out/items").glob("*.tfrecord.gz")), ITEM_SPEC)
+    items = _tf_read(tf, sorted((tmp_path / "out/items").glob("*.tfrecord.gz")), _specs(tf)[1])
     assert [int(e["id"][0]) for e in items] == list(range(ours.num_items))
     assert [e["text"][0].numpy().decode() for e in items] == ours.item_texts
     assert ours.item_texts[0].startswith("Title: OPI Nail Lacquer")
 
 
-def test_we_read_what_tensorflow_writes(tmp_path):
+def test_we_read_what_tensorflow_writes(tmp_path, tf):
     rng = np.random.default_rng(0)
     rows = [(u, rng.integers(0, 5000, size=rng.integers(1, 60)).tolist()) for u in range(50)]
     rows.append((50, [0, 2**40, -3]))  # large and negative int64 values use 10-byte varints
@@ -71,7 +80,7 @@ def test_we_read_what_tensorflow_writes(tmp_path):
     assert got[0]["note"] == ["é".encode(), b""]
 
 
-def test_encoding_is_byte_identical_to_tensorflow_serialisation():
+def test_encoding_is_byte_identical_to_tensorflow_serialisation(tf):
     feats = {"sequence_data": [3, 0, 300, 2**33], "user_id": [7]}
     ex = tf.train.Example(
         features=tf.train.Features(

@@ -120,6 +120,7 @@ def test_every_verb_runs_with_the_chosen_threads(monkeypatch):
     assert cli.main(["probe"]) == 2
 
 
+@pytest.mark.slow
 def test_cli_logs_the_choice_in_a_fresh_process(tmp_path):
     env = {**os.environ, "MADREC_NUM_THREADS": "1"}
     env.pop("OMP_NUM_THREADS", None)

@@ -15,12 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from madrec.checkpoint import load_checkpoint
 from madrec.data import load_dataset
 from madrec.evaluate import evaluate_split
 from madrec.ops.trainjob import COMMAND
 
 from planted import planted_dataset
+
+pytestmark = pytest.mark.slow  # trains under torchrun with two processes
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

@@ -19,8 +19,6 @@ from madrec.data import load_dataset
 from madrec.errors import MadrecError
 from madrec.evaluate import evaluate_split
 from madrec.tokens import SIDVocab
-from madrec.train import run
-from madrec.train_module import lr_factor
 
 from planted import planted_dataset
 
@@ -28,6 +26,7 @@ from planted import planted_dataset
 ARGS = [
     "experiment=tiny",
     "trainer.max_minutes=0",
+    "trainer.precision=32-true",  # exact resumption is a float32 property (auto: bf16 on CPUs that have it)
     "codebook_size=8",
     "batch_size=64",
     "max_len=30",
@@ -37,6 +36,13 @@ ARGS = [
     "trainer.progress_bar=false",
     "eval.val_max_users=0",
 ]
+
+
+def run(cfg):
+    """madrec.train.run, imported when a test trains (Lightning takes seconds to import)."""
+    from madrec.train import run as train_run
+
+    return train_run(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +67,7 @@ def trained(planted, tmp_path_factory):
     return cfg, run(cfg)
 
 
+@pytest.mark.slow
 def test_planted_next_item_rule_is_learned(trained):
     _, summary = trained
     assert summary["val/recall@10"] >= 0.9
@@ -68,6 +75,7 @@ def test_planted_next_item_rule_is_learned(trained):
     assert summary["val/invalid_sid_rate"] == 0.0
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_logs_and_summary(trained):
     cfg, summary = trained
     out = cfg.output_dir
@@ -92,6 +100,7 @@ def test_run_writes_checkpoints_logs_and_summary(trained):
     assert config_from_dict(yaml.safe_load(open(f"{out}/config.yaml")), "config.yaml") == cfg
 
 
+@pytest.mark.slow
 def test_checkpoint_is_self_contained(trained, planted):
     cfg, summary = trained
     loaded = load_checkpoint(f"{cfg.output_dir}/checkpoints/best.ckpt")
@@ -105,6 +114,7 @@ def test_checkpoint_is_self_contained(trained, planted):
     assert metrics["recall@10"] == summary["val/recall@10"] and metrics["ndcg@5"] == summary["val/ndcg@5"]
 
 
+@pytest.mark.slow
 def test_train_false_evaluates_the_checkpoint_only(trained, planted, tmp_path):
     cfg, summary = trained
     ckpt = f"{cfg.output_dir}/checkpoints/best.ckpt"
@@ -117,6 +127,7 @@ def test_train_false_evaluates_the_checkpoint_only(trained, planted, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_inconsistent_runs_are_refused(trained, planted, tmp_path):
     cfg, _ = trained
     data, sids = planted
@@ -139,6 +150,7 @@ def _rows(path, columns):
         return [{c: r.get(c) for c in columns} for r in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
     data, sids = planted
     args = [
@@ -188,6 +200,8 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():
+    from madrec.train_module import lr_factor
+
     f = [lr_factor(s, warmup=10, max_steps=110, min_ratio=0.1) for s in range(0, 121)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert f[60] == pytest.approx(0.1 + 0.9 * 0.5) and f[110] == pytest.approx(0.1) and f[120] == pytest.approx(0.1)
