@@ -46,7 +46,7 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED or m.starts
 assert not loaded, loaded
 print("ok")
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
