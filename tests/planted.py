@@ -9,6 +9,21 @@ import torch
 
 from madrec.prepare import write_prepared
 
+# `madrec train` overrides of the training tests on planted data: small, float32, one thread,
+# no time budget (so runs are a function of the seed and the steps), every user validated.
+TRAIN_ARGS = [
+    "trainer.max_minutes=0",
+    "trainer.precision=32-true",  # exact resumption is a float32 property (auto: bf16 on CPUs that have it)
+    "codebook_size=8",
+    "batch_size=64",
+    "max_len=30",
+    "optim.scheduler.warmup_steps=20",
+    "model.dropout=0",
+    "trainer.num_threads=1",
+    "trainer.progress_bar=false",
+    "eval.val_max_users=0",
+]
+
 
 def random_sids(num_items: int, sid_len: int, codebook_size: int, seed: int) -> torch.Tensor:
     """(sid_len, num_items) distinct random SIDs."""

@@ -20,22 +20,10 @@ from madrec.errors import MadrecError
 from madrec.evaluate import evaluate_split
 from madrec.tokens import SIDVocab
 
-from planted import planted_dataset
+from planted import TRAIN_ARGS, planted_dataset
 
 # small and single-threaded: the planted rule is learned in well under a minute on a shared CPU
-ARGS = [
-    "experiment=tiny",
-    "trainer.max_minutes=0",
-    "trainer.precision=32-true",  # exact resumption is a float32 property (auto: bf16 on CPUs that have it)
-    "codebook_size=8",
-    "batch_size=64",
-    "max_len=30",
-    "optim.scheduler.warmup_steps=20",
-    "model.dropout=0",
-    "trainer.num_threads=1",
-    "trainer.progress_bar=false",
-    "eval.val_max_users=0",
-]
+ARGS = ["experiment=tiny", *TRAIN_ARGS]
 
 
 def run(cfg):
