@@ -17,21 +17,9 @@ from madrec.evaluate import predict_split
 from madrec.recommend import Recommender
 from madrec.train import run
 
-from planted import planted_dataset
+from planted import TRAIN_ARGS, planted_dataset
 
-BASE = [
-    "trainer.max_minutes=0",
-    "codebook_size=8",
-    "batch_size=64",
-    "max_len=30",
-    "optim.scheduler.warmup_steps=20",
-    "model.dropout=0",
-    "trainer.num_threads=1",
-    "trainer.progress_bar=false",
-    "eval.val_max_users=0",
-    "trainer.accelerator=cpu",
-    "trainer.early_stopping_patience=0",
-]
+BASE = [*TRAIN_ARGS, "trainer.accelerator=cpu", "trainer.early_stopping_patience=0"]
 SMALL = ["model.n_layer=1", "model.n_embd=64", "model.n_head=4", "model.d_ff=256", "optim.optimizer.lr=5e-3"]
 # the reference objective (docs/method.md) as the reference experiment sets it, scaled down in
 # width and steps only: uniform masking, rotary positions only (no slot embedding), 2 layers
