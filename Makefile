@@ -95,7 +95,7 @@ test-images:  ## build the CPU image and run every step and the pipeline in cont
 	nice -n 19 $(BIN)/pip install --quiet $(IMAGE_TEST_PACKAGES)
 	nice -n 19 $(MAKE) --no-print-directory build-image-cpu TAG=$(TAG) DOCKER=$(DOCKER)
 	MADREC_IMAGE_TESTS=1 MADREC_TEST_IMAGE=$(REGISTRY)/madrec:$(TAG) MADREC_TEST_DOCKER=$(DOCKER) \
-		nice -n 19 $(BIN)/pytest -q -m slow -p no:cacheprovider tests/test_images_build.py
+		nice -n 19 $(BIN)/pytest -v -rP -m slow -p no:cacheprovider tests/test_images_build.py
 IMAGE_TEST_PACKAGES ?= docker==7.1.0 podman-compose==1.5.0
 
 lock-images:  ## re-pin docker/constraints.txt from .venv after changing dependencies

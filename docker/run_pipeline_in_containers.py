@@ -68,7 +68,9 @@ def run_container(client, image: str, command: list[str], volumes: dict, **run_a
     from kfp.local import docker_task_handler
 
     image = docker_task_handler.add_latest_tag_if_not_present(image=image)
-    if not any(image in img.tags + img.attrs.get("RepoDigests", []) for img in client.images.list()):
+    if any(image in img.tags + img.attrs.get("RepoDigests", []) for img in client.images.list()):
+        print(f"Found image {image!r}\n", flush=True)
+    else:
         print(f"Pulling image {image!r}", flush=True)
         client.images.pull(image)
     container = client.containers.run(

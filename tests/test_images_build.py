@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -303,12 +304,14 @@ def docker_host(tmp_path_factory):
 
 def test_pipeline_under_kfp_docker_runner(data, docker_host, tmp_path_factory):
     """The compiled pipeline, each step in its image (madrec-cuda: the CPU image under its name),
-    artifacts passed between containers through the mounted pipeline root, ending in metrics."""
-    registry, _, tag = IMAGE.rpartition(":")
-    registry = registry.rsplit("/", 1)[0]
-    cuda = f"{registry}/madrec-cuda:{tag}"
-    if docker("image", "exists", cuda, check=False).returncode != 0 if DOCKER.endswith("podman") else True:
-        docker("tag", IMAGE, cuda)
+    artifacts passed between containers through the mounted pipeline root, ending in metrics.
+    The images get this run's own names (a test registry), so no stale madrec-cuda image of an
+    earlier build is used and no image of the user's is retagged."""
+    tag = IMAGE.rpartition(":")[2]
+    registry = "localhost/madrec-test"
+    names = {name: f"{registry}/{name}:{tag}" for name in ("madrec", "madrec-cuda")}
+    for name in names.values():
+        docker("tag", IMAGE, name)
     root = tmp_path_factory.mktemp("pipeline") / "root"
     cmd = [
         sys.executable,
@@ -333,11 +336,25 @@ def test_pipeline_under_kfp_docker_runner(data, docker_host, tmp_path_factory):
         "eval_overrides=" + " ".join(EVAL[1:]),
         *TRAIN[1:],
     ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=_env() | {"DOCKER_HOST": docker_host}, timeout=1800, cwd=REPO
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=_env() | {"DOCKER_HOST": docker_host}, timeout=1800, cwd=REPO
+        )
+    finally:
+        for name in names.values():
+            docker("rmi", name, check=False)  # only the test names: the image keeps its own tag
+    log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+    print(
+        "\n".join(
+            line for line in log.splitlines() if re.search(r"Executing task|finished with status|Found image", line)
+        )
     )
-    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    print(proc.stdout[-3000:], proc.stderr[-2000:])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    # each step ran, in its own image, and succeeded
+    for step in ("prepare-data", "build-sids", "train", "evaluate"):
+        assert re.search(rf"Task '{step}[-\d]*' finished with status SUCCESS", log), f"{step} did not succeed"
+    assert f"Found image '{names['madrec']}'" in log and f"Found image '{names['madrec-cuda']}'" in log
     results = next(root.glob("*/results"))
     metrics = json.loads((results / "metrics.json").read_text())
     assert "recall@10" in json.dumps(metrics), metrics
