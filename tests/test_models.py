@@ -19,6 +19,8 @@ from madrec.train import run
 
 from planted import TRAIN_ARGS, planted_dataset
 
+pytestmark = pytest.mark.slow  # every test here trains a model
+
 BASE = [*TRAIN_ARGS, "trainer.accelerator=cpu", "trainer.early_stopping_patience=0"]
 SMALL = ["model.n_layer=1", "model.n_embd=64", "model.n_head=4", "model.d_ff=256", "optim.optimizer.lr=5e-3"]
 # the reference objective (docs/method.md) as the reference experiment sets it, scaled down in
