@@ -157,18 +157,26 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
 
     killed = tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
+    # The worst moment for a kill: the process dies the instant its first last.ckpt is on disk.
+    die_after_first_checkpoint = (
+        "import os, sys\n"
+        "from madrec import train_callbacks as tc\n"
+        "save = tc.AtomicCheckpointIO.save_checkpoint\n"
+        "def save_then_die(self, *a, **k):\n"
+        "    save(self, *a, **k)\n"
+        "    os._exit(137)\n"
+        "tc.AtomicCheckpointIO.save_checkpoint = save_then_die\n"
+        "from madrec.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "madrec.cli", "train", *args, f"output_dir={killed}"],
+        proc = subprocess.run(
+            [sys.executable, "-c", die_after_first_checkpoint, "train", *args, f"output_dir={killed}"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            timeout=300,
         )
-        deadline = time.time() + 300
-        while not last.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        proc.kill()
-        proc.wait()
-    assert last.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+    assert proc.returncode == 137 and last.exists(), (tmp_path / "killed.log").read_text()[-3000:]
     stopped_at = torch.load(last, weights_only=True)["global_step"]
     assert 0 < stopped_at < 40
 

@@ -35,6 +35,10 @@ class LastCheckpoint(Checkpoint):
         step = trainer.global_step
         validating_now = step % self.val_every == 0 or step >= trainer.max_steps
         if step % self.every == 0 and not validating_now:
+            # Lightning logs this step's metrics only after this hook: log them first, so a kill
+            # right after the checkpoint cannot lose the row that the resumed run will not redo
+            # (MetricsCSV merges the second logging of the same step).
+            trainer._logger_connector.update_train_step_metrics()
             trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -66,7 +70,7 @@ class MetricsCSV(Logger):
         if resume_step is not None and path.is_file():
             with path.open(newline="") as fh:
                 # rows logged before the checkpoint have step < its global_step (Lightning's counter)
-                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
+                self.rows = [{**r, "step": int(r["step"])} for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
 
     @property
     def name(self) -> str:
@@ -83,7 +87,11 @@ class MetricsCSV(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         # Lightning adds "epoch"; the step stream has no epochs worth logging
-        self.rows.append({"step": step, **{k: float(v) for k, v in metrics.items() if k != "epoch"}})
+        row = {"step": step, **{k: float(v) for k, v in metrics.items() if k != "epoch"}}
+        if self.rows and self.rows[-1]["step"] == step:
+            self.rows[-1].update(row)  # the same step logged again (LastCheckpoint flushes early)
+        else:
+            self.rows.append(row)
 
     @rank_zero_only
     def save(self) -> None:
