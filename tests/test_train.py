@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
