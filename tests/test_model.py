@@ -129,3 +129,39 @@ def test_item_causal_training_pass_gives_each_item_its_decoding_logits():
         real = (clean != pad)[:, :12]
         torch.testing.assert_close(changed[:, :12][real], both[:, :12][real], atol=1e-5, rtol=1e-4)
         assert (changed[:, 12:] - both[:, 12:]).abs().max() > 1e-3  # the item after it does see it
+
+
+def test_item_embedding_ids_only_complete_catalogue_items():
+    from madrec.model import CausalLM
+    from madrec.tokens import SIDVocab
+
+    vocab = SIDVocab(sid_len=3, codebook_size=4)
+    sids = torch.tensor([[0, 1, 2, 3, 0], [1, 1, 0, 2, 3], [0, 0, 1, 2, 3]])  # (H, N): 5 items
+    items = vocab.item_tokens(sids)
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, item_embedding=True)
+    model = MaskedDiffusionLM(cfg, vocab.size, vocab.pad_id, vocab.sid_len, items).eval()
+    M, P = vocab.mask_id, vocab.pad_id
+    unknown = items[0].clone()
+    unknown[2] += 3  # digits (0, 1, 3): no catalogue item
+    slot = items[2].clone()
+    slot[1] = M  # the next item, one digit still masked
+    row = torch.cat([items[3], items[1], unknown, slot])
+    want = torch.tensor([4] * 3 + [2] * 3 + [0] * 3 + [0] * 3)
+    assert torch.equal(model.item_ids(row[None])[0], want)
+    # padding on either side changes nothing; PAD tokens get no item
+    padded = torch.cat([torch.full((2,), P), row, torch.full((1,), P)])[None]
+    assert torch.equal(
+        model.item_ids(padded)[0], torch.cat([torch.zeros(2, dtype=torch.long), want, torch.zeros(1, dtype=torch.long)])
+    )
+    # a complete last item gets its id; the causal model puts ids at each item's last token only
+    full = torch.cat([items[3], items[2]])[None]
+    assert torch.equal(model.item_ids(full)[0], torch.tensor([4, 4, 4, 3, 3, 3]))
+    causal = CausalLM(cfg, vocab.size, vocab.pad_id, vocab.sid_len, items).eval()
+    assert torch.equal(causal.item_ids(full)[0], torch.tensor([0, 0, 4, 0, 0, 3]))
+    # the ids reach the network: a different history item id changes the slot's logits
+    row = torch.cat([items[3], slot])[None]
+    before = model(row)[0, -1].clone()
+    model.item.embed.weight.data[4] = torch.randn(32)
+    assert not torch.allclose(model(row)[0, -1], before)
+    with pytest.raises(ValueError, match="SID table"):
+        MaskedDiffusionLM(cfg, vocab.size, vocab.pad_id, vocab.sid_len)

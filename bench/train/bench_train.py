@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     rows, table, vocab, max_len, source = rows_for(args, cfg)
     torch.manual_seed(cfg.seed)
-    model, objective = models.build(cfg, vocab)
+    model, objective = models.build(cfg, vocab, table)
     model.to(device).train()
     forward = torch.compile(model.forward) if args.compile else model.forward
     o = cfg.optim.optimizer

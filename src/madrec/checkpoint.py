@@ -117,7 +117,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Loaded:
     meta = ckpt["madrec"]
     cfg = config_from_dict(meta["config"], f"{path} (saved config)")
     vocab = SIDVocab(sid_len=int(meta["sid_len"]), codebook_size=int(meta["codebook_size"]))
-    model, _ = models.build(cfg, vocab)
+    model, _ = models.build(cfg, vocab, meta["sids"])
     try:
         model.load_state_dict(model_weights(ckpt))
     except RuntimeError as exc:

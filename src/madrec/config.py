@@ -405,9 +405,12 @@ def _check_model_and_objective(cfg: Config) -> None:
     from madrec.diffusion import MaskedDiffusion
     from madrec.model import MaskedDiffusionLM
 
-    models.get(cfg.model.name)
+    if not models.get(cfg.model.name).uses_sids and cfg.model.item_embedding:
+        raise MadrecError(
+            f"config key model.item_embedding: {cfg.model.name}'s tokens are item ids already; set it false"
+        )
     for group, build in (
-        ("model", lambda: MaskedDiffusionLM(cfg.model, vocab_size=2, pad_id=0, sid_len=1)),
+        ("model", lambda: MaskedDiffusionLM(cfg.model, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),
         ("diffusion", lambda: MaskedDiffusion(cfg.diffusion, mask_id=0, pad_id=1, sid_len=1)),
     ):
         try:

@@ -39,6 +39,9 @@ class ModelConfig:
     # add a learned embedding of each token's SID position (slot), counted back from the
     # sequence end; MASK tokens otherwise learn their slot only slowly through rotary offsets
     slot_embedding: bool = False
+    # add a learned embedding of the item id to the tokens of every complete (unmasked) item:
+    # item-to-item patterns are learned per item instead of through shared SID codes only
+    item_embedding: bool = False
 
 
 class Rotary(nn.Module):
@@ -114,24 +117,77 @@ def items_from_end(tokens: torch.Tensor, pad_id: int, sid_len: int) -> torch.Ten
     return torch.div(tokens_from_end(tokens, pad_id) + sid_len - 1, sid_len, rounding_mode="floor")
 
 
+class ItemIds(nn.Module):
+    """Learned item-id embeddings looked up from each item's SID tokens (index 0: no item)."""
+
+    def __init__(self, item_tokens: torch.Tensor, vocab_size: int, n_embd: int):
+        super().__init__()
+        self.base = vocab_size  # a token id is one digit of the key in this base
+        if vocab_size ** item_tokens.shape[-1] >= 2**63:
+            raise ValueError(f"item_embedding: SIDs of {item_tokens.shape[-1]} tokens are too long for int64 keys")
+        keys = self.keys(item_tokens.long())
+        order = torch.argsort(keys)
+        self.register_buffer("sorted_keys", keys[order])
+        self.register_buffer("item_of_key", order)
+        self.embed = nn.Embedding(len(keys) + 1, n_embd, padding_idx=0)
+        nn.init.normal_(self.embed.weight, mean=0.0, std=1.0)
+        with torch.no_grad():
+            self.embed.weight[0].zero_()
+
+    def keys(self, item_tokens: torch.Tensor) -> torch.Tensor:
+        """(..., H) tokens -> (...) int64 key, unique per SID."""
+        powers = self.base ** torch.arange(item_tokens.shape[-1], device=item_tokens.device, dtype=torch.long)
+        return (item_tokens * powers).sum(-1)
+
+    def per_token(self, tokens: torch.Tensor, pad_id: int, sid_len: int) -> torch.Tensor:
+        """(B, L) -> (B, L) item index + 1 at every token of a complete catalogue item, else 0."""
+        group = items_from_end(tokens, pad_id, sid_len)  # 1 = the row's last item, 0 = PAD
+        offset = torch.remainder(tokens_from_end(tokens, pad_id) - 1, sid_len)  # 0 = an item's last token
+        digit = tokens < pad_id - 1  # not MASK, not PAD
+        power = (sid_len - 1 - offset).clamp(min=0)
+        part = torch.where(digit, tokens * self.base**power, 0)
+        n = int(group.max()) + 1
+        key = torch.zeros(tokens.shape[0], n, dtype=torch.long, device=tokens.device).scatter_add_(1, group, part)
+        whole = torch.zeros_like(key).scatter_add_(1, group, digit.long()) == sid_len
+        at = torch.searchsorted(self.sorted_keys, key).clamp(max=len(self.sorted_keys) - 1)
+        found = whole & (self.sorted_keys[at] == key)
+        found[:, 0] = False
+        item = torch.where(found, self.item_of_key[at] + 1, 0)
+        return item.gather(1, group)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids)
+
+
 class MaskedDiffusionLM(nn.Module):
     """Bidirectional transformer predicting every position's token; PAD keys are masked."""
 
     causal = False  # decoding may reveal positions in any order (madrec.decode)
     max_next_items: int | None = None  # None: any number of jointly decoded next items
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int | None = None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        pad_id: int,
+        sid_len: int | None = None,
+        item_tokens: torch.Tensor | None = None,
+    ):
+        """item_tokens: the catalogue's (N, H) token table, needed by `cfg.item_embedding`."""
         super().__init__()
         if cfg.n_embd % cfg.n_head or (cfg.n_embd // cfg.n_head) % 2:
             raise ValueError(f"n_embd={cfg.n_embd} must split into n_head={cfg.n_head} heads of even size (rotary)")
-        if cfg.slot_embedding and not sid_len:
-            raise ValueError("slot_embedding needs sid_len (tokens per item)")
+        if (cfg.slot_embedding or cfg.item_embedding) and not sid_len:
+            raise ValueError("slot_embedding and item_embedding need sid_len (tokens per item)")
+        if cfg.item_embedding and item_tokens is None:
+            raise ValueError("item_embedding needs the catalogue's SID table")
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.pad_id = pad_id
         self.sid_len = sid_len
         self.embed = nn.Embedding(vocab_size, cfg.n_embd)
         self.slot = nn.Embedding(sid_len, cfg.n_embd) if cfg.slot_embedding else None
+        self.item = ItemIds(item_tokens, vocab_size, cfg.n_embd) if cfg.item_embedding else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
@@ -174,6 +230,8 @@ class MaskedDiffusionLM(nn.Module):
         x = self.embed(tokens)
         if self.slot is not None:
             x = x + self.slot(slots)
+        if self.item is not None:
+            x = x + self.item(self.item_ids(tokens))
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, keep, positions)
@@ -188,6 +246,11 @@ class MaskedDiffusionLM(nn.Module):
         if self.slot is None:
             return None
         return torch.remainder(-tokens_from_end(tokens, self.pad_id), self.sid_len)
+
+    def item_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) item index + 1 at every token of a complete item, 0 elsewhere (MASK in the
+        item, PAD): a noised item never gets its id, so the id cannot leak a masked digit."""
+        return self.item.per_token(tokens, self.pad_id, self.sid_len)
 
     def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, 1, 1, L) bool: every query may attend to every non-PAD key (bidirectional)."""
@@ -219,8 +282,21 @@ class CausalLM(MaskedDiffusionLM):
 
     causal = True
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int):
-        super().__init__(dataclasses.replace(cfg, slot_embedding=False), vocab_size, pad_id)
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        pad_id: int,
+        sid_len: int | None = None,
+        item_tokens: torch.Tensor | None = None,
+    ):
+        super().__init__(dataclasses.replace(cfg, slot_embedding=False), vocab_size, pad_id, sid_len, item_tokens)
+
+    def item_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Item ids at each complete item's last token only: an earlier token of the item predicts
+        the item's next digit, which its id would give away."""
+        last = torch.remainder(tokens_from_end(tokens, self.pad_id) - 1, self.sid_len) == 0
+        return super().item_ids(tokens) * last
 
     def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, 1, L, L) bool: non-PAD keys at or before the query, and the query itself."""
@@ -247,8 +323,10 @@ class ItemCausalDiffusionLM(MaskedDiffusionLM):
 
     max_next_items = 1  # a masked item sees clean items only: one next item at a time
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int):
-        super().__init__(cfg, vocab_size, pad_id, sid_len)
+    def __init__(
+        self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int, item_tokens: torch.Tensor | None = None
+    ):
+        super().__init__(cfg, vocab_size, pad_id, sid_len, item_tokens)
 
     def forward(
         self, tokens: torch.Tensor, select: torch.Tensor | None = None, clean: torch.Tensor | None = None

@@ -7,18 +7,22 @@ embeddings.pt (reused by a re-run on the same item texts and encoder).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from madrec.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
 from madrec.data import load_info, read_items
 from madrec.errors import MadrecError
 from madrec.io import atomic_dir
 from madrec.report import bar_chart, html_page, table_html
 from madrec.rkmeans import dedup_digit, residual_kmeans, resolve_device
 from madrec.sids import MAX_SID_LEN, check_collapse, load_sids, sid_report, validate_sids
+
+log = logging.getLogger(__name__)
 
 
 def report_html(report: dict, title: str) -> str:
@@ -95,14 +99,19 @@ def build_sids(
     device: str = "auto",
     batch_size: int | None = None,
     max_iter: int = 300,
+    collaborative_weight: float = DEFAULT_COLLABORATIVE_WEIGHT,
 ) -> dict:
-    """Embed item texts, run RK-Means, add the de-dup digit; write OUT atomically; return the report."""
+    """Embed item texts (blended with co-occurrence vectors of the training sequences when
+    `collaborative_weight` > 0), run RK-Means, add the de-dup digit; write OUT atomically;
+    return the report."""
     from madrec.embed import cached_embeddings, resolve_encoder, save_embeddings
 
     if not 1 <= levels <= MAX_SID_LEN - 1:
         raise MadrecError(f"--levels {levels}: must be 1..{MAX_SID_LEN - 1} (the de-dup digit adds one position)")
     if codebook_size < 2:
         raise MadrecError(f"--codebook-size {codebook_size}: must be at least 2")
+    if not 0.0 <= collaborative_weight <= 1.0:
+        raise MadrecError(f"--collaborative-weight {collaborative_weight}: must be in [0, 1] (0 = text only)")
     data, out = Path(data), Path(out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -113,6 +122,12 @@ def build_sids(
         with _timed(timings, "embed"):
             emb, key, cached = cached_embeddings(texts, spec, out / "embeddings.pt", device=dev, batch_size=batch_size)
         save_embeddings(tmp / "embeddings.pt", emb, key, spec)
+        text_dim, collaborative = int(emb.shape[1]), {"used": False}
+        if collaborative_weight > 0:
+            with _timed(timings, "cooccurrence"):
+                emb, collaborative = _blend_collaborative(emb, data, collaborative_weight, seed)
+        weight_used = collaborative_weight if collaborative["used"] else 0.0
+        collab_meta = {"collaborative_weight": weight_used, "text_dim": text_dim}
         with _timed(timings, "rkmeans"):
             rk = residual_kmeans(emb, levels, codebook_size, seed=seed, device=dev, max_iter=max_iter)
         timings.update({f"rkmeans_level_{level + 1}": s for level, s in enumerate(rk.seconds)})
@@ -126,8 +141,10 @@ def build_sids(
                 "source": "build-sids",
                 "data": str(data),
                 "encoder": spec.name,
-                "embedding_dim": int(emb.shape[1]),
+                "embedding_dim": text_dim,
                 "embeddings_reused": cached,
+                "collaborative_weight": weight_used,
+                "collaborative": collaborative,
                 "seed": seed,
                 "device": str(dev),
                 "kmeans": [
@@ -137,9 +154,27 @@ def build_sids(
                 "timings_s": timings,
             }
         )
-        torch.save({"codebooks": rk.codebooks, "encoder": spec.name, "seed": seed}, tmp / "codebooks.pt")
+        # codebooks live in the blended space: the first embedding_dim columns are the text part
+        # scaled by sqrt(1 - collaborative_weight) (madrec.cooccur.blend)
+        torch.save({"codebooks": rk.codebooks, "encoder": spec.name, "seed": seed, **collab_meta}, tmp / "codebooks.pt")
         _write_outputs(tmp, sids, report, f"Semantic IDs: {data.name} ({spec.name}, {levels}x{codebook_size})")
     return report
+
+
+def _blend_collaborative(text: torch.Tensor, data: Path, weight: float, seed: int) -> tuple[torch.Tensor, dict]:
+    """Text embeddings joined with co-occurrence vectors of DATA's training sequences; text
+    alone (and a warning) for a catalogue without a training split (items only)."""
+    from madrec.cooccur import COOCCURRENCE_DIM, COOCCURRENCE_WINDOW, blend, cooccurrence_embeddings
+    from madrec.data import load_dataset
+
+    if not (data / "training").is_dir():
+        log.warning("%s has no training split: SIDs from item text only (collaborative weight %s unused)", data, weight)
+        return text, {"used": False, "why": "no training split: item text only"}
+    train = load_dataset(data, splits=("training",)).splits["training"]
+    vectors = cooccurrence_embeddings(train.sequences, len(text), seed=seed)
+    covered = float((vectors.norm(dim=1) > 0).float().mean())
+    info = {"used": True, "window": COOCCURRENCE_WINDOW, "dim": COOCCURRENCE_DIM, "items_with_cooccurrences": covered}
+    return blend(text, vectors, weight), info
 
 
 @contextmanager

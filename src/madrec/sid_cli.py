@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from madrec.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
 from madrec.sid_build import build_sids, ingest_sids
 
 
@@ -35,6 +36,13 @@ def build_cli(argv: list[str]) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="texts per encoder batch (default 16 CPU, 128 GPU)")
     p.add_argument("--max-iter", type=int, default=300, help="cap on Lloyd iterations per level")
+    p.add_argument(
+        "--collaborative-weight",
+        type=float,
+        default=DEFAULT_COLLABORATIVE_WEIGHT,
+        help="share of co-occurrence vectors of the training sequences in the k-means distances "
+        f"(default {DEFAULT_COLLABORATIVE_WEIGHT}; 0 = item text only, as in the method)",
+    )
     a = p.parse_args(argv)
     options = {k: v for k, v in vars(a).items() if k not in ("data", "out")}  # build_sids' keywords
     report = build_sids(a.data, a.out, **options)

@@ -62,7 +62,7 @@ class RecommenderModule(L.LightningModule):
         self.register_buffer("tokenizer", item_tokenizer(vocab, sids.long()), persistent=False)
         self.splits = splits  # "val" and, when there is a testing split, "test"
         self.results: dict[str, float] = {}  # the latest evaluation, unrounded (self.log keeps float32)
-        self.model, self.objective = models.build(cfg, vocab)
+        self.model, self.objective = models.build(cfg, vocab, self.sids)
         # a function, not a registered submodule: the state dict keeps the plain `model.` keys
         self.train_forward = torch.compile(self.model.forward) if cfg.trainer.compile else self.model.forward
         self._tokens_since, self._time_since = 0.0, None

@@ -39,7 +39,7 @@ class Recommender:
 
     name: str
     uses_sids: bool  # False: items are their own one-digit "SID" (no sid_data_path needed)
-    build_network: Callable  # (cfg, vocab) -> nn.Module with forward(tokens, select=None)
+    build_network: Callable  # (cfg, vocab, item_tokens) -> nn.Module with forward(tokens, select=None)
     build_objective: Callable  # (cfg, vocab) -> Objective
 
     def sid_table(self, sids: torch.Tensor | None, num_items: int) -> torch.Tensor:
@@ -70,7 +70,8 @@ def get(name: str) -> Recommender:
     return models[name]
 
 
-def build(cfg, vocab: SIDVocab) -> tuple[nn.Module, Objective]:
-    """The network and training objective of `cfg.model.name` for this token layout."""
+def build(cfg, vocab: SIDVocab, sids: torch.Tensor) -> tuple[nn.Module, Objective]:
+    """The network and training objective of `cfg.model.name` for this token layout and the
+    catalogue's (H, N) SID table (item-id embeddings look items up by their tokens)."""
     spec = get(cfg.model.name)
-    return spec.build_network(cfg, vocab), spec.build_objective(cfg, vocab)
+    return spec.build_network(cfg, vocab, vocab.item_tokens(sids)), spec.build_objective(cfg, vocab)

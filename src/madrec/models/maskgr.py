@@ -11,11 +11,11 @@ from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM
 from madrec.models import Recommender
 
 
-def build_network(cfg, vocab) -> MaskedDiffusionLM:
+def build_network(cfg, vocab, item_tokens) -> MaskedDiffusionLM:
     if cfg.diffusion.masking == "every_item":  # every item noised given the clean ones before it
-        net = ItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+        net = ItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     else:
-        net = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len)
+        net = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
         # only the last item was ever noised: the model has not learned several masked items at once
         net.max_next_items = 1 if cfg.diffusion.masking == "next_item" else None
     net.masking = cfg.diffusion.masking

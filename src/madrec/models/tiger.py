@@ -32,8 +32,8 @@ class NextTokenLoss:
         return ce, target.sum().to(ce.dtype)
 
 
-def build_network(cfg, vocab) -> CausalLM:
-    return CausalLM(cfg.model, vocab.size, vocab.pad_id)
+def build_network(cfg, vocab, item_tokens) -> CausalLM:
+    return CausalLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
 
 
 def build_objective(cfg, vocab) -> NextTokenLoss:
