@@ -1,0 +1,74 @@
+"""Collaborative item vectors (madrec.cooccur) and SIDs built with them (build-sids)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from madrec.cooccur import blend, cooccurrence_counts, cooccurrence_embeddings
+from madrec.errors import MadrecError
+from madrec.prepare import write_prepared
+from madrec.sid_build import build_sids
+
+
+def two_communities(num_items: int = 40, num_users: int = 300, seed: int = 0) -> list[np.ndarray]:
+    """Users who consume items of one half of the catalogue only (even users the first half)."""
+    rng = np.random.default_rng(seed)
+    half = num_items // 2
+    seqs = []
+    for u in range(num_users):
+        pool = np.arange(half) if u % 2 == 0 else np.arange(half, num_items)
+        seqs.append(rng.choice(pool, size=int(rng.integers(6, 12)), replace=False).astype(np.int64))
+    return seqs
+
+
+def test_counts_are_symmetric_and_respect_the_window():
+    counts = cooccurrence_counts([np.array([0, 1, 2, 3]), np.array([3, 2])], 5, window=2).to_dense()
+    assert torch.equal(counts, counts.t())
+    assert counts[0, 1] == 1 and counts[0, 2] == 1 and counts[0, 3] == 0  # 3 positions apart: outside
+    assert counts[2, 3] == 2 and counts[4].sum() == 0
+
+
+def test_items_consumed_together_get_close_vectors():
+    vectors = cooccurrence_embeddings(two_communities(), 40, dim=8)
+    assert vectors.shape == (40, 8)
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(40))
+    cos = vectors @ vectors.t()
+    same = torch.zeros(40, 40, dtype=torch.bool)
+    same[:20, :20] = same[20:, 20:] = True
+    assert cos[same].mean() > 0.5 and cos[~same].abs().mean() < 0.1
+    # weight is the collaborative share of squared distances
+    text = torch.randn(40, 16)
+    mixed = blend(text, vectors, 0.25)
+    torch.testing.assert_close(mixed[:, 16:].pow(2).sum(1), torch.full((40,), 0.25))
+    torch.testing.assert_close(mixed[:, :16].pow(2).sum(1), torch.full((40,), 0.75))
+
+
+def prepared(root, sequences, num_items: int = 40):
+    item_ids = [f"i{k}" for k in range(num_items)]
+    texts = {k: "the same text for every item" for k in item_ids}  # text alone cannot tell items apart
+    write_prepared(root, item_ids, texts, list(range(len(sequences))), sequences, {"num_items": num_items})
+    return root
+
+
+@pytest.mark.slow
+def test_build_sids_first_digit_follows_the_communities_from_training_sequences_only(tmp_path):
+    sequences = two_communities()
+    # the same training sequences, validation and test targets from the other community
+    swapped = [np.concatenate([s[:-2], (s[-2:] + 20) % 40]) for s in sequences]
+    a, b = prepared(tmp_path / "a", sequences), prepared(tmp_path / "b", swapped)
+    opts = dict(levels=2, codebook_size=8, device="cpu", collaborative_weight=0.5)
+    report = build_sids(a, tmp_path / "sa", **opts)
+    sids = torch.load(tmp_path / "sa" / "sids.pt", weights_only=True)
+    first = sids[0]  # every first-digit code holds items of one community only
+    assert not set(first[:20].tolist()) & set(first[20:].tolist())
+    assert report["collaborative_weight"] == 0.5 and report["collaborative"]["used"] is True
+    assert json.loads((tmp_path / "sa" / "sid_report.json").read_text())["collaborative"]["window"] == 3
+    build_sids(b, tmp_path / "sb", **opts)
+    assert torch.equal(torch.load(tmp_path / "sb" / "sids.pt", weights_only=True), sids)
+    with pytest.raises(MadrecError, match="--collaborative-weight 1.5"):
+        build_sids(a, tmp_path / "bad", **{**opts, "collaborative_weight": 1.5})
+    assert not (tmp_path / "bad").exists()
