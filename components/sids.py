@@ -38,6 +38,7 @@ def build_sids(
     levels: int,
     codebook_size: int,
     seed: int,
+    collaborative_weight: float,
     sids: Output[Artifact],
     codebooks: Output[Artifact],
     sid_report: Output[HTML],
@@ -52,6 +53,8 @@ def build_sids(
         levels: Residual k-means levels L; SIDs have L + 1 digits with the de-dup digit.
         codebook_size: Codes per level (k of k-means); every digit is below it.
         seed: Seed of k-means++ initialisation.
+        collaborative_weight: Share of co-occurrence vectors of the training sequences in
+            the k-means distances, beside the text embeddings; 0 = item text only (the method).
 
     Returns:
         sids: The (H, N) int64 SID tensor (sids.pt), column = item index.
@@ -61,4 +64,5 @@ def build_sids(
     """
     from madrec.ops.steps import build_sids_step
 
-    build_sids_step(dataset.path, encoder, levels, codebook_size, seed, sids, codebooks, sid_report, sid_metrics)
+    settings = (encoder, levels, codebook_size, seed, collaborative_weight)
+    build_sids_step(dataset.path, *settings, sids, codebooks, sid_report, sid_metrics)

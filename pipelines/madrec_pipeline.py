@@ -28,6 +28,7 @@ from components.prepare_data import prepare_data
 from components.sids import build_sids, ingest_sids
 from components.train import train
 from components.trainjob import launch_trainjob, mount_shared_volume
+from madrec.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
 from madrec.io import write_text_atomic
 from madrec.ops.images import image
 from madrec.ops.pipeline_params import PIPELINE_FILE
@@ -60,6 +61,8 @@ PARAMETERS = {
     "sid_levels": "Residual k-means levels; SIDs get one more digit (de-duplication).",
     "sid_codebook_size": "Codes per k-means level.",
     "sid_seed": "Seed of the k-means initialisation.",
+    "sid_collaborative_weight": "Share of co-occurrence vectors of the training sequences in the SID k-means "
+    "distances, beside the item-text embeddings; 0 = text only, as in the method.",
     "sids": "The (H, N) SID tensor.",
     "experiment": "Training configuration: a configs/experiment name (tiny, small, discrete_diffusion_train, "
     "tiger, sasrec, ...).",
@@ -250,6 +253,7 @@ def madrec_pipeline(
     sid_levels: int = 3,
     sid_codebook_size: int = 256,
     sid_seed: int = 42,
+    sid_collaborative_weight: float = DEFAULT_COLLABORATIVE_WEIGHT,
     experiment: str = "discrete_diffusion_train",
     experiments: str = "",
     train_overrides: str = "",
@@ -278,7 +282,12 @@ def madrec_pipeline(
         train_evaluate_or_compare(ingested.outputs["sids"], experiments, **downstream)
     with dsl.Else(name="sids-from-text"):
         built = build_sids(
-            dataset=data, encoder=sid_encoder, levels=sid_levels, codebook_size=sid_codebook_size, seed=sid_seed
+            dataset=data,
+            encoder=sid_encoder,
+            levels=sid_levels,
+            codebook_size=sid_codebook_size,
+            seed=sid_seed,
+            collaborative_weight=sid_collaborative_weight,
         )
         built.set_display_name("build-sids")
         _requests(_use_image(built, "madrec", image_tag), CPU_STEP_RESOURCES)

@@ -25,7 +25,9 @@ start=$(date +%s)
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no GPU: CPU run"
 [[ -d "$OUT/beauty" ]] || "${MADREC[@]}" prepare-data --dataset sequences --source "$BEAUTY/Beauty.txt" \
     --items "$BEAUTY/items.jsonl.gz" --out "$OUT/beauty"
-[[ -f "$OUT/sids/sids.pt" ]] || "${MADREC[@]}" build-sids --data "$OUT/beauty" --out "$OUT/sids"
+# the reference: SIDs from item text only, as in the method (the CPU defaults add co-occurrence)
+[[ -f "$OUT/sids/sids.pt" ]] || "${MADREC[@]}" build-sids --data "$OUT/beauty" --out "$OUT/sids" \
+    --collaborative-weight "${COLLABORATIVE_WEIGHT:-0}"
 echo "data and SIDs ready after $(( $(date +%s) - start )) s"
 rm -rf "$OUT/run"
 "${MADREC[@]}" train experiment=discrete_diffusion_train data_dir="$OUT/beauty" sid_data_path="$OUT/sids/sids.pt" \

@@ -130,7 +130,16 @@ def ingest_sids_step(source: str, dataset_path: str, sids, report, metrics) -> N
 
 
 def build_sids_step(
-    dataset_path: str, encoder: str, levels: int, codebook_size: int, seed: int, sids, codebooks, report, metrics
+    dataset_path: str,
+    encoder: str,
+    levels: int,
+    codebook_size: int,
+    seed: int,
+    collaborative_weight: float,
+    sids,
+    codebooks,
+    report,
+    metrics,
 ) -> None:
     """`madrec build-sids` from the items' text; codebooks are kept to assign new items later."""
     # Kept between runs for the same item texts: build-sids reuses its embeddings.pt (the
@@ -148,6 +157,8 @@ def build_sids_step(
         str(codebook_size),
         "--seed",
         str(seed),
+        "--collaborative-weight",
+        str(collaborative_weight),
     ]
     if encoder:
         argv += ["--encoder", encoder]
@@ -155,7 +166,13 @@ def build_sids_step(
     _publish_sids(out, sids, report, metrics)
     _copy(out / "codebooks.pt", codebooks.path)
     sids.metadata.update(
-        {"encoder": encoder or "default", "levels": levels, "codebook_size": codebook_size, "seed": seed}
+        {
+            "encoder": encoder or "default",
+            "levels": levels,
+            "codebook_size": codebook_size,
+            "seed": seed,
+            "collaborative_weight": collaborative_weight,
+        }
     )
 
 
