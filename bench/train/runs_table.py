@@ -1,0 +1,72 @@
+"""Markdown table of training runs read from their run folders (metrics.csv, summary.json,
+config.yaml), so results.md rows are generated rather than typed in.
+
+    python bench/train/runs_table.py RUN_DIR [RUN_DIR ...] [--label NAME ...]
+
+One row per run: its label, the overrides that matter (model, rows, masking, SIDs), steps,
+training seconds, validation Recall@10 at every validation (step: value) and, when the run
+was tested, test Recall@10 / NDCG@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+
+def validations(run: Path) -> list[tuple[int, float, float]]:
+    """(step, training seconds, val Recall@10) at every validation during training."""
+    points, seconds = [], None
+    with (run / "metrics.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            seconds = float(row["train/seconds"]) if row.get("train/seconds") else seconds
+            if row.get("val/recall@10") and row.get("train/seconds"):
+                points.append((int(row["step"]), seconds, float(row["val/recall@10"])))
+    return points
+
+
+def setup(run: Path) -> str:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    m, d = cfg["model"], cfg["diffusion"]
+    parts = [
+        cfg.get("experiment", "?"),
+        f"{m['name']} {m['n_layer']}x{m['n_embd']}",
+        f"batch {cfg['batch_size']}",
+        f"rows {cfg['rows']} (max_len {cfg['max_len']}, auto {cfg.get('auto_max_items')})",
+    ]
+    if m["name"] == "maskgr":
+        parts.append(f"masking {d['masking']}")
+    if m.get("item_embedding"):
+        parts.append("item emb.")
+    parts.append(f"SIDs {Path(cfg['sid_data_path']).parent.name}" if cfg.get("sid_data_path") else "no SIDs")
+    return ", ".join(parts)
+
+
+def row(run: Path, label: str) -> str:
+    summary = json.loads((run / "summary.json").read_text())
+    curve = " / ".join(f"{v:.4f} ({s:.0f} s)" for _, s, v in validations(run))
+    test = summary.get("test/recall@10")
+    tested = f"{test:.4f} / {summary['test/ndcg@10']:.4f}" if test is not None else "–"
+    return (
+        f"| {label} | {setup(run)} | {summary['global_step']:,} | {summary['train_seconds']:.0f} | {curve} | {tested} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--label", nargs="*", default=[], help="row labels, in order (default: folder names)")
+    a = p.parse_args(argv)
+    labels = a.label + [r.name for r in a.runs[len(a.label) :]]
+    print("| run | setup | steps | train s | val R@10 at training s | test R@10 / N@10 |")
+    print("|---|---|---|---|---|---|")
+    for run, label in zip(a.runs, labels):
+        print(row(run, label))
+
+
+if __name__ == "__main__":
+    main()
