@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         seqs = data.splits[split].sequences
         r, n = scores(seqs, follow, popular_list, a.exclude_history)
         pop = sum(int(s[-1]) in popular_list[:10] for s in seqs) / len(seqs)
-        print(f"{a.data} {split}: transitions R@10 {r:.4f} N@10 {n:.4f} | most-popular (training counts) R@10 {pop:.4f}")
+        print(f"{a.data} {split}: transitions R@10 {r:.4f} N@10 {n:.4f} | most-popular R@10 {pop:.4f}")
 
 
 if __name__ == "__main__":
