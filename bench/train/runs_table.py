@@ -1,11 +1,13 @@
 """Markdown table of training runs read from their run folders (metrics.csv, summary.json,
 config.yaml), so results.md rows are generated rather than typed in.
 
-    python bench/train/runs_table.py RUN_DIR [RUN_DIR ...] [--label NAME ...]
+    python bench/train/runs_table.py RUN_DIR [RUN_DIR ...] [--label NAME ...] \
+        [--plot curves.html [--flat "most-popular=0.016"]]
 
 One row per run: its label, the overrides that matter (model, rows, masking, SIDs), steps,
 training seconds, validation Recall@10 at every validation (step: value) and, when the run
-was tested, test Recall@10 / NDCG@10.
+was tested, test Recall@10 / NDCG@10. --plot also writes the validation curves (Recall@10
+against training seconds) as an HTML page, with flat reference lines from --flat.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import json
 from pathlib import Path
 
 import yaml
+
+from madrec.io import write_text_atomic
+from madrec.report import html_page, xy_chart
 
 
 def validations(run: Path) -> list[tuple[int, float, float]]:
@@ -56,16 +61,30 @@ def row(run: Path, label: str) -> str:
     )
 
 
+def plot(runs: list[Path], labels: list[str], flat: list[str], out: Path) -> None:
+    series = {label: [(s, v) for _, s, v in validations(run)] for run, label in zip(runs, labels)}
+    end = max((s for pts in series.values() for s, _ in pts), default=1.0)
+    for item in flat:
+        name, value = item.split("=", 1)
+        series[name] = [(0.0, float(value)), (end, float(value))]
+    chart = xy_chart(series, "validation Recall@10", "training seconds")
+    write_text_atomic(out, html_page("Validation curves", [("Validation Recall@10", chart)]))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--label", nargs="*", default=[], help="row labels, in order (default: folder names)")
+    p.add_argument("--plot", type=Path, help="also write the validation curves to this HTML file")
+    p.add_argument("--flat", nargs="*", default=[], help="NAME=VALUE horizontal lines on the plot")
     a = p.parse_args(argv)
     labels = a.label + [r.name for r in a.runs[len(a.label) :]]
     print("| run | setup | steps | train s | val R@10 at training s | test R@10 / N@10 |")
     print("|---|---|---|---|---|---|")
     for run, label in zip(a.runs, labels):
         print(row(run, label))
+    if a.plot:
+        plot(a.runs, labels, a.flat, a.plot)
 
 
 if __name__ == "__main__":
