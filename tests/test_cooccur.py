@@ -72,3 +72,15 @@ def test_build_sids_first_digit_follows_the_communities_from_training_sequences_
     with pytest.raises(MadrecError, match="--collaborative-weight 1.5"):
         build_sids(a, tmp_path / "bad", **{**opts, "collaborative_weight": 1.5})
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_item_without_cooccurrences_borrows_its_text_neighbours_vector():
+    from madrec.cooccur import borrow_missing
+
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    collab = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    filled = borrow_missing(collab, torch.nn.functional.normalize(text, dim=1))
+    assert torch.equal(filled[2], collab[0]) and torch.equal(filled[3], collab[1])
+    assert torch.equal(filled[:2], collab[:2]) and collab[2].abs().sum() == 0  # the input is left alone
+    mixed = blend(text, collab, 0.5)
+    assert torch.equal(mixed[2, 2:], mixed[0, 2:])

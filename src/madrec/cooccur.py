@@ -36,7 +36,7 @@ def cooccurrence_counts(sequences: Sequence[np.ndarray], num_items: int, window:
     c = torch.from_numpy(np.concatenate(cols)) if cols else torch.zeros(0, dtype=torch.long)
     index = torch.stack([torch.cat([r, c]), torch.cat([c, r])])
     values = torch.ones(index.shape[1], dtype=torch.float64)
-    return torch.sparse_coo_tensor(index, values, (num_items, num_items)).coalesce()
+    return torch.sparse_coo_tensor(index, values, (num_items, num_items), check_invariants=True).coalesce()
 
 
 def ppmi(counts: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def ppmi(counts: torch.Tensor) -> torch.Tensor:
     n_i = torch.zeros(counts.shape[0], dtype=torch.float64).index_add_(0, index[0], n_ij)
     pmi = torch.log(n_ij * n_ij.sum() / (n_i[index[0]] * n_i[index[1]]))
     keep = pmi > 0
-    return torch.sparse_coo_tensor(index[:, keep], pmi[keep], counts.shape).coalesce()
+    return torch.sparse_coo_tensor(index[:, keep], pmi[keep], counts.shape, check_invariants=True).coalesce()
 
 
 def cooccurrence_embeddings(
@@ -68,6 +68,22 @@ def cooccurrence_embeddings(
 
 def blend(text: torch.Tensor, collaborative: torch.Tensor, weight: float) -> torch.Tensor:
     """Concatenate unit text rows and unit collaborative rows, scaled so that `weight` is the
-    collaborative share of every squared distance (0: text only, 1: collaborative only)."""
+    collaborative share of every squared distance (0: text only, 1: collaborative only).
+
+    An item that co-occurs with nothing borrows the collaborative row of its nearest item by
+    text: left at zero, all such items would crowd one corner of the space and one SID prefix."""
     text = F.normalize(text.float(), dim=1)
+    collaborative = borrow_missing(collaborative, text)
     return torch.cat([text * (1.0 - weight) ** 0.5, collaborative * weight**0.5], dim=1)
+
+
+def borrow_missing(collaborative: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Zero collaborative rows replaced by the row of the most text-similar item that has one."""
+    missing = collaborative.norm(dim=1) == 0
+    if not missing.any() or missing.all():
+        return collaborative
+    known = (~missing).nonzero().squeeze(1)
+    nearest = (text[missing] @ text[known].t()).argmax(dim=1)
+    filled = collaborative.clone()
+    filled[missing] = collaborative[known[nearest]]
+    return filled
