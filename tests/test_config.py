@@ -97,6 +97,7 @@ def test_wrong_type_names_the_key(override, key):
         ("diffusion.schedule=sqrt", "unknown noise schedule"),
         ("batch_size=0", "batch_size"),
         ("trainer.precision=fp8", "trainer.precision"),
+        ("model.pool_history=true", "model.pool_history.*masking=next_item"),
     ],
 )
 def test_inconsistent_values_are_refused(override, message):

@@ -141,3 +141,26 @@ def test_suffix_masking_noises_whole_trailing_items_and_keeps_a_clean_prefix():
     items_masked = masked.sum(1) // 2
     assert set(items_masked[:200].tolist()) == {1, 2, 3, 4}  # never the whole row
     assert set(items_masked[200:].tolist()) == {1, 2}
+
+
+def test_history_items_are_masked_whole_at_their_rate_with_weight_one():
+    """history_item_prob: next-item noising plus whole history items masked as cloze targets
+    (weight 1); the last item keeps its 1/t weight and PAD stays untouched."""
+    torch.manual_seed(0)
+    H, p = 4, 0.25
+    cfg = DiffusionConfig(masking="next_item", t_min=0.1, history_item_prob=p)
+    diffusion = MaskedDiffusion(cfg, MASK, PAD, sid_len=H)
+    tokens = torch.randint(0, 20, (4000, 6 * H))
+    tokens[:, :H] = PAD  # five real items per row
+    noisy, masked, weight = diffusion.corrupt(tokens)
+    assert not masked[:, :H].any()
+    history = masked[:, H:-H].reshape(4000, 4, H)
+    assert torch.equal(history.all(2), history.any(2))  # whole items or nothing
+    assert abs(history.all(2).float().mean() - p) < 0.02
+    assert (weight[:, H:-H][masked[:, H:-H]] == 1.0).all()
+    last = masked[:, -H:]
+    t = 1.0 / weight[:, -1]
+    assert (t >= 0.1).all() and abs(last.float().mean() - t.mean()) < 0.02  # the last item: w.p. t, weight 1/t
+    assert torch.equal(noisy[masked], torch.full_like(noisy[masked], MASK))
+    with pytest.raises(ValueError, match="history_item_prob"):
+        MaskedDiffusion(DiffusionConfig(masking="uniform", history_item_prob=p), MASK, PAD, sid_len=H)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM, ModelConfig
+from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM, ModelConfig, PooledHistoryDiffusionLM
 
 VOCAB, PAD = 30, 29
 SMALL = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0)
@@ -165,3 +165,40 @@ def test_item_embedding_ids_only_complete_catalogue_items():
     assert not torch.allclose(model(row)[0, -1], before)
     with pytest.raises(ValueError, match="SID table"):
         MaskedDiffusionLM(cfg, vocab.size, vocab.pad_id, vocab.sid_len)
+
+
+def test_pooled_history_reads_each_history_item_as_one_token():
+    """pool_history: the next item's logits do not depend on padding, change with the order and
+    the digits of history items, and only the last item may be asked for."""
+    torch.manual_seed(0)
+    H, pad, mask = 3, 31, 30
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
+    model = PooledHistoryDiffusionLM(cfg, 32, pad, H).eval()
+    for p in model.parameters():  # away from the near-uniform attention of a fresh model
+        p.data.normal_(0, 0.5)
+    a, b, c = torch.tensor([0, 10, 20]), torch.tensor([1, 11, 21]), torch.tensor([2, 12, 22])
+    slot = torch.tensor([mask, 13, mask])
+    row = torch.cat([a, b, c, slot])[None]
+    with torch.no_grad():
+        out = model(row)
+        assert out.shape == (1, 12, 32) and out[0, :9].abs().sum() == 0  # history positions carry nothing
+        left = model(torch.cat([torch.full((1, 5), pad), row], 1))[0, -H:]
+        right = model(torch.cat([row, torch.full((1, 4), pad)], 1))[0, 9:12]
+        torch.testing.assert_close(left, out[0, -H:], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(right, out[0, -H:], atol=1e-5, rtol=1e-4)
+        short = torch.cat([torch.full((6,), pad), c, slot])  # one history item, left-padded
+        history, real = model._pooled_history(torch.stack([row[0], short]))
+        means = torch.stack([model.embed(item).mean(0) for item in (a, b, c)])
+        torch.testing.assert_close(history[0], means)  # oldest first, one mean per item
+        torch.testing.assert_close(history[1, -1], means[2])
+        assert real.tolist() == [[True, True, True], [False, False, True]]
+        swapped = model(torch.cat([b, a, c, slot])[None])[0, -H:]
+        other_digit = model(torch.cat([a, torch.tensor([1, 11, 22]), c, slot])[None])[0, -H:]
+        assert (swapped - out[0, -H:]).abs().max() > 1e-3  # order reaches the slot (rotary)
+        assert (other_digit - out[0, -H:]).abs().max() > 1e-3  # every digit reaches the slot
+        select = torch.zeros_like(row, dtype=torch.bool)
+        select[0, [9, 11]] = True
+        torch.testing.assert_close(model(row, select=select), out[0, [9, 11]])
+        select[0, 3] = True
+        with pytest.raises(ValueError, match="history position"):
+            model(row, select=select)

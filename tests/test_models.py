@@ -184,3 +184,25 @@ def test_every_item_masking_learns_the_planted_rule_and_decodes_one_item(planted
     assert len(rec.recommend(["item1", "item2", "item3"], k=3)) == 3
     with pytest.raises(MadrecError, match="next_items=2.*masking=every_item"):
         rec.recommend(["item1", "item2", "item3"], k=3, next_items=2)
+
+
+def test_pooled_history_learns_the_planted_rule_and_decodes_one_item(planted, tmp_path):
+    """model.pool_history (one token per history item, next-item masking): learns the rule, its
+    checkpoint rebuilds the pooled network, and it refuses several masked next items."""
+    args = [
+        "experiment=small",
+        *SMALL,
+        "model.pool_history=true",
+        "trainer.max_steps=300",
+        "trainer.val_every_n_steps=300",
+        "trainer.checkpoint_every_n_steps=300",
+    ]
+    summary = train(planted, tmp_path / "run", args)
+    assert summary["val/recall@10"] >= 0.9 and summary["test/recall@10"] >= 0.8, summary
+    assert summary["test/invalid_sid_rate"] == 0.0 and summary["test/duplicate_rate"] == 0.0
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert type(load_checkpoint(ckpt).model).__name__ == "PooledHistoryDiffusionLM"
+    rec = Recommender.from_checkpoint(str(ckpt), device="cpu")
+    assert len(rec.recommend(["item1", "item2", "item3"], k=3)) == 3
+    with pytest.raises(MadrecError, match="next_items=2"):
+        rec.recommend(["item1", "item2", "item3"], k=3, next_items=2)

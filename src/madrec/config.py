@@ -325,6 +325,11 @@ def validate(cfg: Config) -> None:
         "diffusion.next_item_prob",
         f"must be in [0, 1], got {cfg.diffusion.next_item_prob}",
     )
+    _require(
+        0.0 <= cfg.diffusion.history_item_prob < 1.0,
+        "diffusion.history_item_prob",
+        f"must be in [0, 1), got {cfg.diffusion.history_item_prob}",
+    )
     for key in (
         "model.n_layer",
         "model.n_embd",
@@ -408,6 +413,14 @@ def _check_model_and_objective(cfg: Config) -> None:
     if not models.get(cfg.model.name).uses_sids and cfg.model.item_embedding:
         raise MadrecError(
             f"config key model.item_embedding: {cfg.model.name}'s tokens are item ids already; set it false"
+        )
+    if cfg.model.pool_history and (
+        cfg.model.name != "maskgr" or cfg.diffusion.masking != "next_item" or cfg.diffusion.history_item_prob
+    ):
+        raise MadrecError(
+            "config key model.pool_history: a pooled history item has no SID tokens to noise or predict; it needs "
+            "model.name=maskgr, diffusion.masking=next_item and history_item_prob 0 "
+            f"(got {cfg.model.name}, {cfg.diffusion.masking}, {cfg.diffusion.history_item_prob})"
         )
     for group, build in (
         ("model", lambda: MaskedDiffusionLM(cfg.model, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),

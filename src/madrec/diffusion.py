@@ -29,6 +29,9 @@ class DiffusionConfig:
     masking: str = "uniform"
     t_min: float = 1e-3
     next_item_prob: float = 0.5  # masking=mixed: share of rows noised as next_item, the rest uniform
+    # masking=next_item: each history item is also masked whole with this probability, a cloze
+    # target (weight 1) that the bidirectional model fills from the items on both sides of it
+    history_item_prob: float = 0.0
 
 
 class LinearSchedule:
@@ -139,6 +142,8 @@ class MaskedDiffusion:
             raise ValueError(f"unknown noise schedule {cfg.schedule!r}; choose one of {sorted(SCHEDULES)}")
         if cfg.masking not in MASKINGS:
             raise ValueError(f"unknown masking policy {cfg.masking!r}; choose one of {sorted(MASKINGS)}")
+        if cfg.history_item_prob and cfg.masking != "next_item":
+            raise ValueError(f"history_item_prob masks history items beside next_item masking, not {cfg.masking!r}")
         self.cfg = cfg
         self.schedule = SCHEDULES[cfg.schedule]()
         self.masking = MASKINGS[cfg.masking](cfg)
@@ -151,7 +156,18 @@ class MaskedDiffusion:
         """
         t = self._noise_levels(tokens)
         masked = self.masking(tokens != self.pad_id, self.schedule.mask_prob(t), self.sid_len)
-        return tokens.masked_fill(masked, self.mask_id), masked, self.schedule.loss_weight(t)
+        weight = self.schedule.loss_weight(t)
+        if self.cfg.history_item_prob:
+            cloze = self._history_items(tokens)
+            masked, weight = masked | cloze, torch.where(cloze, 1.0, weight.expand_as(masked))
+        return tokens.masked_fill(masked, self.mask_id), masked, weight
+
+    def _history_items(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: the tokens of history items (all but a row's last) drawn whole w.p. history_item_prob."""
+        real = tokens != self.pad_id
+        item = torch.div(real.flip(1).cumsum(1).flip(1) * real + self.sid_len - 1, self.sid_len, rounding_mode="floor")
+        draws = torch.rand(tokens.shape[0], int(item.max()) + 1, device=tokens.device) < self.cfg.history_item_prob
+        return draws.gather(1, item) & (item >= 2)
 
     def _noise_levels(self, tokens: torch.Tensor) -> torch.Tensor:
         """t ~ U(t_min, 1): (B, 1), one per sequence, or (B, L), one per item when the policy says so."""

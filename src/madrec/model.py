@@ -42,6 +42,9 @@ class ModelConfig:
     # add a learned embedding of the item id to the tokens of every complete (unmasked) item:
     # item-to-item patterns are learned per item instead of through shared SID codes only
     item_embedding: bool = False
+    # one token per clean history item (the mean of its SID token embeddings) instead of H:
+    # rows cost ~H times fewer tokens; only the next item is noised, so needs next-item masking
+    pool_history: bool = False
 
 
 class Rotary(nn.Module):
@@ -358,3 +361,71 @@ class ItemCausalDiffusionLM(MaskedDiffusionLM):
         item = items_from_end(tokens, self.pad_id, self.sid_len)
         keep = (item > 0)[:, None, :] & (item[:, None, :] >= item[:, :, None])
         return (keep | torch.eye(tokens.shape[1], dtype=torch.bool, device=tokens.device))[:, None]
+
+
+class PooledHistoryDiffusionLM(MaskedDiffusionLM):
+    """Masked diffusion over the next item's SID tokens, the clean history one token per item.
+
+    The row's last item (its H tokens, some or all MASK) stays H tokens; every history item
+    before it becomes one token, the mean of its SID token embeddings plus a learned
+    "history item" slot. A row of n items costs n - 1 + H tokens instead of n * H, so a CPU
+    second trains several times more next-item targets. Only the last item carries
+    predictions: the objective must noise nothing else (diffusion.masking=next_item), and
+    `select` may not ask for a history position.
+    """
+
+    max_next_items = 1  # the network reads one masked item per row
+
+    def __init__(
+        self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int, item_tokens: torch.Tensor | None = None
+    ):
+        super().__init__(cfg, vocab_size, pad_id, sid_len, item_tokens)
+        if cfg.item_embedding:
+            raise ValueError("pool_history and item_embedding cannot be combined (a pooled item is one token)")
+        self.history_slot = nn.Parameter(torch.zeros(cfg.n_embd))
+
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) tokens -> the last item's logits: (M, vocab) at `select`, else (B, L, vocab)
+        with zeros at every history and PAD position."""
+        tail = self._tail_positions(tokens)
+        b, h = tokens.shape[0], self.sid_len
+        if select is not None and (select & ~tail).any():
+            raise ValueError("pool_history predicts only each row's last item; select asked for a history position")
+        history, keep = self._pooled_history(tokens)
+        x = self.embed(tokens[tail].view(b, h))
+        if self.slot is not None:
+            x = x + self.slot.weight
+        x = torch.cat([history + self.history_slot, x], 1)
+        keep = torch.cat([keep, torch.ones(b, h, dtype=torch.bool, device=tokens.device)], 1)[:, None, None, :]
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, keep)
+        x = x[:, -h:]
+        if select is not None:
+            x = x[select[tail].view(b, h)]
+        logits = self.ln_f(x) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
+        if select is not None:
+            return logits
+        full = logits.new_zeros(*tokens.shape, self.vocab_size)
+        full[tail] = logits.reshape(-1, self.vocab_size)
+        return full
+
+    def _tail_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: each row's last H real tokens (the item to predict)."""
+        from_end = tokens_from_end(tokens, self.pad_id)
+        tail = (from_end >= 1) & (from_end <= self.sid_len)
+        if (tail.sum(1) != self.sid_len).any():
+            raise ValueError(f"pool_history needs at least one whole item ({self.sid_len} tokens) in every row")
+        return tail
+
+    def _pooled_history(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n, C) mean token embedding of each history item, oldest first and left-padded
+        to the longest history n, and (B, n) bool: a real item."""
+        b, h = tokens.shape[0], self.sid_len
+        item = items_from_end(tokens, self.pad_id, h)  # 1 = last item, 2 = the one before, 0 = PAD
+        n = max(int(item.max()) - 1, 0)
+        slot = torch.where(item >= 2, n - item + 1, n)  # history item k from the end -> n - k + 1
+        sums = self.embed.weight.new_zeros(b, n + 1, self.cfg.n_embd)
+        sums = sums.scatter_add(1, slot[..., None].expand(-1, -1, self.cfg.n_embd), self.embed(tokens))
+        counts = torch.zeros(b, n + 1, device=tokens.device).scatter_add(1, slot, (item >= 2).float())
+        return sums[:, :n] / h, counts[:, :n] > 0
