@@ -84,3 +84,25 @@ def test_an_item_without_cooccurrences_borrows_its_text_neighbours_vector():
     assert torch.equal(filled[:2], collab[:2]) and collab[2].abs().sum() == 0  # the input is left alone
     mixed = blend(text, collab, 0.5)
     assert torch.equal(mixed[2, 2:], mixed[0, 2:])
+
+
+def test_digit_tokens_start_at_their_codes_cooccurrence_vectors():
+    """model.embedding_init=cooccurrence: first-digit codes whose items are consumed together
+    start with close token embeddings, codes of the other community far; unused codes, MASK
+    and PAD keep their random init."""
+    from madrec.tokens import SIDVocab
+    from madrec.train import init_from_cooccurrence
+
+    vocab = SIDVocab(sid_len=2, codebook_size=8)
+    items = torch.arange(40)
+    sids = torch.stack([items // 10, items % 10 % 8])  # first digit: 0, 1 (community A), 2, 3 (B)
+    torch.manual_seed(0)
+    weight = torch.randn(vocab.size, 16)
+    before = weight.clone()
+    init_from_cooccurrence(weight, vocab, sids, two_communities())
+    first = torch.nn.functional.normalize(weight[:4], dim=1)
+    cos = first @ first.t()
+    assert cos[0, 1] > 0.6 and cos[2, 3] > 0.6 and cos[:2, 2:].abs().max() < 0.3
+    assert torch.equal(weight[4:8], before[4:8])  # first-digit codes 4..7 hold no item
+    assert torch.equal(weight[vocab.mask_id :], before[vocab.mask_id :])
+    assert not torch.equal(weight[vocab.block : vocab.block + 8], before[vocab.block : vocab.block + 8])

@@ -164,3 +164,23 @@ def test_history_items_are_masked_whole_at_their_rate_with_weight_one():
     assert torch.equal(noisy[masked], torch.full_like(noisy[masked], MASK))
     with pytest.raises(ValueError, match="history_item_prob"):
         MaskedDiffusion(DiffusionConfig(masking="uniform", history_item_prob=p), MASK, PAD, sid_len=H)
+
+
+def test_next_item_copies_are_noised_at_stratified_levels():
+    """next_item_copies: copy j of each row's last item is noised at t in the j-th of n equal
+    strata of [t_min, 1], weight 1/t; the loss is a weighted mean over every copy's masks."""
+    torch.manual_seed(0)
+    H, n = 4, 4
+    cfg = DiffusionConfig(masking="next_item", t_min=0.2, next_item_copies=n)
+    diffusion = MaskedDiffusion(cfg, MASK, PAD, sid_len=H)
+    tokens = torch.randint(0, 20, (3000, 3 * H))
+    copies, masked, weight = diffusion.corrupt_copies(tokens)
+    assert copies.shape == masked.shape == weight.shape == (3000, n, H)
+    assert torch.equal(copies[~masked], tokens[:, None, -H:].expand_as(copies)[~masked])
+    t = 1.0 / weight[..., 0]
+    edges = 0.2 + 0.8 * torch.arange(n + 1) / n
+    assert ((t >= edges[:-1] - 1e-6) & (t <= edges[1:] + 1e-6)).all()
+    rate = masked.float().mean((0, 2))
+    torch.testing.assert_close(rate, t.mean(0), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="next_item_copies"):
+        MaskedDiffusion(DiffusionConfig(masking="uniform", next_item_copies=2), MASK, PAD, sid_len=H)

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM, ModelConfig, PooledHistoryDiffusionLM
+from madrec.model import (
+    ItemCausalDiffusionLM,
+    MaskedDiffusionLM,
+    ModelConfig,
+    NextItemDiffusionLM,
+    PooledHistoryDiffusionLM,
+)
 
 VOCAB, PAD = 30, 29
 SMALL = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0)
@@ -202,3 +208,28 @@ def test_pooled_history_reads_each_history_item_as_one_token():
         select[0, 3] = True
         with pytest.raises(ValueError, match="history position"):
             model(row, select=select)
+
+
+def test_next_item_copies_each_get_the_logits_of_their_row_alone():
+    """NextItemDiffusionLM: n noised copies of the last item in one pass give each copy exactly
+    the logits of [history, copy] decoded alone; the history does not attend to the slot."""
+    torch.manual_seed(0)
+    H, pad, mask = 3, 31, 30
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True)
+    model = NextItemDiffusionLM(cfg, 32, pad, H).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    tokens = torch.randint(0, 30, (2, 12))
+    tokens[1, :6] = pad  # left-padded: 2 items
+    copies = tokens[:, None, -H:].repeat(1, 4, 1)
+    copies[torch.rand(copies.shape) < 0.5] = mask
+    with torch.no_grad():
+        together = model(tokens, select=torch.ones_like(copies, dtype=torch.bool), copies=copies).view(2, 4, H, -1)
+        for row in range(2):
+            for j in range(4):
+                alone = model(torch.cat([tokens[row, :-H], copies[row, j]])[None])[0, -H:]
+                torch.testing.assert_close(together[row, j], alone, atol=1e-5, rtol=1e-4)
+        plain = MaskedDiffusionLM(cfg, 32, pad, H).eval()
+        plain.load_state_dict(model.state_dict())
+        row = torch.cat([tokens[0, :-H], copies[0, 0]])[None]
+        assert (plain(row)[0, -H:] - model(row)[0, -H:]).abs().max() > 1e-3  # only the mask differs

@@ -326,6 +326,11 @@ def validate(cfg: Config) -> None:
         f"must be in [0, 1], got {cfg.diffusion.next_item_prob}",
     )
     _require(
+        cfg.model.embedding_init in ("random", "cooccurrence"),
+        "model.embedding_init",
+        f"{cfg.model.embedding_init!r} is not one of random, cooccurrence",
+    )
+    _require(
         0.0 <= cfg.diffusion.history_item_prob < 1.0,
         "diffusion.history_item_prob",
         f"must be in [0, 1), got {cfg.diffusion.history_item_prob}",
@@ -414,13 +419,14 @@ def _check_model_and_objective(cfg: Config) -> None:
         raise MadrecError(
             f"config key model.item_embedding: {cfg.model.name}'s tokens are item ids already; set it false"
         )
+    d = cfg.diffusion
     if cfg.model.pool_history and (
-        cfg.model.name != "maskgr" or cfg.diffusion.masking != "next_item" or cfg.diffusion.history_item_prob
+        cfg.model.name != "maskgr" or d.masking != "next_item" or d.history_item_prob or d.next_item_copies > 1
     ):
         raise MadrecError(
             "config key model.pool_history: a pooled history item has no SID tokens to noise or predict; it needs "
-            "model.name=maskgr, diffusion.masking=next_item and history_item_prob 0 "
-            f"(got {cfg.model.name}, {cfg.diffusion.masking}, {cfg.diffusion.history_item_prob})"
+            "model.name=maskgr, diffusion.masking=next_item, history_item_prob 0 and next_item_copies 1 "
+            f"(got {cfg.model.name}, {d.masking}, {d.history_item_prob}, {d.next_item_copies})"
         )
     for group, build in (
         ("model", lambda: MaskedDiffusionLM(cfg.model, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),

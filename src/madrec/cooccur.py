@@ -87,3 +87,17 @@ def borrow_missing(collaborative: torch.Tensor, text: torch.Tensor) -> torch.Ten
     filled = collaborative.clone()
     filled[missing] = collaborative[known[nearest]]
     return filled
+
+
+def code_vectors(
+    sids: torch.Tensor, item_vectors: torch.Tensor, codebook_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, V, dim) mean item vector of each SID digit's code at each position, and (H, V) bool:
+    the code is used. sids: the (H, N) SID table; item_vectors: (N, dim)."""
+    h, dim = sids.shape[0], item_vectors.shape[1]
+    sums = torch.zeros(h, codebook_size, dim)
+    counts = torch.zeros(h, codebook_size)
+    for level in range(h):
+        sums[level].index_add_(0, sids[level].long(), item_vectors)
+        counts[level].index_add_(0, sids[level].long(), torch.ones(sids.shape[1]))
+    return sums / counts.clamp_min(1)[..., None], counts > 0

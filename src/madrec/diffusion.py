@@ -32,6 +32,10 @@ class DiffusionConfig:
     # masking=next_item: each history item is also masked whole with this probability, a cloze
     # target (weight 1) that the bidirectional model fills from the items on both sides of it
     history_item_prob: float = 0.0
+    # masking=next_item: noise each row's last item this many times, at stratified noise levels
+    # ((j + u) / n of the way from t_min to 1 for copy j), all copies in one pass beside one
+    # clean history (MaskedDiffusionLM.copies_forward): several noise samples for one history's cost
+    next_item_copies: int = 1
 
 
 class LinearSchedule:
@@ -142,6 +146,10 @@ class MaskedDiffusion:
             raise ValueError(f"unknown noise schedule {cfg.schedule!r}; choose one of {sorted(SCHEDULES)}")
         if cfg.masking not in MASKINGS:
             raise ValueError(f"unknown masking policy {cfg.masking!r}; choose one of {sorted(MASKINGS)}")
+        if cfg.next_item_copies < 1:
+            raise ValueError(f"next_item_copies must be >= 1, got {cfg.next_item_copies}")
+        if cfg.next_item_copies > 1 and (cfg.masking != "next_item" or cfg.history_item_prob):
+            raise ValueError("next_item_copies > 1 noises copies of the last item: it needs next_item masking alone")
         if cfg.history_item_prob and cfg.masking != "next_item":
             raise ValueError(f"history_item_prob masks history items beside next_item masking, not {cfg.masking!r}")
         self.cfg = cfg
@@ -191,6 +199,8 @@ class MaskedDiffusion:
         `model(noisy, select=masked)` returns logits at the masked positions only. The loss is
         the ratio; keeping both lets data-parallel ranks share one global denominator.
         """
+        if self.cfg.next_item_copies > 1:
+            return self._copies_loss_terms(model, tokens)
         noisy, masked, weight = self.corrupt(tokens)
         if getattr(self.masking, "per_item", False):
             logits = model(noisy, select=masked, clean=tokens)  # noised items beside the clean row
@@ -199,6 +209,24 @@ class MaskedDiffusion:
         weights = weight.expand_as(masked)[masked]
         ce = F.cross_entropy(logits.float(), tokens[masked], reduction="none")
         return (ce * weights).sum(), weights.sum()
+
+    def corrupt_copies(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L) clean rows -> (copies, masked, weight), each (B, n, H): n noised copies of each
+        row's last item, copy j at t in the j-th of n equal strata of [t_min, 1]."""
+        n, h = self.cfg.next_item_copies, self.sid_len
+        last = tokens[:, None, -h:].expand(-1, n, -1)
+        strata = (torch.arange(n, device=tokens.device) + torch.rand(tokens.shape[0], n, device=tokens.device)) / n
+        t = (self.cfg.t_min + (1.0 - self.cfg.t_min) * strata)[..., None]
+        masked = torch.rand(last.shape, device=tokens.device) < self.schedule.mask_prob(t)
+        return last.masked_fill(masked, self.mask_id), masked, self.schedule.loss_weight(t).expand_as(masked)
+
+    def _copies_loss_terms(self, model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        copies, masked, weight = self.corrupt_copies(tokens)
+        logits = model(tokens, select=masked, copies=copies)
+        ce = F.cross_entropy(
+            logits.float(), tokens[:, None, -self.sid_len :].expand_as(masked)[masked], reduction="none"
+        )
+        return (ce * weight[masked]).sum(), weight[masked].sum()
 
     def loss(self, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """The objective on one batch of clean (B, L) tokens (single process)."""

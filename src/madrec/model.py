@@ -45,6 +45,9 @@ class ModelConfig:
     # one token per clean history item (the mean of its SID token embeddings) instead of H:
     # rows cost ~H times fewer tokens; only the next item is noised, so needs next-item masking
     pool_history: bool = False
+    # random, or cooccurrence: each SID digit token starts at the mean co-occurrence vector of
+    # its code's items in the training sequences (madrec.cooccur), so similar codes start close
+    embedding_init: str = "random"
 
 
 class Rotary(nn.Module):
@@ -429,3 +432,55 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         sums = sums.scatter_add(1, slot[..., None].expand(-1, -1, self.cfg.n_embd), self.embed(tokens))
         counts = torch.zeros(b, n + 1, device=tokens.device).scatter_add(1, slot, (item >= 2).float())
         return sums[:, :n] / h, counts[:, :n] > 0
+
+
+class NextItemDiffusionLM(MaskedDiffusionLM):
+    """Masked diffusion of the next item beside a clean history that does not attend to it.
+
+    The history (every token but a row's last item) attends bidirectionally to itself; the
+    next item's H tokens attend to the history and to each other. Since the history's states
+    do not depend on the slot, one pass can denoise several noised copies of the next item
+    (`forward(tokens, select, copies)`, diffusion.next_item_copies), each exactly as if alone.
+    """
+
+    max_next_items = 1  # the slot is the row's last item
+
+    def forward(
+        self, tokens: torch.Tensor, select: torch.Tensor | None = None, copies: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """As MaskedDiffusionLM; with `copies` ((B, n, H)) see `copies_forward`."""
+        if copies is not None:
+            return self.copies_forward(tokens, copies, select)
+        return super().forward(tokens, select)
+
+    def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L, L) bool: non-PAD keys, except that history queries skip the last item's keys."""
+        from_end = tokens_from_end(tokens, self.pad_id)
+        slot = (from_end >= 1) & (from_end <= self.sid_len)
+        keep = super().attention_mask(tokens) & ~(~slot[:, None, :, None] & slot[:, None, None, :])
+        return keep | torch.eye(tokens.shape[1], dtype=torch.bool, device=tokens.device)
+
+    def copies_forward(self, tokens: torch.Tensor, copies: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Logits at `select` ((B, n, H) bool) of n noised copies of each row's last item, in one
+        pass: the clean history attends to itself, copy j to the history and to its own tokens,
+        at the last item's positions and slots. Each copy gets exactly the logits of the row
+        [history, copy j] alone (the history never sees the slot), so one pass trains n noise
+        levels of the next item for one history's cost."""
+        b, n, h = copies.shape
+        if (tokens[:, -h:] == self.pad_id).any():
+            raise ValueError("copies need rows that end with a whole item (left-padded rows)")
+        history = tokens[:, :-h]
+        length = history.shape[1]
+        real = history != self.pad_id
+        copy_of = torch.arange(n, device=tokens.device).repeat_interleave(h)  # (n H,) copy index
+        top = torch.cat([real[:, None, :].expand(-1, length, -1), real.new_zeros(b, length, n * h)], 2)
+        own = (copy_of[:, None] == copy_of[None, :]).expand(b, -1, -1)
+        bottom = torch.cat([real[:, None, :].expand(-1, n * h, -1), own], 2)
+        keep = torch.cat([top, bottom], 1) | torch.eye(length + n * h, dtype=torch.bool, device=tokens.device)
+        steps = torch.arange(length + h, device=tokens.device)
+        positions = torch.cat([steps[:length], steps[length:].repeat(n)])
+        slots = None if self.slot is None else self.slots(tokens)
+        if slots is not None:
+            slots = torch.cat([slots[:, :length], slots[:, -h:].repeat(1, n)], 1)
+        select = torch.cat([torch.zeros_like(real), select.flatten(1)], 1)
+        return self.logits(torch.cat([history, copies.flatten(1)], 1), keep[:, None], slots, select, positions)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from madrec import models
 from madrec.checkpoint import load_checkpoint, model_weights, read_checkpoint
 from madrec.config import Config, check_inputs, describe_keys, load_config
+from madrec.cooccur import code_vectors, cooccurrence_embeddings
 from madrec.data import PreparedDataset, Split, load_dataset
 from madrec.dist import launch_layout
 from madrec.errors import MadrecError
@@ -256,7 +257,20 @@ def _build_module(cfg: Config, data: PreparedDataset, resume: dict | None) -> tu
     max_len = resolve_max_len(cfg, training, vocab.sid_len)
     rows = TrainingRows(training, max_len // vocab.sid_len, cfg.rows)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return RecommenderModule(cfg, vocab, sids, data.item_ids, max_len, _eval_splits(cfg, data)), rows
+    module = RecommenderModule(cfg, vocab, sids, data.item_ids, max_len, _eval_splits(cfg, data))
+    if cfg.model.embedding_init == "cooccurrence" and resume is None:
+        init_from_cooccurrence(module.model.embed.weight, vocab, sids, training)
+    return module, rows
+
+
+@torch.no_grad()
+def init_from_cooccurrence(weight: torch.Tensor, vocab, sids: torch.Tensor, sequences) -> None:
+    """Digit tokens start at their code's mean co-occurrence vector (madrec.cooccur), scaled to
+    the random init's norm, plus a quarter of that random init so equal means stay apart."""
+    dim = weight.shape[1]
+    means, used = code_vectors(sids, cooccurrence_embeddings(sequences, sids.shape[1], dim=dim), vocab.codebook_size)
+    digits = weight[: vocab.sid_len * vocab.block].view(vocab.sid_len, vocab.block, dim)[:, : vocab.codebook_size]
+    digits[used] = dim**0.5 * means[used] + 0.25 * digits[used]
 
 
 def _start_run_folder(cfg: Config, out: Path, module, rows, sampler, trainer) -> None:

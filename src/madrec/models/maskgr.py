@@ -7,13 +7,15 @@ objective is madrec.diffusion. Decoding may reveal positions in any order, sever
 from __future__ import annotations
 
 from madrec.diffusion import MaskedDiffusion
-from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM, PooledHistoryDiffusionLM
+from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM, NextItemDiffusionLM, PooledHistoryDiffusionLM
 from madrec.models import Recommender
 
 
 def build_network(cfg, vocab, item_tokens) -> MaskedDiffusionLM:
     if cfg.diffusion.masking == "every_item":  # every item noised given the clean ones before it
         net = ItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
+    elif cfg.diffusion.next_item_copies > 1:  # several noised copies of the next item per history
+        net = NextItemDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     elif cfg.model.pool_history:  # one token per history item; only the next item is noised
         net = PooledHistoryDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     else:
