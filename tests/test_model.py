@@ -210,13 +210,15 @@ def test_pooled_history_reads_each_history_item_as_one_token():
             model(row, select=select)
 
 
-def test_next_item_copies_each_get_the_logits_of_their_row_alone():
-    """NextItemDiffusionLM: n noised copies of the last item in one pass give each copy exactly
-    the logits of [history, copy] decoded alone; the history does not attend to the slot."""
+@pytest.mark.parametrize("network", [NextItemDiffusionLM, PooledHistoryDiffusionLM])
+def test_next_item_copies_each_get_the_logits_of_their_row_alone(network):
+    """n noised copies of the last item in one pass give each copy exactly the logits of
+    [history, copy] decoded alone; the history does not attend to the slot."""
     torch.manual_seed(0)
     H, pad, mask = 3, 31, 30
-    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True)
-    model = NextItemDiffusionLM(cfg, 32, pad, H).eval()
+    pool = network is PooledHistoryDiffusionLM
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=pool)
+    model = network(cfg, 32, pad, H).eval()
     for p in model.parameters():
         p.data.normal_(0, 0.3)
     tokens = torch.randint(0, 30, (2, 12))
@@ -229,6 +231,8 @@ def test_next_item_copies_each_get_the_logits_of_their_row_alone():
             for j in range(4):
                 alone = model(torch.cat([tokens[row, :-H], copies[row, j]])[None])[0, -H:]
                 torch.testing.assert_close(together[row, j], alone, atol=1e-5, rtol=1e-4)
+        if pool:
+            return
         plain = MaskedDiffusionLM(cfg, 32, pad, H).eval()
         plain.load_state_dict(model.state_dict())
         row = torch.cat([tokens[0, :-H], copies[0, 0]])[None]

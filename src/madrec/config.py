@@ -420,13 +420,11 @@ def _check_model_and_objective(cfg: Config) -> None:
             f"config key model.item_embedding: {cfg.model.name}'s tokens are item ids already; set it false"
         )
     d = cfg.diffusion
-    if cfg.model.pool_history and (
-        cfg.model.name != "maskgr" or d.masking != "next_item" or d.history_item_prob or d.next_item_copies > 1
-    ):
+    if cfg.model.pool_history and (cfg.model.name != "maskgr" or d.masking != "next_item" or d.history_item_prob):
         raise MadrecError(
             "config key model.pool_history: a pooled history item has no SID tokens to noise or predict; it needs "
-            "model.name=maskgr, diffusion.masking=next_item, history_item_prob 0 and next_item_copies 1 "
-            f"(got {cfg.model.name}, {d.masking}, {d.history_item_prob}, {d.next_item_copies})"
+            "model.name=maskgr, diffusion.masking=next_item and history_item_prob 0 "
+            f"(got {cfg.model.name}, {d.masking}, {d.history_item_prob})"
         )
     for group, build in (
         ("model", lambda: MaskedDiffusionLM(cfg.model, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),

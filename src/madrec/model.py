@@ -123,6 +123,19 @@ def items_from_end(tokens: torch.Tensor, pad_id: int, sid_len: int) -> torch.Ten
     return torch.div(tokens_from_end(tokens, pad_id) + sid_len - 1, sid_len, rounding_mode="floor")
 
 
+def history_and_copies_mask(real: torch.Tensor, copies: int, sid_len: int) -> torch.Tensor:
+    """(B, 1, n + copies * H, same) bool attention mask of a clean history of n positions
+    (`real`: (B, n), its non-PAD keys) followed by `copies` slots of H tokens: the history sees
+    its own keys only, each slot the history and its own tokens; every query sees itself."""
+    b, n = real.shape
+    copy_of = torch.arange(copies, device=real.device).repeat_interleave(sid_len)
+    top = torch.cat([real[:, None, :].expand(-1, n, -1), real.new_zeros(b, n, copies * sid_len)], 2)
+    own = (copy_of[:, None] == copy_of[None, :]).expand(b, -1, -1)
+    bottom = torch.cat([real[:, None, :].expand(-1, copies * sid_len, -1), own], 2)
+    keep = torch.cat([top, bottom], 1) | torch.eye(n + copies * sid_len, dtype=torch.bool, device=real.device)
+    return keep[:, None]
+
+
 class ItemIds(nn.Module):
     """Learned item-id embeddings looked up from each item's SID tokens (index 0: no item)."""
 
@@ -374,7 +387,8 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
     "history item" slot. A row of n items costs n - 1 + H tokens instead of n * H, so a CPU
     second trains several times more next-item targets. Only the last item carries
     predictions: the objective must noise nothing else (diffusion.masking=next_item), and
-    `select` may not ask for a history position.
+    `select` may not ask for a history position. The history does not attend to the slot
+    (as in NextItemDiffusionLM), so diffusion.next_item_copies works here too.
     """
 
     max_next_items = 1  # the network reads one masked item per row
@@ -387,31 +401,46 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
             raise ValueError("pool_history and item_embedding cannot be combined (a pooled item is one token)")
         self.history_slot = nn.Parameter(torch.zeros(cfg.n_embd))
 
-    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, select: torch.Tensor | None = None, copies: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, L) tokens -> the last item's logits: (M, vocab) at `select`, else (B, L, vocab)
-        with zeros at every history and PAD position."""
+        with zeros at every history and PAD position. With `copies` ((B, n, H) noised versions
+        of the last item) and `select` ((B, n, H)): their logits, each as if alone."""
         tail = self._tail_positions(tokens)
         b, h = tokens.shape[0], self.sid_len
-        if select is not None and (select & ~tail).any():
-            raise ValueError("pool_history predicts only each row's last item; select asked for a history position")
-        history, keep = self._pooled_history(tokens)
-        x = self.embed(tokens[tail].view(b, h))
-        if self.slot is not None:
-            x = x + self.slot.weight
-        x = torch.cat([history + self.history_slot, x], 1)
-        keep = torch.cat([keep, torch.ones(b, h, dtype=torch.bool, device=tokens.device)], 1)[:, None, None, :]
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, keep)
-        x = x[:, -h:]
-        if select is not None:
-            x = x[select[tail].view(b, h)]
-        logits = self.ln_f(x) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
+        if copies is None:
+            if select is not None and (select & ~tail).any():
+                raise ValueError("pool_history predicts only each row's last item; select asked for a history position")
+            copies = tokens[tail].view(b, 1, h)
+            select_copies = None if select is None else select[tail].view(b, 1, h)
+        else:
+            select_copies = select
+        out = self._slot_states(tokens, copies)
+        if select_copies is not None:
+            out = out[select_copies]
+        logits = self.ln_f(out) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
         if select is not None:
             return logits
         full = logits.new_zeros(*tokens.shape, self.vocab_size)
         full[tail] = logits.reshape(-1, self.vocab_size)
         return full
+
+    def _slot_states(self, tokens: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
+        """(B, n, H, C) final states of each slot copy beside the pooled history (which does not
+        attend to the slots, so a copy's states are those it would have alone)."""
+        b, n, h = copies.shape
+        history, real = self._pooled_history(tokens)
+        x = self.embed(copies)
+        if self.slot is not None:
+            x = x + self.slot.weight
+        x = self.drop(torch.cat([history + self.history_slot, x.flatten(1, 2)], 1))
+        steps = torch.arange(history.shape[1] + h, device=tokens.device)
+        positions = torch.cat([steps[: history.shape[1]], steps[history.shape[1] :].repeat(n)])
+        keep = history_and_copies_mask(real, n, h)
+        for block in self.blocks:
+            x = block(x, keep, positions)
+        return x[:, history.shape[1] :].reshape(b, n, h, -1)
 
     def _tail_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: each row's last H real tokens (the item to predict)."""
@@ -472,15 +501,11 @@ class NextItemDiffusionLM(MaskedDiffusionLM):
         history = tokens[:, :-h]
         length = history.shape[1]
         real = history != self.pad_id
-        copy_of = torch.arange(n, device=tokens.device).repeat_interleave(h)  # (n H,) copy index
-        top = torch.cat([real[:, None, :].expand(-1, length, -1), real.new_zeros(b, length, n * h)], 2)
-        own = (copy_of[:, None] == copy_of[None, :]).expand(b, -1, -1)
-        bottom = torch.cat([real[:, None, :].expand(-1, n * h, -1), own], 2)
-        keep = torch.cat([top, bottom], 1) | torch.eye(length + n * h, dtype=torch.bool, device=tokens.device)
+        keep = history_and_copies_mask(real, n, h)
         steps = torch.arange(length + h, device=tokens.device)
         positions = torch.cat([steps[:length], steps[length:].repeat(n)])
         slots = None if self.slot is None else self.slots(tokens)
         if slots is not None:
             slots = torch.cat([slots[:, :length], slots[:, -h:].repeat(1, n)], 1)
         select = torch.cat([torch.zeros_like(real), select.flatten(1)], 1)
-        return self.logits(torch.cat([history, copies.flatten(1)], 1), keep[:, None], slots, select, positions)
+        return self.logits(torch.cat([history, copies.flatten(1)], 1), keep, slots, select, positions)

@@ -268,7 +268,9 @@ def init_from_cooccurrence(weight: torch.Tensor, vocab, sids: torch.Tensor, sequ
     """Digit tokens start at their code's mean co-occurrence vector (madrec.cooccur), scaled to
     the random init's norm, plus a quarter of that random init so equal means stay apart."""
     dim = weight.shape[1]
-    means, used = code_vectors(sids, cooccurrence_embeddings(sequences, sids.shape[1], dim=dim), vocab.codebook_size)
+    items = cooccurrence_embeddings(sequences, sids.shape[1], dim=dim)
+    items = torch.nn.functional.pad(items, (0, dim - items.shape[1]))  # a catalogue smaller than dim
+    means, used = code_vectors(sids, items, vocab.codebook_size)
     digits = weight[: vocab.sid_len * vocab.block].view(vocab.sid_len, vocab.block, dim)[:, : vocab.codebook_size]
     digits[used] = dim**0.5 * means[used] + 0.25 * digits[used]
 

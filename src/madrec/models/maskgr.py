@@ -14,10 +14,10 @@ from madrec.models import Recommender
 def build_network(cfg, vocab, item_tokens) -> MaskedDiffusionLM:
     if cfg.diffusion.masking == "every_item":  # every item noised given the clean ones before it
         net = ItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
-    elif cfg.diffusion.next_item_copies > 1:  # several noised copies of the next item per history
-        net = NextItemDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     elif cfg.model.pool_history:  # one token per history item; only the next item is noised
         net = PooledHistoryDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
+    elif cfg.diffusion.next_item_copies > 1:  # several noised copies of the next item per history
+        net = NextItemDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     else:
         net = MaskedDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
         # only the last item was ever noised: the model has not learned several masked items at once
