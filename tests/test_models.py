@@ -163,14 +163,31 @@ def test_causal_models_refuse_out_of_order_decoding(baseline):
         rec.recommend(["item1", "item2"], k=3)
 
 
-def test_every_item_masking_learns_the_planted_rule_and_decodes_one_item(planted, tmp_path):
-    """Block diffusion (every item noised, the item-causal network): learns the rule, its
-    checkpoint rebuilds the item-causal network, and it refuses several masked next items."""
-    args = [
-        "experiment=small",
-        *SMALL,
+NEXT_ITEM_NETWORKS = {
+    # block diffusion: every item noised, the item-causal network
+    "ItemCausalDiffusionLM": [
         "diffusion.masking=every_item",
         "rows=windows",
+        "model.pool_history=false",
+        "diffusion.next_item_copies=1",
+    ],
+    # one token per history item
+    "PooledHistoryDiffusionLM": ["model.pool_history=true", "diffusion.next_item_copies=1"],
+    # several noised copies of the next item beside one history
+    "NextItemDiffusionLM": ["model.pool_history=false", "diffusion.next_item_copies=4"],
+    # `small` itself: both, and digit tokens initialised from co-occurrence
+    "small": [],
+}
+
+
+@pytest.mark.parametrize("network", sorted(NEXT_ITEM_NETWORKS))
+def test_next_item_networks_learn_the_planted_rule_and_decode_one_item(network, planted, tmp_path):
+    """Each network trained on next items (not several masked items at once) learns the rule,
+    its checkpoint rebuilds the same network, and it refuses several masked next items."""
+    args = [
+        "experiment=small",
+        *SMALL,
+        *NEXT_ITEM_NETWORKS[network],
         "trainer.max_steps=300",
         "trainer.val_every_n_steps=300",
         "trainer.checkpoint_every_n_steps=300",
@@ -179,47 +196,9 @@ def test_every_item_masking_learns_the_planted_rule_and_decodes_one_item(planted
     assert summary["val/recall@10"] >= 0.9 and summary["test/recall@10"] >= 0.8, summary
     assert summary["test/invalid_sid_rate"] == 0.0 and summary["test/duplicate_rate"] == 0.0
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    assert type(load_checkpoint(ckpt).model).__name__ == "ItemCausalDiffusionLM"
+    expected = "PooledHistoryDiffusionLM" if network == "small" else network
+    assert type(load_checkpoint(ckpt).model).__name__ == expected
     rec = Recommender.from_checkpoint(str(ckpt), device="cpu")
     assert len(rec.recommend(["item1", "item2", "item3"], k=3)) == 3
-    with pytest.raises(MadrecError, match="next_items=2.*masking=every_item"):
+    with pytest.raises(MadrecError, match="next_items=2.*masking="):
         rec.recommend(["item1", "item2", "item3"], k=3, next_items=2)
-
-
-def test_pooled_history_learns_the_planted_rule_and_decodes_one_item(planted, tmp_path):
-    """model.pool_history (one token per history item, next-item masking): learns the rule, its
-    checkpoint rebuilds the pooled network, and it refuses several masked next items."""
-    args = [
-        "experiment=small",
-        *SMALL,
-        "model.pool_history=true",
-        "trainer.max_steps=300",
-        "trainer.val_every_n_steps=300",
-        "trainer.checkpoint_every_n_steps=300",
-    ]
-    summary = train(planted, tmp_path / "run", args)
-    assert summary["val/recall@10"] >= 0.9 and summary["test/recall@10"] >= 0.8, summary
-    assert summary["test/invalid_sid_rate"] == 0.0 and summary["test/duplicate_rate"] == 0.0
-    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    assert type(load_checkpoint(ckpt).model).__name__ == "PooledHistoryDiffusionLM"
-    rec = Recommender.from_checkpoint(str(ckpt), device="cpu")
-    assert len(rec.recommend(["item1", "item2", "item3"], k=3)) == 3
-    with pytest.raises(MadrecError, match="next_items=2"):
-        rec.recommend(["item1", "item2", "item3"], k=3, next_items=2)
-
-
-def test_next_item_copies_learn_the_planted_rule(planted, tmp_path):
-    """diffusion.next_item_copies: several noised copies of the next item per history in one
-    pass (NextItemDiffusionLM) learn the rule; the checkpoint rebuilds that network."""
-    args = [
-        "experiment=small",
-        *SMALL,
-        "diffusion.next_item_copies=4",
-        "trainer.max_steps=300",
-        "trainer.val_every_n_steps=300",
-        "trainer.checkpoint_every_n_steps=300",
-    ]
-    summary = train(planted, tmp_path / "run", args)
-    assert summary["val/recall@10"] >= 0.9 and summary["test/recall@10"] >= 0.8, summary
-    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    assert type(load_checkpoint(ckpt).model).__name__ == "NextItemDiffusionLM"

@@ -47,6 +47,17 @@ def setup(run: Path) -> str:
         parts.append(f"masking {d['masking']}")
     if m.get("item_embedding"):
         parts.append("item emb.")
+    if m.get("pool_history"):
+        parts.append("pooled history")
+    if d.get("next_item_copies", 1) > 1:
+        parts.append(f"{d['next_item_copies']} copies")
+    if d.get("history_item_prob"):
+        parts.append(f"history items masked w.p. {d['history_item_prob']}")
+    if m.get("embedding_init", "random") != "random":
+        parts.append(f"init {m['embedding_init']}")
+    t = cfg["trainer"]
+    if t.get("precision", "auto") != "auto" or t.get("length_buckets", 1) != 4:
+        parts.append(f"precision {t.get('precision')}, buckets {t.get('length_buckets')}")
     parts.append(f"SIDs {Path(cfg['sid_data_path']).parent.name}" if cfg.get("sid_data_path") else "no SIDs")
     return ", ".join(parts)
 
