@@ -13,6 +13,7 @@ from madrec.model import (
     ModelConfig,
     NextItemDiffusionLM,
     PooledHistoryDiffusionLM,
+    PooledItemCausalDiffusionLM,
 )
 
 VOCAB, PAD = 30, 29
@@ -208,6 +209,39 @@ def test_pooled_history_reads_each_history_item_as_one_token():
         select[0, 3] = True
         with pytest.raises(ValueError, match="history position"):
             model(row, select=select)
+
+
+def test_pooled_every_item_pass_gives_each_item_its_decoding_logits():
+    """pool_history with every_item: the one training pass gives noised item b exactly the
+    logits that decoding computes from the clean items before b and that noised item; an item
+    does not see later items; the history is causal in decoding too."""
+    torch.manual_seed(0)
+    H, pad, mask = 3, 31, 30
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
+    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H).eval()
+    for p in model.parameters():  # away from the near-uniform attention of a fresh model
+        p.data.normal_(0, 0.3)
+    clean = torch.randint(0, 30, (2, 15))
+    clean[1, :6] = pad  # left-padded: 3 items
+    noisy = clean.masked_fill((torch.rand(clean.shape) < 0.5) & (clean != pad), mask)
+    select = (clean != pad) & (torch.arange(15) >= torch.tensor([[H], [3 * H]]))  # all but each first item
+    with torch.no_grad():
+        both = model(noisy, select=select, clean=clean)
+        want = []
+        for row, first in ((0, 0), (1, 2)):
+            for b in range(first + 1, 5):
+                alone = model(torch.cat([clean[row, first * H : b * H], noisy[row, b * H : (b + 1) * H]])[None])
+                want.append(alone[0, -H:])
+        torch.testing.assert_close(both, torch.cat(want), atol=1e-5, rtol=1e-4)
+        later = clean.clone()
+        later[:, 9:12] = (later[:, 9:12] + 1) % 30  # change the clean fourth item only
+        changed = model(noisy, select=select, clean=later).view(-1, H, 32)
+        # rows: items 1..4 of row 0, then items 3..4 of row 1; items up to the fourth do not see it
+        unchanged = torch.tensor([True, True, True, False, True, False])
+        torch.testing.assert_close(changed[unchanged], both.view(-1, H, 32)[unchanged], atol=1e-5, rtol=1e-4)
+        assert (changed[~unchanged] - both.view(-1, H, 32)[~unchanged]).abs().max() > 1e-3
+        with pytest.raises(ValueError, match="first item"):
+            model(noisy, select=clean != pad, clean=clean)
 
 
 @pytest.mark.parametrize("network", [NextItemDiffusionLM, PooledHistoryDiffusionLM])

@@ -171,6 +171,8 @@ NEXT_ITEM_NETWORKS = {
         "model.pool_history=false",
         "diffusion.next_item_copies=1",
     ],
+    # block diffusion over pooled items: every item a target, history one token per item
+    "PooledItemCausalDiffusionLM": ["diffusion.masking=every_item", "rows=windows", "diffusion.next_item_copies=1"],
     # one token per history item
     "PooledHistoryDiffusionLM": ["model.pool_history=true", "diffusion.next_item_copies=1"],
     # several noised copies of the next item beside one history

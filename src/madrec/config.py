@@ -420,10 +420,11 @@ def _check_model_and_objective(cfg: Config) -> None:
             f"config key model.item_embedding: {cfg.model.name}'s tokens are item ids already; set it false"
         )
     d = cfg.diffusion
-    if cfg.model.pool_history and (cfg.model.name != "maskgr" or d.masking != "next_item" or d.history_item_prob):
+    pooled_masking = d.masking in ("next_item", "every_item")
+    if cfg.model.pool_history and (cfg.model.name != "maskgr" or not pooled_masking or d.history_item_prob):
         raise MadrecError(
             "config key model.pool_history: a pooled history item has no SID tokens to noise or predict; it needs "
-            "model.name=maskgr, diffusion.masking=next_item and history_item_prob 0 "
+            "model.name=maskgr, diffusion.masking=next_item or every_item and history_item_prob 0 "
             f"(got {cfg.model.name}, {d.masking}, {d.history_item_prob})"
         )
     for group, build in (

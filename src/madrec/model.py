@@ -123,13 +123,17 @@ def items_from_end(tokens: torch.Tensor, pad_id: int, sid_len: int) -> torch.Ten
     return torch.div(tokens_from_end(tokens, pad_id) + sid_len - 1, sid_len, rounding_mode="floor")
 
 
-def history_and_copies_mask(real: torch.Tensor, copies: int, sid_len: int) -> torch.Tensor:
+def history_and_copies_mask(real: torch.Tensor, copies: int, sid_len: int, causal: bool = False) -> torch.Tensor:
     """(B, 1, n + copies * H, same) bool attention mask of a clean history of n positions
     (`real`: (B, n), its non-PAD keys) followed by `copies` slots of H tokens: the history sees
-    its own keys only, each slot the history and its own tokens; every query sees itself."""
+    its own keys only (with `causal`, those at or before the query), each slot the history and
+    its own tokens; every query sees itself."""
     b, n = real.shape
     copy_of = torch.arange(copies, device=real.device).repeat_interleave(sid_len)
-    top = torch.cat([real[:, None, :].expand(-1, n, -1), real.new_zeros(b, n, copies * sid_len)], 2)
+    history = real[:, None, :].expand(-1, n, -1)
+    if causal:
+        history = history & torch.ones(n, n, dtype=torch.bool, device=real.device).tril()
+    top = torch.cat([history, real.new_zeros(b, n, copies * sid_len)], 2)
     own = (copy_of[:, None] == copy_of[None, :]).expand(b, -1, -1)
     bottom = torch.cat([real[:, None, :].expand(-1, copies * sid_len, -1), own], 2)
     keep = torch.cat([top, bottom], 1) | torch.eye(n + copies * sid_len, dtype=torch.bool, device=real.device)
@@ -392,6 +396,7 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
     """
 
     max_next_items = 1  # the network reads one masked item per row
+    causal_history = False  # history items attend to every other history item
 
     def __init__(
         self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int, item_tokens: torch.Tensor | None = None
@@ -437,7 +442,7 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         x = self.drop(torch.cat([history + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(history.shape[1] + h, device=tokens.device)
         positions = torch.cat([steps[: history.shape[1]], steps[history.shape[1] :].repeat(n)])
-        keep = history_and_copies_mask(real, n, h)
+        keep = history_and_copies_mask(real, n, h, causal=self.causal_history)
         for block in self.blocks:
             x = block(x, keep, positions)
         return x[:, history.shape[1] :].reshape(b, n, h, -1)
@@ -461,6 +466,88 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         sums = sums.scatter_add(1, slot[..., None].expand(-1, -1, self.cfg.n_embd), self.embed(tokens))
         counts = torch.zeros(b, n + 1, device=tokens.device).scatter_add(1, slot, (item >= 2).float())
         return sums[:, :n] / h, counts[:, :n] > 0
+
+
+class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
+    """Block diffusion over pooled items: every item of a row a next-item target in one pass.
+
+    `pool_history` with `diffusion.masking=every_item`. The row's clean items are one pooled
+    token each, attending causally (to themselves and earlier items); beside them, item b's
+    noised SID tokens attend to the pooled items before b and to each other. A row of n items
+    costs n + (n - 1) H tokens and trains n - 1 next items, where next-item noising trains one:
+    the density of the causal `tiger`, with the masked-diffusion objective on each item. Decoding
+    (`forward(tokens, select)`) is PooledHistoryDiffusionLM's with a causal history, so the slot
+    gets exactly the logits its item gets in the training pass.
+    """
+
+    causal_history = True
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        select: torch.Tensor | None = None,
+        copies: torch.Tensor | None = None,
+        clean: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As PooledHistoryDiffusionLM; with `clean` ((B, L) rows of which `tokens` is the noised
+        version) and `select`: the logits at `select`, every item beside the clean items before it."""
+        if clean is None:
+            return super().forward(tokens, select, copies)
+        if select is None:
+            raise ValueError("the every-item training pass needs select (the noised positions)")
+        from_end = tokens_from_end(clean, self.pad_id)
+        items, noisy, chosen = (self._as_items(x, from_end) for x in (clean, tokens, select))
+        if chosen[:, 0].any():
+            raise ValueError("a row's first item has no history: it cannot be a target")
+        states = self._item_states(items, noisy[:, 1:])
+        return self.ln_f(states[chosen[:, 1:]]) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
+
+    def _as_items(self, x: torch.Tensor, from_end: torch.Tensor) -> torch.Tensor:
+        """(B, L) per-token values of left-padded rows -> (B, n, H), item by item, oldest first
+        (PAD / False where a row has fewer items or an item fewer tokens)."""
+        b, h = x.shape[0], self.sid_len
+        n = int(from_end.max() + h - 1) // h
+        index = torch.where(from_end > 0, n * h - from_end, n * h)  # PAD goes to a spare last column
+        fill = self.pad_id if x.dtype != torch.bool else False
+        out = x.new_full((b, n * h + 1), fill).scatter(1, index, x)
+        return out[:, :-1].view(b, n, h)
+
+    def _item_states(self, items: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        """(B, n - 1, H, C) final states of noised items 1..n-1 ((B, n - 1, H) tokens), item b
+        beside the pooled clean items 0..b-1 of `items` ((B, n, H))."""
+        b, n, h = items.shape
+        real_token = items != self.pad_id
+        pooled = (self.embed(items) * real_token[..., None]).sum(2) / h
+        x = self.embed(noisy)
+        if self.slot is not None:
+            x = x + self.slot.weight
+        x = self.drop(torch.cat([pooled + self.history_slot, x.flatten(1, 2)], 1))
+        steps = torch.arange(n, device=items.device)
+        positions = torch.cat([steps, (steps[1:, None] + torch.arange(h, device=items.device)).flatten()])
+        keep = self._blocks_mask(real_token.any(2), h)
+        for block in self.blocks:
+            x = block(x, keep, positions)
+        return x[:, n:].reshape(b, n - 1, h, -1)
+
+    @staticmethod
+    def _blocks_mask(real: torch.Tensor, h: int) -> torch.Tensor:
+        """(B, 1, n + (n - 1) H, same): pooled items causal over real items; item b's noised
+        tokens see the real pooled items before b and their own block; every query itself."""
+        b, n = real.shape
+        device = real.device
+        item = torch.arange(n, device=device)
+        owner = item[1:].repeat_interleave(h)  # the item each noised token belongs to
+        pooled = real[:, None, :] & (item[None, :] <= item[:, None])
+        noised_sees_pooled = real[:, None, :] & (item[None, :] < owner[:, None])
+        own_block = (owner[:, None] == owner[None, :]).expand(b, -1, -1)
+        keep = torch.cat(
+            [
+                torch.cat([pooled, real.new_zeros(b, n, len(owner))], 2),
+                torch.cat([noised_sees_pooled, own_block], 2),
+            ],
+            1,
+        )
+        return (keep | torch.eye(n + len(owner), dtype=torch.bool, device=device))[:, None]
 
 
 class NextItemDiffusionLM(MaskedDiffusionLM):

@@ -7,12 +7,20 @@ objective is madrec.diffusion. Decoding may reveal positions in any order, sever
 from __future__ import annotations
 
 from madrec.diffusion import MaskedDiffusion
-from madrec.model import ItemCausalDiffusionLM, MaskedDiffusionLM, NextItemDiffusionLM, PooledHistoryDiffusionLM
+from madrec.model import (
+    ItemCausalDiffusionLM,
+    MaskedDiffusionLM,
+    NextItemDiffusionLM,
+    PooledHistoryDiffusionLM,
+    PooledItemCausalDiffusionLM,
+)
 from madrec.models import Recommender
 
 
 def build_network(cfg, vocab, item_tokens) -> MaskedDiffusionLM:
-    if cfg.diffusion.masking == "every_item":  # every item noised given the clean ones before it
+    if cfg.diffusion.masking == "every_item" and cfg.model.pool_history:  # the same, history pooled
+        net = PooledItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
+    elif cfg.diffusion.masking == "every_item":  # every item noised given the clean ones before it
         net = ItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     elif cfg.model.pool_history:  # one token per history item; only the next item is noised
         net = PooledHistoryDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
