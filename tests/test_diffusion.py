@@ -184,3 +184,23 @@ def test_next_item_copies_are_noised_at_stratified_levels():
     torch.testing.assert_close(rate, t.mean(0), atol=0.02, rtol=0)
     with pytest.raises(ValueError, match="next_item_copies"):
         MaskedDiffusion(DiffusionConfig(masking="uniform", next_item_copies=2), MASK, PAD, sid_len=H)
+
+
+@pytest.mark.parametrize("copies", [1, 4])
+def test_flat_loss_weight_masks_at_the_same_rates_with_weight_one(copies):
+    """loss_weight=flat keeps the forward process (the same masks for the same seed) and
+    weights every masked token 1, so the loss is the plain mean cross-entropy of the masks."""
+    H = 4
+    base = dict(masking="next_item", t_min=0.2, next_item_copies=copies)
+    elbo = MaskedDiffusion(DiffusionConfig(**base), MASK, PAD, sid_len=H)
+    flat = MaskedDiffusion(DiffusionConfig(**base, loss_weight="flat"), MASK, PAD, sid_len=H)
+    tokens = torch.randint(0, 20, (500, 3 * H))
+    corrupt = "corrupt_copies" if copies > 1 else "corrupt"
+    torch.manual_seed(1)
+    noisy_e, masked_e, weight_e = getattr(elbo, corrupt)(tokens)
+    torch.manual_seed(1)
+    noisy_f, masked_f, weight_f = getattr(flat, corrupt)(tokens)
+    assert torch.equal(noisy_e, noisy_f) and torch.equal(masked_e, masked_f)
+    assert (weight_e > 1).any() and torch.equal(weight_f, torch.ones_like(weight_f))
+    with pytest.raises(ValueError, match="loss_weight"):
+        MaskedDiffusion(DiffusionConfig(loss_weight="sqrt"), MASK, PAD, sid_len=H)

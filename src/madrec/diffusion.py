@@ -36,6 +36,10 @@ class DiffusionConfig:
     # ((j + u) / n of the way from t_min to 1 for copy j), all copies in one pass beside one
     # clean history (MaskedDiffusionLM.copies_forward): several noise samples for one history's cost
     next_item_copies: int = 1
+    # elbo: each masked token weighted by the schedule's ELBO weight (1/t for linear, the
+    # reference); flat: weight 1, so a noise level counts by how many tokens it masks, which
+    # shifts the loss towards the heavily masked states decoding starts from
+    loss_weight: str = "elbo"
 
 
 class LinearSchedule:
@@ -146,6 +150,8 @@ class MaskedDiffusion:
             raise ValueError(f"unknown noise schedule {cfg.schedule!r}; choose one of {sorted(SCHEDULES)}")
         if cfg.masking not in MASKINGS:
             raise ValueError(f"unknown masking policy {cfg.masking!r}; choose one of {sorted(MASKINGS)}")
+        if cfg.loss_weight not in ("elbo", "flat"):
+            raise ValueError(f"unknown loss_weight {cfg.loss_weight!r}; choose elbo or flat")
         if cfg.next_item_copies < 1:
             raise ValueError(f"next_item_copies must be >= 1, got {cfg.next_item_copies}")
         if cfg.next_item_copies > 1 and (cfg.masking != "next_item" or cfg.history_item_prob):
@@ -164,11 +170,14 @@ class MaskedDiffusion:
         """
         t = self._noise_levels(tokens)
         masked = self.masking(tokens != self.pad_id, self.schedule.mask_prob(t), self.sid_len)
-        weight = self.schedule.loss_weight(t)
+        weight = self._loss_weight(t)
         if self.cfg.history_item_prob:
             cloze = self._history_items(tokens)
             masked, weight = masked | cloze, torch.where(cloze, 1.0, weight.expand_as(masked))
         return tokens.masked_fill(masked, self.mask_id), masked, weight
+
+    def _loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return self.schedule.loss_weight(t) if self.cfg.loss_weight == "elbo" else torch.ones_like(t)
 
     def _history_items(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: the tokens of history items (all but a row's last) drawn whole w.p. history_item_prob."""
@@ -218,7 +227,7 @@ class MaskedDiffusion:
         strata = (torch.arange(n, device=tokens.device) + torch.rand(tokens.shape[0], n, device=tokens.device)) / n
         t = (self.cfg.t_min + (1.0 - self.cfg.t_min) * strata)[..., None]
         masked = torch.rand(last.shape, device=tokens.device) < self.schedule.mask_prob(t)
-        return last.masked_fill(masked, self.mask_id), masked, self.schedule.loss_weight(t).expand_as(masked)
+        return last.masked_fill(masked, self.mask_id), masked, self._loss_weight(t).expand_as(masked)
 
     def _copies_loss_terms(self, model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         copies, masked, weight = self.corrupt_copies(tokens)
