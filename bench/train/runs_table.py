@@ -51,6 +51,10 @@ def setup(run: Path) -> str:
         parts.append("pooled history")
     if d.get("next_item_copies", 1) > 1:
         parts.append(f"{d['next_item_copies']} copies")
+    if m["name"] == "maskgr" and d.get("loss_weight", "elbo") != "elbo":
+        parts.append(f"{d['loss_weight']} loss weight")
+    if m["name"] == "maskgr" and m.get("dropout") != 0.25 and cfg.get("experiment") == "discrete_diffusion_train":
+        parts.append(f"dropout {m['dropout']}")
     if d.get("history_item_prob"):
         parts.append(f"history items masked w.p. {d['history_item_prob']}")
     if m.get("embedding_init", "random") != "random":
