@@ -155,17 +155,21 @@ class RecommenderModule(L.LightningModule):
     # evaluation: the decoder's evaluate_split shards users over ranks and gathers the results
     def _evaluate(self, split: Split, prefix: str) -> None:
         e = self.cfg.eval
-        metrics = evaluate_split(
-            self.model,
-            self.vocab,
-            self.sids,
-            split,
-            self.max_len,
-            ks=tuple(e.ks),
-            beam_size=e.beam_size,
-            batch_size=e.batch_size or default_batch_size(self.device),
-            device=self.device,
-        )
+        # decode with `madrec evaluate`'s precision: Lightning runs this step under the run's
+        # bf16 autocast, which on a bf16 CPU would reorder near-tied items (evaluate_split
+        # applies its own bf16 autocast on CUDA and decodes in fp32 on a CPU)
+        with torch.autocast("cpu", enabled=False):
+            metrics = evaluate_split(
+                self.model,
+                self.vocab,
+                self.sids,
+                split,
+                self.max_len,
+                ks=tuple(e.ks),
+                beam_size=e.beam_size,
+                batch_size=e.batch_size or default_batch_size(self.device),
+                device=self.device,
+            )
         metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
         self.results.update(metrics)
         # identical on every rank already; sync_dist averages equal numbers (exact) and keeps Lightning quiet
