@@ -4,7 +4,10 @@
 # experiment=discrete_diffusion_train in bf16 for MINUTES of wall time (the LR warms up over
 # WARMUP steps and decays over the time budget), evaluate the whole test split, print
 # Recall/NDCG@5/10, tokens/s and MFU.
-#   bench/quality/gpu.sh [OUT_DIR]
+#   bench/quality/gpu.sh [OUT_DIR] [key=value ...]      # overrides go to `madrec train`, e.g.
+#   COLLABORATIVE_WEIGHT=0.5 bench/quality/gpu.sh /tmp/g model.embedding_init=cooccurrence
+#   (the CPU runs' SIDs and token-table start: on a CPU they took the reference objective from
+#   0.015 to 0.0545 validation Recall@10 in 30 minutes, bench/train/results.md)
 # Environment: BEAUTY (folder with Beauty.txt + items.jsonl.gz, default ../shared/data/amazon_beauty),
 # MINUTES (8), WARMUP (300), COMPILE (false), PEAK_TFLOPS (989: H100/H200 dense bf16), PYTHON.
 # On the device machine nothing outside can be reached: carry the Beauty files and any missing
