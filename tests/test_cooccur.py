@@ -97,12 +97,38 @@ def test_digit_tokens_start_at_their_codes_cooccurrence_vectors():
     items = torch.arange(40)
     sids = torch.stack([items // 10, items % 10 % 8])  # first digit: 0, 1 (community A), 2, 3 (B)
     torch.manual_seed(0)
-    weight = torch.randn(vocab.size, 16)
+    model = torch.nn.Module()
+    model.embed = torch.nn.Embedding(vocab.size, 16)
+    weight = model.embed.weight.data
     before = weight.clone()
-    init_from_cooccurrence(weight, vocab, sids, two_communities())
+    with torch.no_grad():
+        init_from_cooccurrence(model, vocab, sids, two_communities())
     first = torch.nn.functional.normalize(weight[:4], dim=1)
     cos = first @ first.t()
     assert cos[0, 1] > 0.6 and cos[2, 3] > 0.6 and cos[:2, 2:].abs().max() < 0.3
     assert torch.equal(weight[4:8], before[4:8])  # first-digit codes 4..7 hold no item
     assert torch.equal(weight[vocab.mask_id :], before[vocab.mask_id :])
     assert not torch.equal(weight[vocab.block : vocab.block + 8], before[vocab.block : vocab.block + 8])
+
+
+def test_item_id_embeddings_start_at_their_items_cooccurrence_vectors():
+    """With model.item_embedding, each item's id embedding starts at its own co-occurrence
+    vector: items of one community close, of the other far; index 0 (no item) untouched."""
+    from madrec.model import ModelConfig, PooledHistoryDiffusionLM
+    from madrec.tokens import SIDVocab
+    from madrec.train import init_from_cooccurrence
+
+    vocab = SIDVocab(sid_len=2, codebook_size=8)
+    items = torch.arange(40)
+    sids = torch.stack([items // 10, items % 10 % 8])
+    cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, slot_embedding=True, item_embedding=True)
+    torch.manual_seed(0)
+    model = PooledHistoryDiffusionLM(cfg, vocab.size, vocab.pad_id, vocab.sid_len, vocab.item_tokens(sids))
+    before = model.item.embed.weight.detach().clone()
+    with torch.no_grad():
+        init_from_cooccurrence(model, vocab, sids, two_communities())
+    ids = torch.nn.functional.normalize(model.item.embed.weight[1:].detach(), dim=1)
+    cos = ids @ ids.t()
+    a, b = slice(0, 20), slice(20, 40)  # the two communities of two_communities()
+    assert cos[a, a].mean() > 0.4 and cos[b, b].mean() > 0.4 and cos[a, b].abs().mean() < 0.2
+    assert torch.equal(model.item.embed.weight[0], before[0])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from madrec.model import tokens_from_end as model_tokens_from_end
 from madrec.model import (
     ItemCausalDiffusionLM,
     MaskedDiffusionLM,
@@ -211,18 +212,26 @@ def test_pooled_history_reads_each_history_item_as_one_token():
             model(row, select=select)
 
 
-def test_pooled_every_item_pass_gives_each_item_its_decoding_logits():
+@pytest.mark.parametrize("item_embedding", [False, True])
+def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embedding):
     """pool_history with every_item: the one training pass gives noised item b exactly the
     logits that decoding computes from the clean items before b and that noised item; an item
-    does not see later items; the history is causal in decoding too."""
+    does not see later items; the history is causal in decoding too. With item_embedding the
+    pooled items carry their ids, in both passes."""
     torch.manual_seed(0)
     H, pad, mask = 3, 31, 30
+    clean = torch.randint(0, 30, (2, 15))
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
-    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H).eval()
+    cfg.item_embedding = item_embedding
+    catalogue = clean.view(-1, H)  # every item of both rows is a catalogue item
+    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue).eval()
     for p in model.parameters():  # away from the near-uniform attention of a fresh model
         p.data.normal_(0, 0.3)
-    clean = torch.randint(0, 30, (2, 15))
     clean[1, :6] = pad  # left-padded: 3 items
+    if item_embedding:
+        with torch.no_grad():
+            ids = model.item.of_items(model._as_items(clean, model_tokens_from_end(clean, pad)))
+        assert (ids[0] > 0).all() and ids[1].tolist()[:2] == [0, 0] and (ids[1, 2:] > 0).all()
     noisy = clean.masked_fill((torch.rand(clean.shape) < 0.5) & (clean != pad), mask)
     select = (clean != pad) & (torch.arange(15) >= torch.tensor([[H], [3 * H]]))  # all but each first item
     with torch.no_grad():
@@ -242,6 +251,11 @@ def test_pooled_every_item_pass_gives_each_item_its_decoding_logits():
         assert (changed[~unchanged] - both.view(-1, H, 32)[~unchanged]).abs().max() > 1e-3
         with pytest.raises(ValueError, match="first item"):
             model(noisy, select=clean != pad, clean=clean)
+        if item_embedding:  # the id of the second item reaches the items after it
+            model.item.embed.weight.data[int(ids[0, 1])] += torch.randn(32)  # not a constant: LayerNorm drops those
+            moved = model(noisy, select=select, clean=clean).view(-1, H, 32)
+            assert (moved[1:4] - both.view(-1, H, 32)[1:4]).abs().max() > 1e-3
+            torch.testing.assert_close(moved[0], both.view(-1, H, 32)[0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("network", [NextItemDiffusionLM, PooledHistoryDiffusionLM])

@@ -178,6 +178,12 @@ class ItemIds(nn.Module):
         item = torch.where(found, self.item_of_key[at] + 1, 0)
         return item.gather(1, group)
 
+    def of_items(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., H) token ids of whole items -> (...) item index + 1, 0 where not a catalogue item."""
+        key = self.keys(items)
+        at = torch.searchsorted(self.sorted_keys, key.flatten()).view_as(key).clamp(max=len(self.sorted_keys) - 1)
+        return torch.where(self.sorted_keys[at] == key, self.item_of_key[at] + 1, 0)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed(ids)
 
@@ -402,8 +408,6 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int, item_tokens: torch.Tensor | None = None
     ):
         super().__init__(cfg, vocab_size, pad_id, sid_len, item_tokens)
-        if cfg.item_embedding:
-            raise ValueError("pool_history and item_embedding cannot be combined (a pooled item is one token)")
         self.history_slot = nn.Parameter(torch.zeros(cfg.n_embd))
 
     def forward(
@@ -456,16 +460,29 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         return tail
 
     def _pooled_history(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n, C) mean token embedding of each history item, oldest first and left-padded
-        to the longest history n, and (B, n) bool: a real item."""
-        b, h = tokens.shape[0], self.sid_len
-        item = items_from_end(tokens, self.pad_id, h)  # 1 = last item, 2 = the one before, 0 = PAD
-        n = max(int(item.max()) - 1, 0)
-        slot = torch.where(item >= 2, n - item + 1, n)  # history item k from the end -> n - k + 1
-        sums = self.embed.weight.new_zeros(b, n + 1, self.cfg.n_embd)
-        sums = sums.scatter_add(1, slot[..., None].expand(-1, -1, self.cfg.n_embd), self.embed(tokens))
-        counts = torch.zeros(b, n + 1, device=tokens.device).scatter_add(1, slot, (item >= 2).float())
-        return sums[:, :n] / h, counts[:, :n] > 0
+        """(B, n, C) pooled history items (every item but a row's last), oldest first and
+        left-padded to the longest history n, and (B, n) bool: a real item."""
+        history = self._as_items(tokens, tokens_from_end(tokens, self.pad_id))[:, :-1]
+        return self._pool(history), (history != self.pad_id).any(2)
+
+    def _pool(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, n, H) clean items -> (B, n, C): the mean of each item's SID token embeddings, plus
+        its item-id embedding with `model.item_embedding`."""
+        real = items != self.pad_id
+        pooled = (self.embed(items) * real[..., None]).sum(2) / self.sid_len
+        if self.item is not None:
+            pooled = pooled + self.item(self.item.of_items(items))
+        return pooled
+
+    def _as_items(self, x: torch.Tensor, from_end: torch.Tensor) -> torch.Tensor:
+        """(B, L) per-token values of left-padded rows -> (B, n, H), item by item, oldest first
+        (PAD / False where a row has fewer items or an item fewer tokens)."""
+        b, h = x.shape[0], self.sid_len
+        n = int(from_end.max() + h - 1) // h
+        index = torch.where(from_end > 0, n * h - from_end, n * h)  # PAD goes to a spare last column
+        fill = self.pad_id if x.dtype != torch.bool else False
+        out = x.new_full((b, n * h + 1), fill).scatter(1, index, x)
+        return out[:, :-1].view(b, n, h)
 
 
 class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
@@ -502,29 +519,18 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         states = self._item_states(items, noisy[:, 1:])
         return self.ln_f(states[chosen[:, 1:]]) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
 
-    def _as_items(self, x: torch.Tensor, from_end: torch.Tensor) -> torch.Tensor:
-        """(B, L) per-token values of left-padded rows -> (B, n, H), item by item, oldest first
-        (PAD / False where a row has fewer items or an item fewer tokens)."""
-        b, h = x.shape[0], self.sid_len
-        n = int(from_end.max() + h - 1) // h
-        index = torch.where(from_end > 0, n * h - from_end, n * h)  # PAD goes to a spare last column
-        fill = self.pad_id if x.dtype != torch.bool else False
-        out = x.new_full((b, n * h + 1), fill).scatter(1, index, x)
-        return out[:, :-1].view(b, n, h)
-
     def _item_states(self, items: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
         """(B, n - 1, H, C) final states of noised items 1..n-1 ((B, n - 1, H) tokens), item b
         beside the pooled clean items 0..b-1 of `items` ((B, n, H))."""
         b, n, h = items.shape
-        real_token = items != self.pad_id
-        pooled = (self.embed(items) * real_token[..., None]).sum(2) / h
+        pooled = self._pool(items)
         x = self.embed(noisy)
         if self.slot is not None:
             x = x + self.slot.weight
         x = self.drop(torch.cat([pooled + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(n, device=items.device)
         positions = torch.cat([steps, (steps[1:, None] + torch.arange(h, device=items.device)).flatten()])
-        keep = self._blocks_mask(real_token.any(2), h)
+        keep = self._blocks_mask((items != self.pad_id).any(2), h)
         for block in self.blocks:
             x = block(x, keep, positions)
         return x[:, n:].reshape(b, n - 1, h, -1)

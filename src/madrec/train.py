@@ -259,20 +259,25 @@ def _build_module(cfg: Config, data: PreparedDataset, resume: dict | None) -> tu
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = RecommenderModule(cfg, vocab, sids, data.item_ids, max_len, _eval_splits(cfg, data))
     if cfg.model.embedding_init == "cooccurrence" and resume is None:
-        init_from_cooccurrence(module.model.embed.weight, vocab, sids, training)
+        init_from_cooccurrence(module.model, vocab, sids, training)
     return module, rows
 
 
 @torch.no_grad()
-def init_from_cooccurrence(weight: torch.Tensor, vocab, sids: torch.Tensor, sequences) -> None:
+def init_from_cooccurrence(model: torch.nn.Module, vocab, sids: torch.Tensor, sequences) -> None:
     """Digit tokens start at their code's mean co-occurrence vector (madrec.cooccur), scaled to
-    the random init's norm, plus a quarter of that random init so equal means stay apart."""
+    the random init's norm, plus a quarter of that random init so equal means stay apart; item-id
+    embeddings (model.item_embedding) start at their item's own vector the same way."""
+    weight = model.embed.weight
     dim = weight.shape[1]
     items = cooccurrence_embeddings(sequences, sids.shape[1], dim=dim)
     items = torch.nn.functional.pad(items, (0, dim - items.shape[1]))  # a catalogue smaller than dim
     means, used = code_vectors(sids, items, vocab.codebook_size)
     digits = weight[: vocab.sid_len * vocab.block].view(vocab.sid_len, vocab.block, dim)[:, : vocab.codebook_size]
     digits[used] = dim**0.5 * means[used] + 0.25 * digits[used]
+    ids = getattr(model, "item", None)
+    if ids is not None:
+        ids.embed.weight[1:] = dim**0.5 * items + 0.25 * ids.embed.weight[1:]
 
 
 def _start_run_folder(cfg: Config, out: Path, module, rows, sampler, trainer) -> None:
