@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from madrec.model import tokens_from_end as model_tokens_from_end
 from madrec.model import (
     ItemCausalDiffusionLM,
     MaskedDiffusionLM,
@@ -16,6 +15,7 @@ from madrec.model import (
     PooledHistoryDiffusionLM,
     PooledItemCausalDiffusionLM,
 )
+from madrec.model import tokens_from_end as model_tokens_from_end
 
 VOCAB, PAD = 30, 29
 SMALL = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0)
