@@ -123,6 +123,17 @@ def items_from_end(tokens: torch.Tensor, pad_id: int, sid_len: int) -> torch.Ten
     return torch.div(tokens_from_end(tokens, pad_id) + sid_len - 1, sid_len, rounding_mode="floor")
 
 
+def as_items(x: torch.Tensor, from_end: torch.Tensor, sid_len: int, fill) -> torch.Tensor:
+    """(B, L) per-token values -> (B, n, H), item by item, oldest first, items counted from each
+    row's end (`from_end`: tokens_from_end of the row); `fill` where a row has fewer items or an
+    item fewer tokens."""
+    b = x.shape[0]
+    n = int(from_end.max() + sid_len - 1) // sid_len
+    index = torch.where(from_end > 0, n * sid_len - from_end, n * sid_len)  # PAD goes to a spare last column
+    out = x.new_full((b, n * sid_len + 1), fill).scatter(1, index, x)
+    return out[:, :-1].view(b, n, sid_len)
+
+
 def history_and_copies_mask(real: torch.Tensor, copies: int, sid_len: int, causal: bool = False) -> torch.Tensor:
     """(B, 1, n + copies * H, same) bool attention mask of a clean history of n positions
     (`real`: (B, n), its non-PAD keys) followed by `copies` slots of H tokens: the history sees
@@ -163,20 +174,15 @@ class ItemIds(nn.Module):
         return (item_tokens * powers).sum(-1)
 
     def per_token(self, tokens: torch.Tensor, pad_id: int, sid_len: int) -> torch.Tensor:
-        """(B, L) -> (B, L) item index + 1 at every token of a complete catalogue item, else 0."""
+        """(B, L) -> (B, L) item index + 1 at every token of a complete catalogue item, else 0
+        (an item holding MASK or cut by the row's start is no catalogue item)."""
+        from_end = tokens_from_end(tokens, pad_id)
+        ids = self.of_items(as_items(tokens, from_end, sid_len, pad_id))  # (B, n), oldest first
+        if ids.shape[1] == 0:  # every row PAD
+            return torch.zeros_like(tokens)
         group = items_from_end(tokens, pad_id, sid_len)  # 1 = the row's last item, 0 = PAD
-        offset = torch.remainder(tokens_from_end(tokens, pad_id) - 1, sid_len)  # 0 = an item's last token
-        digit = tokens < pad_id - 1  # not MASK, not PAD
-        power = (sid_len - 1 - offset).clamp(min=0)
-        part = torch.where(digit, tokens * self.base**power, 0)
-        n = int(group.max()) + 1
-        key = torch.zeros(tokens.shape[0], n, dtype=torch.long, device=tokens.device).scatter_add_(1, group, part)
-        whole = torch.zeros_like(key).scatter_add_(1, group, digit.long()) == sid_len
-        at = torch.searchsorted(self.sorted_keys, key).clamp(max=len(self.sorted_keys) - 1)
-        found = whole & (self.sorted_keys[at] == key)
-        found[:, 0] = False
-        item = torch.where(found, self.item_of_key[at] + 1, 0)
-        return item.gather(1, group)
+        column = (ids.shape[1] - group).clamp(0, ids.shape[1] - 1)  # PAD (group 0): any column, masked below
+        return torch.where(group > 0, ids.gather(1, column), 0)
 
     def of_items(self, items: torch.Tensor) -> torch.Tensor:
         """(..., H) token ids of whole items -> (...) item index + 1, 0 where not a catalogue item."""
@@ -475,14 +481,8 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         return pooled
 
     def _as_items(self, x: torch.Tensor, from_end: torch.Tensor) -> torch.Tensor:
-        """(B, L) per-token values of left-padded rows -> (B, n, H), item by item, oldest first
-        (PAD / False where a row has fewer items or an item fewer tokens)."""
-        b, h = x.shape[0], self.sid_len
-        n = int(from_end.max() + h - 1) // h
-        index = torch.where(from_end > 0, n * h - from_end, n * h)  # PAD goes to a spare last column
-        fill = self.pad_id if x.dtype != torch.bool else False
-        out = x.new_full((b, n * h + 1), fill).scatter(1, index, x)
-        return out[:, :-1].view(b, n, h)
+        """(B, L) per-token values of a row -> (B, n, H) items, oldest first (see `as_items`)."""
+        return as_items(x, from_end, self.sid_len, self.pad_id if x.dtype != torch.bool else False)
 
 
 class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
