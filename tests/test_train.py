@@ -138,10 +138,12 @@ def _rows(path, columns):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay):
     data, sids = planted
     args = [
         *ARGS,
+        f"trainer.ema_decay={ema_decay}",
         f"data_dir={data}",
         f"sid_data_path={sids}",
         "trainer.max_steps=40",
@@ -186,12 +188,28 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
+    if ema_decay:  # state_dict holds the average; the raw weights ride along and resume exactly too
+        assert a["current_model_state"].keys() == a["state_dict"].keys()
+        for key, value in a["current_model_state"].items():
+            assert torch.equal(value, b["current_model_state"][key]), key
+        differ = [k for k, v in a["state_dict"].items() if not torch.equal(v, a["current_model_state"][k])]
+        assert any("embed.weight" in k for k in differ)
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["lr_schedulers"] == b["lr_schedulers"]
     # the logged history matches too: same losses at the same steps, the killed tail replaced
     columns = ("step", "train/loss", "lr", "val/recall@10")
     assert _rows(tmp_path / "full" / "metrics.csv", columns) == _rows(killed / "metrics.csv", columns)
+
+
+def test_ema_forgets_the_first_weights_then_averages_at_the_configured_decay():
+    from madrec.train_callbacks import ema_update
+
+    avg, cur = torch.zeros(3), torch.ones(3)
+    first = ema_update(avg, cur, torch.tensor(1), decay=0.999)  # decay (1 + 1) / (10 + 1)
+    assert torch.allclose(first, torch.full((3,), 9 / 11))
+    late = ema_update(avg, cur, torch.tensor(100_000), decay=0.999)  # the ramp is past 0.999
+    assert torch.allclose(late, torch.full((3,), 0.001))
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():

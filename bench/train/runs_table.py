@@ -53,13 +53,16 @@ def setup(run: Path) -> str:
         parts.append(f"{d['next_item_copies']} copies")
     if m["name"] == "maskgr" and d.get("loss_weight", "elbo") != "elbo":
         parts.append(f"{d['loss_weight']} loss weight")
-    if m["name"] == "maskgr" and m.get("dropout") != 0.25 and cfg.get("experiment") == "discrete_diffusion_train":
-        parts.append(f"dropout {m['dropout']}")
+    parts.append(f"dropout {m['dropout']}")
     if d.get("history_item_prob"):
         parts.append(f"history items masked w.p. {d['history_item_prob']}")
     if m.get("embedding_init", "random") != "random":
         parts.append(f"init {m['embedding_init']}")
+    if cfg.get("eval", {}).get("beam_size", 10) != 10:
+        parts.append(f"beam {cfg['eval']['beam_size']}")
     t = cfg["trainer"]
+    if t.get("ema_decay"):
+        parts.append(f"EMA {t['ema_decay']}")
     if t.get("precision", "auto") != "auto" or t.get("length_buckets", 1) != 4:
         parts.append(f"precision {t.get('precision')}, buckets {t.get('length_buckets')}")
     parts.append(f"SIDs {Path(cfg['sid_data_path']).parent.name}" if cfg.get("sid_data_path") else "no SIDs")

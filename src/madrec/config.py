@@ -74,6 +74,7 @@ class TrainerConfig:
     num_threads: int = 0  # CPU threads for PyTorch; 0 = sized from the CPUs this process may use (madrec.threads)
     max_minutes: float = 0.0  # training wall-time budget (validation excluded); 0 = max_steps only
     length_buckets: int = 1  # split each batch into this many groups of similar row length (less padding)
+    ema_decay: float = 0.0  # validate, checkpoint and test an exponential moving average of the weights; 0 = off
 
 
 @dataclass
@@ -319,6 +320,7 @@ def validate(cfg: Config) -> None:
     _check_model_and_objective(cfg)
     _require(cfg.rows in ROW_MODES, "rows", f"{cfg.rows!r} is not one of {', '.join(ROW_MODES)}")
     _require(cfg.max_len >= 0, "max_len", f"must be >= 0 (0 = sized from the data), got {cfg.max_len}")
+    _require(0 <= t.ema_decay < 1, "trainer.ema_decay", f"must be in [0, 1) (0 = off, e.g. 0.999), got {t.ema_decay}")
     _require(t.max_minutes >= 0, "trainer.max_minutes", f"must be >= 0 (0 = no time budget), got {t.max_minutes}")
     _require(
         0.0 <= cfg.diffusion.next_item_prob <= 1.0,

@@ -41,7 +41,7 @@ from madrec.errors import MadrecError
 from madrec.io import fetch, write_text_atomic
 from madrec.rows import StepSampler, TrainingRows
 from madrec.sids import load_sids
-from madrec.train_callbacks import AtomicCheckpointIO, LastCheckpoint, MetricsCSV, StepProgressBar
+from madrec.train_callbacks import AtomicCheckpointIO, LastCheckpoint, MetricsCSV, StepProgressBar, WeightEMA
 from madrec.train_module import RecommenderModule
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ def make_trainer(cfg: Config, out: Path, resume_step: int | None, fitting: bool)
             )
         )
         callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint_every_n_steps, t.val_every_n_steps))
+        if t.ema_decay:
+            callbacks.append(WeightEMA(t.ema_decay))
         if t.early_stopping_patience:
             callbacks.append(
                 EarlyStopping(

@@ -1,5 +1,6 @@
 """Lightning plumbing of a training run: atomic checkpoint files, last.ckpt on a schedule,
-a progress bar over optimiser steps, and RUN/metrics.csv."""
+an exponential moving average of the weights, a progress bar over optimiser steps, and
+RUN/metrics.csv."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import io
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
@@ -44,6 +45,22 @@ class LastCheckpoint(Checkpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def ema_update(average: torch.Tensor, current: torch.Tensor, updates: torch.Tensor, decay: float) -> torch.Tensor:
+    """One EMA step. The decay ramps up as (1 + n) / (10 + n) over the first updates, so the
+    average soon forgets the early weights (as TensorFlow's ExponentialMovingAverage does)."""
+    d = torch.clamp((1 + updates) / (10 + updates), max=decay).to(average.dtype)
+    return average * d + current * (1 - d)
+
+
+class WeightEMA(WeightAveraging):
+    """trainer.ema_decay: validation, checkpoints (their state_dict; the raw weights ride along
+    for resuming) and test use an exponential moving average of the weights, updated after
+    every optimiser step. Buffers are constants in these models and are not averaged."""
+
+    def __init__(self, decay: float):
+        super().__init__(use_buffers=False, avg_fn=lambda avg, cur, n: ema_update(avg, cur, n, decay))
 
 
 class StepProgressBar(TQDMProgressBar):
