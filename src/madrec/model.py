@@ -8,11 +8,13 @@ A bidirectional (non-causal) pre-LayerNorm transformer encoder:
 Positions enter only through rotary embeddings on queries and keys, so attention scores
 depend on relative offsets alone and PAD keys are masked out: a sequence gives the same
 logits at its real tokens whether it is padded on the left, on the right, or not at all.
-Attention is PyTorch's fused `scaled_dot_product_attention`.
+Attention is PyTorch's `scaled_dot_product_attention`: its fused kernels on GPUs, its math
+backend on CPUs (there the fused CPU kernel is slower for these short masked rows).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -84,7 +87,13 @@ class SelfAttention(nn.Module):
         b, length, c = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = self.rotary(q, positions), self.rotary(k, positions)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        # On a CPU the fused kernel took 154 ms per `small` step where the math backend takes 104
+        # (bench/train/results.md, "Attention on a CPU").
+        backend = sdpa_kernel(SDPBackend.MATH) if x.device.type == "cpu" else contextlib.nullcontext()
+        with backend:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, length, c)))
 
 
