@@ -160,6 +160,29 @@ def history_and_copies_mask(real: torch.Tensor, copies: int, sid_len: int, causa
     return keep[:, None]
 
 
+def block_causal_mask(
+    clean_item: torch.Tensor, clean_real: torch.Tensor, noised_item: torch.Tensor, noised_real: torch.Tensor
+) -> torch.Tensor:
+    """(B, 1, Lc + Ln, same) bool attention mask of block diffusion over items: clean tokens
+    ((B, Lc) item index, earlier items smaller; `clean_real` their non-PAD keys) see the real
+    clean tokens of their own and earlier items; the noised tokens after them ((B, Ln)) see the
+    real clean tokens of strictly earlier items and the real noised tokens of their own item;
+    every query sees itself."""
+    b, lc, ln = clean_item.shape[0], clean_item.shape[1], noised_item.shape[1]
+    key = clean_item[:, None, :]
+    clean_sees_clean = clean_real[:, None, :] & (key <= clean_item[:, :, None])
+    noised_sees_clean = clean_real[:, None, :] & (key < noised_item[:, :, None])
+    noised_sees_noised = noised_real[:, None, :] & (noised_item[:, None, :] == noised_item[:, :, None])
+    keep = torch.cat(
+        [
+            torch.cat([clean_sees_clean, clean_real.new_zeros(b, lc, ln)], 2),
+            torch.cat([noised_sees_clean, noised_sees_noised], 2),
+        ],
+        1,
+    )
+    return (keep | torch.eye(lc + ln, dtype=torch.bool, device=keep.device))[:, None]
+
+
 class ItemIds(nn.Module):
     """Learned item-id embeddings looked up from each item's SID tokens (index 0: no item)."""
 
@@ -378,30 +401,19 @@ class ItemCausalDiffusionLM(MaskedDiffusionLM):
         if clean is None:
             return super().forward(tokens, select)
         length = tokens.shape[1]
-        item = items_from_end(clean, self.pad_id, self.sid_len)
-        query, key, real_key = item[:, :, None], item[:, None, :], (item > 0)[:, None, :]
-        sees_clean = real_key & (key >= query)  # clean -> clean: own item and earlier ones
-        noisy_sees_clean = real_key & (key > query)  # noised -> clean: strictly earlier items
-        noisy_sees_noisy = real_key & (key == query)  # noised -> noised: its own item only
-        keep = torch.cat(
-            [
-                torch.cat([sees_clean, torch.zeros_like(sees_clean)], 2),
-                torch.cat([noisy_sees_clean, noisy_sees_noisy], 2),
-            ],
-            1,
-        )
-        keep = keep | torch.eye(2 * length, dtype=torch.bool, device=tokens.device)
+        order = -items_from_end(clean, self.pad_id, self.sid_len)  # item index, earlier items smaller
+        keep = block_causal_mask(order, order < 0, order, order < 0)
         positions = torch.arange(length, device=tokens.device).repeat(2)  # a copy keeps its item's positions
         slots = None if self.slot is None else self.slots(clean).repeat(1, 2)
         if select is not None:
             select = torch.cat([torch.zeros_like(select), select], 1)
-        return self.logits(torch.cat([clean, tokens], 1), keep[:, None], slots, select, positions)
+        return self.logits(torch.cat([clean, tokens], 1), keep, slots, select, positions)
 
     def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, 1, L, L) bool: non-PAD keys of the query's own item and of earlier items."""
-        item = items_from_end(tokens, self.pad_id, self.sid_len)
-        keep = (item > 0)[:, None, :] & (item[:, None, :] >= item[:, :, None])
-        return (keep | torch.eye(tokens.shape[1], dtype=torch.bool, device=tokens.device))[:, None]
+        order = -items_from_end(tokens, self.pad_id, self.sid_len)
+        none = order[:, :0]
+        return block_causal_mask(order, order < 0, none, none.bool())
 
 
 class PooledHistoryDiffusionLM(MaskedDiffusionLM):
@@ -539,30 +551,12 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         x = self.drop(torch.cat([pooled + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(n, device=items.device)
         positions = torch.cat([steps, (steps[1:, None] + torch.arange(h, device=items.device)).flatten()])
-        keep = self._blocks_mask((items != self.pad_id).any(2), h)
+        real = (items != self.pad_id).any(2)
+        owner = steps[1:].repeat_interleave(h)  # the item each noised token belongs to
+        keep = block_causal_mask(steps.expand(b, -1), real, owner.expand(b, -1), real[:, owner])
         for block in self.blocks:
             x = block(x, keep, positions)
         return x[:, n:].reshape(b, n - 1, h, -1)
-
-    @staticmethod
-    def _blocks_mask(real: torch.Tensor, h: int) -> torch.Tensor:
-        """(B, 1, n + (n - 1) H, same): pooled items causal over real items; item b's noised
-        tokens see the real pooled items before b and their own block; every query itself."""
-        b, n = real.shape
-        device = real.device
-        item = torch.arange(n, device=device)
-        owner = item[1:].repeat_interleave(h)  # the item each noised token belongs to
-        pooled = real[:, None, :] & (item[None, :] <= item[:, None])
-        noised_sees_pooled = real[:, None, :] & (item[None, :] < owner[:, None])
-        own_block = (owner[:, None] == owner[None, :]).expand(b, -1, -1)
-        keep = torch.cat(
-            [
-                torch.cat([pooled, real.new_zeros(b, n, len(owner))], 2),
-                torch.cat([noised_sees_pooled, own_block], 2),
-            ],
-            1,
-        )
-        return (keep | torch.eye(n + len(owner), dtype=torch.bool, device=device))[:, None]
 
 
 class NextItemDiffusionLM(MaskedDiffusionLM):
