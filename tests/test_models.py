@@ -171,14 +171,18 @@ NEXT_ITEM_NETWORKS = {
         "model.pool_history=false",
         "diffusion.next_item_copies=1",
     ],
-    # block diffusion over pooled items: every item a target, history one token per item
-    "PooledItemCausalDiffusionLM": ["diffusion.masking=every_item", "rows=windows", "diffusion.next_item_copies=1"],
-    # one token per history item
-    "PooledHistoryDiffusionLM": ["model.pool_history=true", "diffusion.next_item_copies=1"],
+    # one token per history item, one next item per row
+    "PooledHistoryDiffusionLM": ["diffusion.masking=next_item", "rows=sliding", "diffusion.next_item_copies=1"],
     # several noised copies of the next item beside one history
-    "NextItemDiffusionLM": ["model.pool_history=false", "diffusion.next_item_copies=4"],
-    # `small` itself: both, and digit tokens initialised from co-occurrence
-    "small": [],
+    "NextItemDiffusionLM": [
+        "diffusion.masking=next_item",
+        "rows=sliding",
+        "model.pool_history=false",
+        "diffusion.next_item_copies=4",
+    ],
+    # `small` itself: block diffusion over pooled items (every item a target, history one token
+    # per item), item-id embeddings, digit tokens initialised from co-occurrence
+    "PooledItemCausalDiffusionLM": [],
 }
 
 
@@ -198,8 +202,7 @@ def test_next_item_networks_learn_the_planted_rule_and_decode_one_item(network, 
     assert summary["val/recall@10"] >= 0.9 and summary["test/recall@10"] >= 0.8, summary
     assert summary["test/invalid_sid_rate"] == 0.0 and summary["test/duplicate_rate"] == 0.0
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    expected = "PooledHistoryDiffusionLM" if network == "small" else network
-    assert type(load_checkpoint(ckpt).model).__name__ == expected
+    assert type(load_checkpoint(ckpt).model).__name__ == network
     rec = Recommender.from_checkpoint(str(ckpt), device="cpu")
     assert len(rec.recommend(["item1", "item2", "item3"], k=3)) == 3
     with pytest.raises(MadrecError, match="next_items=2.*masking="):
