@@ -87,7 +87,7 @@ class SelfAttention(nn.Module):
         b, length, c = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = self.rotary(q, positions), self.rotary(k, positions)
-        # On a CPU the fused kernel took 154 ms per `small` step where the math backend takes 104
+        # On a CPU the fused kernel took 178 ms per `small` step where the math backend takes 135
         # (bench/train/results.md, "Attention on a CPU").
         backend = sdpa_kernel(SDPBackend.MATH) if x.device.type == "cpu" else contextlib.nullcontext()
         with backend:
