@@ -258,6 +258,20 @@ def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embeddi
             torch.testing.assert_close(moved[0], both.view(-1, H, 32)[0], atol=1e-5, rtol=1e-4)
 
 
+def test_pooled_every_item_pass_on_rows_of_one_item_trains_nothing_and_keeps_the_graph():
+    """A length bucket of one-item rows (the oldest window of a short history) has no target:
+    the training pass returns no logits, still attached to the parameters, so the batch's other
+    buckets backpropagate through one summed loss."""
+    torch.manual_seed(0)
+    H, pad = 3, 31
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
+    clean = torch.randint(0, 30, (4, H))
+    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, clean)
+    logits = model(clean, select=torch.zeros_like(clean, dtype=torch.bool), clean=clean)
+    assert logits.shape == (0, 32) and logits.requires_grad
+    logits.sum().backward()
+
+
 @pytest.mark.parametrize("network", [NextItemDiffusionLM, PooledHistoryDiffusionLM])
 def test_next_item_copies_each_get_the_logits_of_their_row_alone(network):
     """n noised copies of the last item in one pass give each copy exactly the logits of

@@ -139,6 +139,8 @@ def test_reference_objective_learns_the_planted_rule(planted, tmp_path):
 def test_next_items_needs_a_model_trained_on_several_masked_items(planted, tmp_path):
     args = [
         "experiment=tiny",
+        "model.pool_history=false",  # unpooled rows, so both masking policies below apply
+        "rows=sliding",
         "trainer.max_steps=60",
         "trainer.val_every_n_steps=60",
         "trainer.checkpoint_every_n_steps=60",

@@ -556,7 +556,7 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         keep = block_causal_mask(steps.expand(b, -1), real, owner.expand(b, -1), real[:, owner])
         for block in self.blocks:
             x = block(x, keep, positions)
-        return x[:, n:].reshape(b, n - 1, h, -1)
+        return x[:, n:].reshape(b, n - 1, h, x.shape[-1])  # n = 1: no noised item, an empty result
 
 
 class NextItemDiffusionLM(MaskedDiffusionLM):
