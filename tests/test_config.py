@@ -98,6 +98,7 @@ def test_wrong_type_names_the_key(override, key):
         ("batch_size=0", "batch_size"),
         ("trainer.precision=fp8", "trainer.precision"),
         ("model.pool_history=true", "model.pool_history.*masking=next_item"),
+        ("model.catalogue_head=true", "model.catalogue_head.*pool_history=true"),
     ],
 )
 def test_inconsistent_values_are_refused(override, message):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from madrec.model import (
+    CatalogueHead,
     ItemCausalDiffusionLM,
     MaskedDiffusionLM,
     ModelConfig,
@@ -212,17 +213,18 @@ def test_pooled_history_reads_each_history_item_as_one_token():
             model(row, select=select)
 
 
-@pytest.mark.parametrize("item_embedding", [False, True])
-def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embedding):
+@pytest.mark.parametrize("item_embedding,catalogue_head", [(False, False), (True, False), (True, True)])
+def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embedding, catalogue_head):
     """pool_history with every_item: the one training pass gives noised item b exactly the
     logits that decoding computes from the clean items before b and that noised item; an item
     does not see later items; the history is causal in decoding too. With item_embedding the
-    pooled items carry their ids, in both passes."""
+    pooled items carry their ids, in both passes; with catalogue_head the logits are the
+    catalogue marginals, in both passes."""
     torch.manual_seed(0)
     H, pad, mask = 3, 31, 30
     clean = torch.randint(0, 30, (2, 15))
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
-    cfg.item_embedding = item_embedding
+    cfg.item_embedding, cfg.catalogue_head = item_embedding, catalogue_head
     catalogue = clean.view(-1, H)  # every item of both rows is a catalogue item
     model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue).eval()
     for p in model.parameters():  # away from the near-uniform attention of a fresh model
@@ -232,7 +234,9 @@ def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embeddi
         with torch.no_grad():
             ids = model.item.of_items(model._as_items(clean, model_tokens_from_end(clean, pad)))
         assert (ids[0] > 0).all() and ids[1].tolist()[:2] == [0, 0] and (ids[1, 2:] > 0).all()
-    noisy = clean.masked_fill((torch.rand(clean.shape) < 0.5) & (clean != pad), mask)
+    # the catalogue head is certain once a few digits single out one of these 10 items: mask all
+    masked = (torch.rand(clean.shape) < 0.5) | catalogue_head
+    noisy = clean.masked_fill(masked & (clean != pad), mask)
     select = (clean != pad) & (torch.arange(15) >= torch.tensor([[H], [3 * H]]))  # all but each first item
     with torch.no_grad():
         both = model(noisy, select=select, clean=clean)
@@ -255,7 +259,40 @@ def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embeddi
             model.item.embed.weight.data[int(ids[0, 1])] += torch.randn(32)  # not a constant: LayerNorm drops those
             moved = model(noisy, select=select, clean=clean).view(-1, H, 32)
             assert (moved[1:4] - both.view(-1, H, 32)[1:4]).abs().max() > 1e-3
-            torch.testing.assert_close(moved[0], both.view(-1, H, 32)[0], atol=1e-5, rtol=1e-4)
+            if not catalogue_head:  # with it, the item's id also moves its score in every slot
+                torch.testing.assert_close(moved[0], both.view(-1, H, 32)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_catalogue_head_gives_the_marginals_of_the_items_that_agree_with_the_slot():
+    """Each position's log p(token) is the softmax mass, over the catalogue items agreeing with
+    the slot's revealed tokens, of the items holding that token there (checked item by item);
+    a revealed position is certain; no agreeing item, no mass."""
+    torch.manual_seed(0)
+    H, block, n = 3, 5, 40
+    vocab = H * block + 2  # madrec.tokens layout: digit v at position k is k * block + v, then MASK, PAD
+    mask = vocab - 2
+    item_tokens = torch.randint(0, 4, (n, H)) + torch.arange(H) * block
+    head = CatalogueHead(item_tokens, vocab, mask)
+    items, h = torch.randn(n, 8), torch.randn(4, 8)
+    slots = item_tokens[[0, 1, 2, 3]].clone()
+    slots[0] = mask  # nothing revealed: the whole catalogue
+    slots[1, 1:] = mask  # first digit revealed
+    slots[2, 0] = mask  # first digit masked, the others revealed
+    slots[3, 2] = mask
+    log_p = head(h, slots, items)
+    assert log_p.shape == (4, H, vocab)
+    for s in range(4):
+        agree = ((item_tokens == slots[s]) | (slots[s] == mask)).all(1)
+        q = torch.where(agree, h[s] @ items.t(), float("-inf")).softmax(0)
+        for k in range(H):
+            want = torch.zeros(vocab).index_add(0, item_tokens[:, k], q)
+            torch.testing.assert_close(log_p[s, k].exp(), want, atol=1e-6, rtol=1e-5)
+            if slots[s, k] != mask:
+                torch.testing.assert_close(log_p[s, k, slots[s, k]], torch.tensor(0.0), atol=1e-5, rtol=0)
+    assert (log_p.exp().sum(-1) - 1).abs().max() < 1e-5
+    unreachable = torch.ones(vocab, dtype=torch.bool)
+    unreachable[item_tokens[item_tokens[:, 0] == slots[1, 0], 1]] = False
+    assert log_p[1, 1, unreachable].max() < -60  # no item with the revealed first digit has them
 
 
 def test_pooled_every_item_pass_on_rows_of_one_item_trains_nothing_and_keeps_the_graph():

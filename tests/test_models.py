@@ -185,6 +185,8 @@ NEXT_ITEM_NETWORKS = {
     # `small` itself: block diffusion over pooled items (every item a target, history one token
     # per item), item-id embeddings, digit tokens initialised from co-occurrence
     "PooledItemCausalDiffusionLM": [],
+    # the same with the slot's digits as marginals of a distribution over catalogue items
+    "PooledItemCausalDiffusionLM+catalogue_head": ["model.catalogue_head=true"],
 }
 
 
@@ -204,7 +206,9 @@ def test_next_item_networks_learn_the_planted_rule_and_decode_one_item(network, 
     assert summary["val/recall@10"] >= 0.9 and summary["test/recall@10"] >= 0.8, summary
     assert summary["test/invalid_sid_rate"] == 0.0 and summary["test/duplicate_rate"] == 0.0
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    assert type(load_checkpoint(ckpt).model).__name__ == network
+    model = load_checkpoint(ckpt).model
+    assert type(model).__name__ == network.split("+")[0]
+    assert (getattr(model, "head", None) is not None) == network.endswith("+catalogue_head")
     rec = Recommender.from_checkpoint(str(ckpt), device="cpu")
     assert len(rec.recommend(["item1", "item2", "item3"], k=3)) == 3
     with pytest.raises(MadrecError, match="next_items=2.*masking="):

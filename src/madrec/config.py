@@ -429,6 +429,11 @@ def _check_model_and_objective(cfg: Config) -> None:
             "model.name=maskgr, diffusion.masking=next_item or every_item and history_item_prob 0 "
             f"(got {cfg.model.name}, {d.masking}, {d.history_item_prob})"
         )
+    if cfg.model.catalogue_head and not cfg.model.pool_history:
+        raise MadrecError(
+            "config key model.catalogue_head: it scores catalogue items against their pooled vectors; "
+            "set model.pool_history=true with it, or catalogue_head=false"
+        )
     for group, build in (
         ("model", lambda: MaskedDiffusionLM(cfg.model, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),
         ("diffusion", lambda: MaskedDiffusion(cfg.diffusion, mask_id=0, pad_id=1, sid_len=1)),

@@ -51,6 +51,11 @@ class ModelConfig:
     # random, or cooccurrence: each SID digit token starts at the mean co-occurrence vector of
     # its code's items in the training sequences (madrec.cooccur), so similar codes start close
     embedding_init: str = "random"
+    # with pool_history: each slot position's digit distribution is the marginal of a
+    # distribution over the catalogue items that agree with the slot's revealed digits, item i
+    # scored by the state's dot product with i's pooled embedding (the vector it has as a
+    # history item): the denoiser predicts a clean item, x0 on the data manifold
+    catalogue_head: bool = False
 
 
 class Rotary(nn.Module):
@@ -224,6 +229,43 @@ class ItemIds(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed(ids)
+
+
+class CatalogueHead(nn.Module):
+    """The slot's clean item as a distribution over the catalogue; its digits' log-probabilities
+    as that distribution's marginals.
+
+    One state h per slot scores item i as h . e_i (e_i: the item's vector) if i's tokens agree
+    with every revealed token of the slot, else -inf; p(token at position k) is the softmax mass
+    of the items whose k-th token it is. The true item always agrees with its own revealed
+    digits, so no training target is impossible; a token no agreeing item has gets
+    log p = log(1e-30) (finite, so its gradient stays 0, not NaN).
+    """
+
+    def __init__(self, item_tokens: torch.Tensor, vocab_size: int, mask_id: int):
+        super().__init__()
+        n, h = item_tokens.shape
+        if vocab_size**h >= 2**63:
+            raise ValueError(f"catalogue_head: SIDs of {h} tokens are too long for int64 keys")
+        self.vocab_size, self.mask_id = vocab_size, mask_id
+        self.register_buffer("item_tokens", item_tokens.long(), persistent=False)  # (N, H)
+        self.register_buffer("powers", vocab_size ** torch.arange(h), persistent=False)
+        # keys[r, i]: item i's tokens at the positions in bit pattern r as one number, 0 elsewhere,
+        # so "agrees with a slot whose revealed positions are r" is one comparison
+        bits = (torch.arange(2**h)[:, None] >> torch.arange(h)) & 1
+        self.register_buffer("keys", (self.item_tokens[None] * self.powers * bits[:, None]).sum(-1), persistent=False)
+
+    def forward(self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, H, vocab) log p."""
+        revealed = slots != self.mask_id
+        pattern = (revealed.long() << torch.arange(slots.shape[1], device=slots.device)).sum(1)
+        agree = self.keys[pattern] == (slots * revealed * self.powers).sum(1, keepdim=True)
+        q = (h @ items.t()).float().masked_fill(~agree, float("-inf")).softmax(1)  # (S, N)
+        marginals = [
+            q.new_zeros(len(q), self.vocab_size).index_add(1, self.item_tokens[:, k], q)
+            for k in range(self.item_tokens.shape[1])
+        ]
+        return torch.stack(marginals, 1).clamp_min(1e-30).log()
 
 
 class MaskedDiffusionLM(nn.Module):
@@ -436,6 +478,10 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
     ):
         super().__init__(cfg, vocab_size, pad_id, sid_len, item_tokens)
         self.history_slot = nn.Parameter(torch.zeros(cfg.n_embd))
+        if cfg.catalogue_head and item_tokens is None:
+            raise ValueError("catalogue_head needs the catalogue's SID table")
+        # MASK is the token just before PAD (madrec.tokens.SIDVocab)
+        self.head = CatalogueHead(item_tokens, vocab_size, pad_id - 1) if cfg.catalogue_head else None
 
     def forward(
         self, tokens: torch.Tensor, select: torch.Tensor | None = None, copies: torch.Tensor | None = None
@@ -452,15 +498,23 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
             select_copies = None if select is None else select[tail].view(b, 1, h)
         else:
             select_copies = select
-        out = self._slot_states(tokens, copies)
-        if select_copies is not None:
-            out = out[select_copies]
-        logits = self.ln_f(out) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
+        logits = self._slot_logits(self._slot_states(tokens, copies), copies, select_copies)
         if select is not None:
             return logits
         full = logits.new_zeros(*tokens.shape, self.vocab_size)
         full[tail] = logits.reshape(-1, self.vocab_size)
         return full
+
+    def _slot_logits(self, states: torch.Tensor, slots: torch.Tensor, select: torch.Tensor | None) -> torch.Tensor:
+        """Logits of slot states (B, n, H, C) whose noised tokens are `slots` (B, n, H): (M, vocab)
+        at `select` ((B, n, H) bool), else (B * n * H, vocab)."""
+        if select is None:
+            select = torch.ones_like(slots, dtype=torch.bool)
+        if self.head is None:
+            return self.ln_f(states[select]) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
+        asked = select.any(-1)  # slots with a position asked for: one state each, the mean of theirs
+        h = self.ln_f(states[asked].mean(1)) / math.sqrt(self.cfg.n_embd)
+        return self.head(h, slots[asked], self._pool(self.head.item_tokens[None])[0])[select[asked]]
 
     def _slot_states(self, tokens: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
         """(B, n, H, C) final states of each slot copy beside the pooled history (which does not
@@ -537,8 +591,7 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         items, noisy, chosen = (self._as_items(x, from_end) for x in (clean, tokens, select))
         if chosen[:, 0].any():
             raise ValueError("a row's first item has no history: it cannot be a target")
-        states = self._item_states(items, noisy[:, 1:])
-        return self.ln_f(states[chosen[:, 1:]]) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
+        return self._slot_logits(self._item_states(items, noisy[:, 1:]), noisy[:, 1:], chosen[:, 1:])
 
     def _item_states(self, items: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
         """(B, n - 1, H, C) final states of noised items 1..n-1 ((B, n - 1, H) tokens), item b
