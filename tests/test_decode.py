@@ -189,3 +189,33 @@ def test_build_histories_left_pads_whole_recent_items_and_drops_target():
         build_histories(vocab, sids, [np.array([1, 2])], max_len=3)
     with pytest.raises(MadrecError, match="sequence 0 is empty"):
         build_histories(vocab, sids, [np.array([], dtype=np.int64)], max_len=6)
+
+
+def test_catalogue_head_ranks_every_item_by_its_joint_probability_in_one_call():
+    """A catalogue-head model decodes by the exact top-K of its distribution over the masked
+    slot's item (one model call), and that distribution's digit marginals are the logits the
+    same model gives the slot's positions."""
+    from madrec.model import ModelConfig, PooledItemCausalDiffusionLM
+
+    torch.manual_seed(0)
+    vocab, n = SIDVocab(sid_len=3, codebook_size=4), 30
+    sids = random_sids(3, 4, n, seed=1)
+    cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, dropout=0.0, slot_embedding=True)
+    cfg.pool_history = cfg.item_embedding = cfg.catalogue_head = True
+    model = PooledItemCausalDiffusionLM(cfg, vocab.size, vocab.pad_id, 3, vocab.item_tokens(sids)).eval()
+    histories = build_histories(vocab, sids, [np.array([3, 7, 1]), np.array([5, 2]), np.array([9])], max_len=12)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        res = beam_search(model, vocab, sids, histories, beam_size=10, top_k=10)
+        rows = torch.cat([histories, torch.full((3, 3), vocab.mask_id)], 1)
+        log_q = model.item_log_probs(rows)
+        marginals = model(rows)[:, -3:].exp()  # (B, H, vocab)
+    assert len(calls) == 1
+    best = log_q.topk(10, dim=1)
+    assert torch.equal(res.items, best.indices) and torch.allclose(res.scores, best.values)
+    assert torch.allclose(log_q.exp().sum(1), torch.ones(3), atol=1e-5)
+    item_tokens = vocab.item_tokens(sids)
+    for k in range(3):
+        want = torch.zeros(3, vocab.size).index_add(1, item_tokens[:, k], log_q.exp())
+        torch.testing.assert_close(marginals[:, k], want, atol=1e-5, rtol=1e-4)

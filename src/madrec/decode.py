@@ -258,6 +258,8 @@ def beam_search(
     """
     _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items)
     order = _model_order(model, order, reveal_per_step, next_items)
+    if getattr(model, "head", None) is not None:  # model.catalogue_head: the slot's item distribution itself
+        return _catalogue_top_k(model, vocab, histories, top_k)
     if index is None:
         index = SIDIndex(sids.to(histories.device), vocab.codebook_size)
     beams = _Beams.start(histories.shape[0], next_items, vocab.sid_len, histories.device)
@@ -271,6 +273,18 @@ def beam_search(
             src = beams.reveal(index, logits, chosen[:, j], beam_size, constrained)
             logits, chosen = logits[src], chosen[src]
     return beams.result(index, top_k, constrained)
+
+
+def _catalogue_top_k(model: torch.nn.Module, vocab: SIDVocab, histories: torch.Tensor, top_k: int) -> DecodeResult:
+    """The top_k items of a catalogue-head model's distribution over the masked slot's clean
+    item: one model call, every catalogue item scored by its joint log-probability (the beam
+    search over its digits would approximate this ranking; measured below it)."""
+    slot = torch.full((histories.shape[0], vocab.sid_len), vocab.mask_id, device=histories.device)
+    log_q = model.item_log_probs(torch.cat([histories, slot], 1)).float()
+    scores, items = log_q.topk(min(top_k, log_q.shape[1]), dim=1)
+    missing = top_k - items.shape[1]  # a catalogue smaller than the list: -1 items scored -inf
+    items = torch.nn.functional.pad(items, (0, missing), value=-1)
+    return DecodeResult(items, torch.nn.functional.pad(scores, (0, missing), value=float("-inf")))
 
 
 @dataclass

@@ -255,12 +255,16 @@ class CatalogueHead(nn.Module):
         bits = (torch.arange(2**h)[:, None] >> torch.arange(h)) & 1
         self.register_buffer("keys", (self.item_tokens[None] * self.powers * bits[:, None]).sum(-1), persistent=False)
 
-    def forward(self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, H, vocab) log p."""
+    def item_log_probs(self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, N) log q(item)."""
         revealed = slots != self.mask_id
         pattern = (revealed.long() << torch.arange(slots.shape[1], device=slots.device)).sum(1)
         agree = self.keys[pattern] == (slots * revealed * self.powers).sum(1, keepdim=True)
-        q = (h @ items.t()).float().masked_fill(~agree, float("-inf")).softmax(1)  # (S, N)
+        return (h @ items.t()).float().masked_fill(~agree, float("-inf")).log_softmax(1)
+
+    def forward(self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, H, vocab) log p."""
+        q = self.item_log_probs(h, slots, items).exp()  # (S, N)
         marginals = [
             q.new_zeros(len(q), self.vocab_size).index_add(1, self.item_tokens[:, k], q)
             for k in range(self.item_tokens.shape[1])
@@ -512,9 +516,26 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
             select = torch.ones_like(slots, dtype=torch.bool)
         if self.head is None:
             return self.ln_f(states[select]) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
-        asked = select.any(-1)  # slots with a position asked for: one state each, the mean of theirs
-        h = self.ln_f(states[asked].mean(1)) / math.sqrt(self.cfg.n_embd)
-        return self.head(h, slots[asked], self._pool(self.head.item_tokens[None])[0])[select[asked]]
+        asked = select.any(-1)  # slots with a position asked for
+        return self.head(self._slot_vector(states[asked]), slots[asked], self._catalogue())[select[asked]]
+
+    def _slot_vector(self, states: torch.Tensor) -> torch.Tensor:
+        """(S, H, C) final states of slots -> (S, C): one scaled state per slot, the mean of its positions'."""
+        return self.ln_f(states.mean(1)) / math.sqrt(self.cfg.n_embd)
+
+    def _catalogue(self) -> torch.Tensor:
+        """(N, C) every catalogue item's vector: what it is as a pooled history item."""
+        return self._pool(self.head.item_tokens[None])[0]
+
+    def item_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) rows ending in the slot (H tokens, some or all MASK) -> (B, N) log q(item) of the
+        catalogue head: the slot's clean item, -inf for items disagreeing with its revealed tokens."""
+        if self.head is None:
+            raise ValueError("item_log_probs needs model.catalogue_head")
+        tail = self._tail_positions(tokens)
+        slots = tokens[tail].view(tokens.shape[0], 1, self.sid_len)
+        h = self._slot_vector(self._slot_states(tokens, slots)[:, 0])
+        return self.head.item_log_probs(h, slots[:, 0], self._catalogue())
 
     def _slot_states(self, tokens: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
         """(B, n, H, C) final states of each slot copy beside the pooled history (which does not
