@@ -140,6 +140,7 @@ def test_next_items_needs_a_model_trained_on_several_masked_items(planted, tmp_p
     args = [
         "experiment=tiny",
         "model.pool_history=false",  # unpooled rows, so both masking policies below apply
+        "model.catalogue_head=false",  # it scores pooled vectors
         "rows=sliding",
         "trainer.max_steps=60",
         "trainer.val_every_n_steps=60",
@@ -165,28 +166,36 @@ def test_causal_models_refuse_out_of_order_decoding(baseline):
         rec.recommend(["item1", "item2"], k=3)
 
 
+# `small` sets model.catalogue_head; each network below says whether it has one
 NEXT_ITEM_NETWORKS = {
     # block diffusion: every item noised, the item-causal network
     "ItemCausalDiffusionLM": [
         "diffusion.masking=every_item",
         "rows=windows",
         "model.pool_history=false",
+        "model.catalogue_head=false",
         "diffusion.next_item_copies=1",
     ],
     # one token per history item, one next item per row
-    "PooledHistoryDiffusionLM": ["diffusion.masking=next_item", "rows=sliding", "diffusion.next_item_copies=1"],
+    "PooledHistoryDiffusionLM": [
+        "diffusion.masking=next_item",
+        "rows=sliding",
+        "diffusion.next_item_copies=1",
+        "model.catalogue_head=false",
+    ],
     # several noised copies of the next item beside one history
     "NextItemDiffusionLM": [
         "diffusion.masking=next_item",
         "rows=sliding",
         "model.pool_history=false",
+        "model.catalogue_head=false",
         "diffusion.next_item_copies=4",
     ],
-    # `small` itself: block diffusion over pooled items (every item a target, history one token
-    # per item), item-id embeddings, digit tokens initialised from co-occurrence
-    "PooledItemCausalDiffusionLM": [],
-    # the same with the slot's digits as marginals of a distribution over catalogue items
-    "PooledItemCausalDiffusionLM+catalogue_head": ["model.catalogue_head=true"],
+    # block diffusion over pooled items (every item a target, history one token per item),
+    # item-id embeddings, digit tokens initialised from co-occurrence; digits from the token table
+    "PooledItemCausalDiffusionLM": ["model.catalogue_head=false"],
+    # `small` itself: the same with the slot's digits as marginals of a distribution over catalogue items
+    "PooledItemCausalDiffusionLM+catalogue_head": [],
 }
 
 

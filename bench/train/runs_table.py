@@ -49,6 +49,8 @@ def setup(run: Path) -> str:
         parts.append("item emb.")
     if m.get("pool_history"):
         parts.append("pooled history")
+    if m.get("catalogue_head"):
+        parts.append("catalogue head")
     if d.get("next_item_copies", 1) > 1:
         parts.append(f"{d['next_item_copies']} copies")
     if m["name"] == "maskgr" and d.get("loss_weight", "elbo") != "elbo":
