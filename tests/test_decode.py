@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from madrec.decode import SIDIndex, _first_occurrence, beam_search, build_histories
+from madrec.decode import SIDIndex, _first_occurrence, beam_search, build_histories, ranks_the_catalogue
 from madrec.errors import MadrecError
 from madrec.tokens import SIDVocab
 
@@ -211,7 +211,7 @@ def test_catalogue_head_ranks_every_item_by_its_joint_probability_in_one_call():
         rows = torch.cat([histories, torch.full((3, 3), vocab.mask_id)], 1)
         log_q = model.item_log_probs(rows)
         marginals = model(rows)[:, -3:].exp()  # (B, H, vocab)
-    assert len(calls) == 1
+    assert len(calls) == 1 and ranks_the_catalogue(model)
     best = log_q.topk(10, dim=1)
     assert torch.equal(res.items, best.indices) and torch.allclose(res.scores, best.values)
     assert torch.allclose(log_q.exp().sum(1), torch.ones(3), atol=1e-5)

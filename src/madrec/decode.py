@@ -258,7 +258,7 @@ def beam_search(
     """
     _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items)
     order = _model_order(model, order, reveal_per_step, next_items)
-    if getattr(model, "head", None) is not None:  # model.catalogue_head: the slot's item distribution itself
+    if ranks_the_catalogue(model):
         return _catalogue_top_k(model, vocab, histories, top_k)
     if index is None:
         index = SIDIndex(sids.to(histories.device), vocab.codebook_size)
@@ -273,6 +273,12 @@ def beam_search(
             src = beams.reveal(index, logits, chosen[:, j], beam_size, constrained)
             logits, chosen = logits[src], chosen[src]
     return beams.result(index, top_k, constrained)
+
+
+def ranks_the_catalogue(model: torch.nn.Module) -> bool:
+    """A model with `model.catalogue_head`: one call gives the slot's distribution over every
+    catalogue item, so it decodes by that distribution's top-K (no beam, order or reveal steps)."""
+    return getattr(model, "head", None) is not None
 
 
 def _catalogue_top_k(model: torch.nn.Module, vocab: SIDVocab, histories: torch.Tensor, top_k: int) -> DecodeResult:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from madrec.data import Split
-from madrec.decode import SIDIndex, beam_search, build_histories
+from madrec.decode import SIDIndex, beam_search, build_histories, ranks_the_catalogue
 from madrec.dist import rank_and_world
 from madrec.errors import MadrecError
 from madrec.metrics import ranking_metrics
@@ -36,7 +36,7 @@ class Predictions:
     items: torch.Tensor  # (U, K) item indices, -1 = not a catalogue item
     scores: torch.Tensor  # (U, K) fp32 sums of log-probs
     seconds: float  # decoding wall time (slowest process)
-    model_calls: int  # forward passes per batch: ceil(H / reveal_per_step)
+    model_calls: int  # forward passes per batch: ceil(H / reveal_per_step); 1 for a catalogue head
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -96,8 +96,12 @@ def predict_split(
     inverse = torch.from_numpy(np.argsort(mine, kind="stable"))  # back to the split's user order
     targets = torch.tensor([int(s[-1]) for s in split.sequences], dtype=torch.long)
     return Predictions(
-        split.user_ids, targets, items[inverse], scores[inverse], seconds, -(-vocab.sid_len // reveal_per_step)
+        split.user_ids, targets, items[inverse], scores[inverse], seconds, _model_calls(model, vocab, reveal_per_step)
     )
+
+
+def _model_calls(model: torch.nn.Module, vocab: SIDVocab, reveal_per_step: int) -> int:
+    return 1 if ranks_the_catalogue(model) else -(-vocab.sid_len // reveal_per_step)
 
 
 def _check_split(split: Split, batch_size: int) -> None:

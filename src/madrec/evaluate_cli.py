@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from madrec.data import Split
-from madrec.decode import ORDERS, SIDIndex, check_beam_width
+from madrec.decode import ORDERS, SIDIndex, check_beam_width, ranks_the_catalogue
 from madrec.dist import launch_layout, rank_and_world
 from madrec.errors import MadrecError
 from madrec.evaluate import Predictions, default_batch_size, predict_split, summarize
@@ -213,12 +213,14 @@ def _comparisons(
     args: EvaluateArgs, decoder: _Decoder, few: Split, main: Predictions, prefix: str, metrics: dict
 ) -> tuple[dict, dict]:
     """Unconstrained decoding, and the same decoder with fewer model calls per item (a causal
-    model reveals one position per call, so it has no sweep); metrics go into `metrics`."""
+    model reveals one position per call, and a catalogue-head model ranks every item in one, so
+    neither has a sweep); metrics go into `metrics`."""
     compared, sweep = {}, {}
     if args.compare_unconstrained:
         compared["unconstrained"] = decoder(few, constrained=False)
         metrics.update(summarize(compared["unconstrained"], args.ks, f"{prefix}/unconstrained"))
-    if args.sweep and not getattr(decoder.loaded.model, "causal", False):
+    model = decoder.loaded.model
+    if args.sweep and not getattr(model, "causal", False) and not ranks_the_catalogue(model):
         H = decoder.loaded.vocab.sid_len
         for calls in sorted({-(-H // k) for k in range(1, H + 1)}, reverse=True):
             if calls == main.model_calls:
