@@ -99,6 +99,8 @@ def test_wrong_type_names_the_key(override, key):
         ("trainer.precision=fp8", "trainer.precision"),
         ("model.pool_history=true", "model.pool_history.*masking=next_item"),
         ("model.catalogue_head=true", "model.catalogue_head.*pool_history=true"),
+        ("diffusion.item_loss_weight=1", "diffusion.item_loss_weight.*catalogue_head=true"),
+        ("diffusion.item_loss_weight=-1", "item_loss_weight must be >= 0"),
     ],
 )
 def test_inconsistent_values_are_refused(override, message):

@@ -202,7 +202,7 @@ def test_catalogue_head_ranks_every_item_by_its_joint_probability_in_one_call():
     sids = random_sids(3, 4, n, seed=1)
     cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, dropout=0.0, slot_embedding=True)
     cfg.pool_history = cfg.item_embedding = cfg.catalogue_head = True
-    model = PooledItemCausalDiffusionLM(cfg, vocab.size, vocab.pad_id, 3, vocab.item_tokens(sids)).eval()
+    model = PooledItemCausalDiffusionLM(cfg, vocab.size, vocab.pad_id, 3, vocab.item_tokens(sids), vocab.mask_id).eval()
     histories = build_histories(vocab, sids, [np.array([3, 7, 1]), np.array([5, 2]), np.array([9])], max_len=12)
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))

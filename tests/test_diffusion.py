@@ -204,3 +204,35 @@ def test_flat_loss_weight_masks_at_the_same_rates_with_weight_one(copies):
     assert (weight_e > 1).any() and torch.equal(weight_f, torch.ones_like(weight_f))
     with pytest.raises(ValueError, match="loss_weight"):
         MaskedDiffusion(DiffusionConfig(loss_weight="sqrt"), MASK, PAD, sid_len=H)
+
+
+def test_item_loss_adds_each_noised_items_weighted_minus_log_probability():
+    """every_item with item_loss_weight w: the loss sum is the per-digit sum plus w times each
+    noised item's -log q(clean item), weighted like its tokens (same noise, same seed); the
+    normaliser stays the tokens' weight sum."""
+    from madrec.model import ModelConfig, PooledItemCausalDiffusionLM
+
+    H, pad, mask = 3, 31, 30
+    torch.manual_seed(0)
+    clean = torch.randint(0, 30, (4, 12))
+    clean[1, :6] = pad
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
+    cfg.catalogue_head = True
+    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, clean[clean != pad].view(-1, H), mask)
+
+    def terms(weight: float, seed: int = 1):
+        diffusion = MaskedDiffusion(DiffusionConfig(masking="every_item", item_loss_weight=weight), mask, pad, H)
+        torch.manual_seed(seed)
+        noisy, masked, w = diffusion.corrupt(clean)
+        torch.manual_seed(seed)
+        return diffusion.loss_terms(model, clean), (noisy, masked, w)
+
+    (digits, norm), (noisy, masked, w) = terms(0.0)
+    (both, norm2), _ = terms(2.5)
+    _, shares = model(noisy, select=masked, clean=clean, item_nll=True)
+    want = digits + 2.5 * (shares * w.expand_as(masked)[masked]).sum()
+    torch.testing.assert_close(both, want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(norm2, norm)
+    assert (both - digits) > 1.0  # the term is there: every item has a loss of order log(8)
+    with pytest.raises(ValueError, match="item_loss_weight"):
+        MaskedDiffusion(DiffusionConfig(masking="next_item", item_loss_weight=1.0), mask, pad, H)

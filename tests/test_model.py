@@ -226,7 +226,7 @@ def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embeddi
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     cfg.item_embedding, cfg.catalogue_head = item_embedding, catalogue_head
     catalogue = clean.view(-1, H)  # every item of both rows is a catalogue item
-    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue).eval()
+    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
     for p in model.parameters():  # away from the near-uniform attention of a fresh model
         p.data.normal_(0, 0.3)
     clean[1, :6] = pad  # left-padded: 3 items
@@ -293,6 +293,42 @@ def test_catalogue_head_gives_the_marginals_of_the_items_that_agree_with_the_slo
     unreachable = torch.ones(vocab, dtype=torch.bool)
     unreachable[item_tokens[item_tokens[:, 0] == slots[1, 0], 1]] = False
     assert log_p[1, 1, unreachable].max() < -60  # no item with the revealed first digit has them
+    same, item_nll = head(h, slots, items, targets=item_tokens[[0, 1, 2, 3]])
+    torch.testing.assert_close(same, log_p)
+    for s in range(4):  # -log q(the slot's clean item) among the items agreeing with the slot
+        agree = ((item_tokens == slots[s]) | (slots[s] == mask)).all(1)
+        same_sid = (item_tokens == item_tokens[s]).all(1)  # random SIDs repeat here; a catalogue's do not
+        want = -torch.where(agree, h[s] @ items.t(), float("-inf")).log_softmax(0)[same_sid].logsumexp(0)
+        torch.testing.assert_close(item_nll[s], want, atol=1e-5, rtol=1e-5)
+
+
+def test_item_loss_shares_sum_to_minus_log_of_the_item_probability_decoding_ranks():
+    """With item_nll, the every-item training pass gives each selected token a share of its
+    item's loss; a slot's shares sum to -log q(its clean item) where q is the distribution
+    decoding ranks (item_log_probs of the same history and noised slot)."""
+    torch.manual_seed(0)
+    H, pad, mask = 3, 31, 30
+    clean = torch.randint(0, 30, (2, 12))
+    catalogue = torch.cat([clean.view(-1, H), torch.randint(0, 30, (10, H))])
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
+    cfg.item_embedding = cfg.catalogue_head = True
+    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    select = torch.zeros_like(clean, dtype=torch.bool)
+    select[:, 3:] = torch.rand(2, 9) < 0.6
+    select[0, 3:6] = True  # item 1 of row 0 all masked, item 2 of row 1 one digit masked
+    select[1, 6:9] = torch.tensor([False, True, False])
+    noisy = clean.masked_fill(select, mask)
+    with torch.no_grad():
+        logits = model(noisy, select=select, clean=clean)
+        same, shares = model(noisy, select=select, clean=clean, item_nll=True)
+        torch.testing.assert_close(same, logits)
+        owner = (torch.arange(12) // H).expand(2, -1)[select] + 4 * torch.arange(2)[:, None].expand(-1, 12)[select]
+        for row, b in ((0, 1), (1, 2)):
+            log_q = model.item_log_probs(torch.cat([clean[row, : b * H], noisy[row, b * H : (b + 1) * H]])[None])[0]
+            item = 4 * row + b  # catalogue rows 0..7 are the two rows' items
+            torch.testing.assert_close(shares[owner == item].sum(), -log_q[item], atol=1e-5, rtol=1e-5)
 
 
 def test_pooled_every_item_pass_on_rows_of_one_item_trains_nothing_and_keeps_the_graph():

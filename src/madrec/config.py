@@ -434,6 +434,11 @@ def _check_model_and_objective(cfg: Config) -> None:
             "config key model.catalogue_head: it scores catalogue items against their pooled vectors; "
             "set model.pool_history=true with it, or catalogue_head=false"
         )
+    if d.item_loss_weight > 0 and not cfg.model.catalogue_head:
+        raise MadrecError(
+            "config key diffusion.item_loss_weight: the item's probability comes from the catalogue head; "
+            "set model.catalogue_head=true with it, or item_loss_weight=0"
+        )
     for group, build in (
         ("model", lambda: MaskedDiffusionLM(cfg.model, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),
         ("diffusion", lambda: MaskedDiffusion(cfg.diffusion, mask_id=0, pad_id=1, sid_len=1)),

@@ -40,6 +40,11 @@ class DiffusionConfig:
     # reference); flat: weight 1, so a noise level counts by how many tokens it masks, which
     # shifts the loss towards the heavily masked states decoding starts from
     loss_weight: str = "elbo"
+    # masking=every_item with model.catalogue_head: add this times each noised item's
+    # -log q(clean item | its revealed digits), weighted like its tokens. The per-digit loss
+    # rewards mass on items that share a digit with the target; this term asks for the item
+    # itself, as a full-softmax recommender (SASRec) is trained. 0: the per-digit loss alone
+    item_loss_weight: float = 0.0
 
 
 class LinearSchedule:
@@ -156,6 +161,10 @@ class MaskedDiffusion:
             raise ValueError(f"next_item_copies must be >= 1, got {cfg.next_item_copies}")
         if cfg.next_item_copies > 1 and (cfg.masking != "next_item" or cfg.history_item_prob):
             raise ValueError("next_item_copies > 1 noises copies of the last item: it needs next_item masking alone")
+        if cfg.item_loss_weight < 0 or (cfg.item_loss_weight and cfg.masking != "every_item"):
+            raise ValueError(
+                f"item_loss_weight must be >= 0, and > 0 only with every_item masking, got {cfg.item_loss_weight}"
+            )
         if cfg.history_item_prob and cfg.masking != "next_item":
             raise ValueError(f"history_item_prob masks history items beside next_item masking, not {cfg.masking!r}")
         self.cfg = cfg
@@ -211,13 +220,16 @@ class MaskedDiffusion:
         if self.cfg.next_item_copies > 1:
             return self._copies_loss_terms(model, tokens)
         noisy, masked, weight = self.corrupt(tokens)
-        if getattr(self.masking, "per_item", False):
+        item_nll = 0.0
+        if self.cfg.item_loss_weight:
+            logits, item_nll = model(noisy, select=masked, clean=tokens, item_nll=True)
+        elif getattr(self.masking, "per_item", False):
             logits = model(noisy, select=masked, clean=tokens)  # noised items beside the clean row
         else:
             logits = model(noisy, select=masked)
         weights = weight.expand_as(masked)[masked]
         ce = F.cross_entropy(logits.float(), tokens[masked], reduction="none")
-        return (ce * weights).sum(), weights.sum()
+        return ((ce + self.cfg.item_loss_weight * item_nll) * weights).sum(), weights.sum()
 
     def corrupt_copies(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L) clean rows -> (copies, masked, weight), each (B, n, H): n noised copies of each

@@ -262,14 +262,22 @@ class CatalogueHead(nn.Module):
         agree = self.keys[pattern] == (slots * revealed * self.powers).sum(1, keepdim=True)
         return (h @ items.t()).float().masked_fill(~agree, float("-inf")).log_softmax(1)
 
-    def forward(self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, H, vocab) log p."""
-        q = self.item_log_probs(h, slots, items).exp()  # (S, N)
+    def forward(
+        self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, H, vocab) log p;
+        with `targets` ((S, H) the slots' clean items) also (S,) -log q(target item)."""
+        log_q = self.item_log_probs(h, slots, items)  # (S, N)
+        q = log_q.exp()
         marginals = [
             q.new_zeros(len(q), self.vocab_size).index_add(1, self.item_tokens[:, k], q)
             for k in range(self.item_tokens.shape[1])
         ]
-        return torch.stack(marginals, 1).clamp_min(1e-30).log()
+        log_marginals = torch.stack(marginals, 1).clamp_min(1e-30).log()
+        if targets is None:
+            return log_marginals
+        target = self.keys[-1] == (targets * self.powers).sum(1, keepdim=True)  # keys[-1]: every position
+        return log_marginals, -log_q.masked_fill(~target, float("-inf")).logsumexp(1)
 
 
 class MaskedDiffusionLM(nn.Module):
@@ -478,14 +486,20 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
     causal_history = False  # history items attend to every other history item
 
     def __init__(
-        self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len: int, item_tokens: torch.Tensor | None = None
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        pad_id: int,
+        sid_len: int,
+        item_tokens: torch.Tensor | None = None,
+        mask_id: int | None = None,
     ):
+        """mask_id: the MASK token, needed by `cfg.catalogue_head` (which digits are revealed)."""
         super().__init__(cfg, vocab_size, pad_id, sid_len, item_tokens)
         self.history_slot = nn.Parameter(torch.zeros(cfg.n_embd))
-        if cfg.catalogue_head and item_tokens is None:
-            raise ValueError("catalogue_head needs the catalogue's SID table")
-        # MASK is the token just before PAD (madrec.tokens.SIDVocab)
-        self.head = CatalogueHead(item_tokens, vocab_size, pad_id - 1) if cfg.catalogue_head else None
+        if cfg.catalogue_head and (item_tokens is None or mask_id is None):
+            raise ValueError("catalogue_head needs the catalogue's SID table and the MASK token id")
+        self.head = CatalogueHead(item_tokens, vocab_size, mask_id) if cfg.catalogue_head else None
 
     def forward(
         self, tokens: torch.Tensor, select: torch.Tensor | None = None, copies: torch.Tensor | None = None
@@ -509,15 +523,36 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         full[tail] = logits.reshape(-1, self.vocab_size)
         return full
 
-    def _slot_logits(self, states: torch.Tensor, slots: torch.Tensor, select: torch.Tensor | None) -> torch.Tensor:
+    def _slot_logits(
+        self,
+        states: torch.Tensor,
+        slots: torch.Tensor,
+        select: torch.Tensor | None,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of slot states (B, n, H, C) whose noised tokens are `slots` (B, n, H): (M, vocab)
-        at `select` ((B, n, H) bool), else (B * n * H, vocab)."""
+        at `select` ((B, n, H) bool), else (B * n * H, vocab). With `targets` ((B, n, H) the slots'
+        clean items; catalogue head only) also (M,): each selected token's share of its slot's
+        -log q(clean item), so the shares of a slot sum to its item loss."""
         if select is None:
             select = torch.ones_like(slots, dtype=torch.bool)
         if self.head is None:
+            if targets is not None:
+                raise ValueError("an item loss needs model.catalogue_head")
             return self.ln_f(states[select]) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
         asked = select.any(-1)  # slots with a position asked for
-        return self.head(self._slot_vector(states[asked]), slots[asked], self._catalogue())[select[asked]]
+        chosen = select[asked]
+        out = self.head(
+            self._slot_vector(states[asked]),
+            slots[asked],
+            self._catalogue(),
+            None if targets is None else targets[asked],
+        )
+        if targets is None:
+            return out[chosen]
+        log_marginals, item_nll = out
+        shares = (item_nll / chosen.sum(1))[:, None].expand_as(chosen)
+        return log_marginals[chosen], shares[chosen]
 
     def _slot_vector(self, states: torch.Tensor) -> torch.Tensor:
         """(S, H, C) final states of slots -> (S, C): one scaled state per slot, the mean of its positions'."""
@@ -601,9 +636,11 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         select: torch.Tensor | None = None,
         copies: torch.Tensor | None = None,
         clean: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        item_nll: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """As PooledHistoryDiffusionLM; with `clean` ((B, L) rows of which `tokens` is the noised
-        version) and `select`: the logits at `select`, every item beside the clean items before it."""
+        version) and `select`: the logits at `select`, every item beside the clean items before it,
+        and with `item_nll` each selected token's share of its item's loss (`_slot_logits`)."""
         if clean is None:
             return super().forward(tokens, select, copies)
         if select is None:
@@ -612,7 +649,8 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         items, noisy, chosen = (self._as_items(x, from_end) for x in (clean, tokens, select))
         if chosen[:, 0].any():
             raise ValueError("a row's first item has no history: it cannot be a target")
-        return self._slot_logits(self._item_states(items, noisy[:, 1:]), noisy[:, 1:], chosen[:, 1:])
+        targets = items[:, 1:] if item_nll else None
+        return self._slot_logits(self._item_states(items, noisy[:, 1:]), noisy[:, 1:], chosen[:, 1:], targets)
 
     def _item_states(self, items: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
         """(B, n - 1, H, C) final states of noised items 1..n-1 ((B, n - 1, H) tokens), item b

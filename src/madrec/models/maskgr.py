@@ -19,11 +19,13 @@ from madrec.models import Recommender
 
 def build_network(cfg, vocab, item_tokens) -> MaskedDiffusionLM:
     if cfg.diffusion.masking == "every_item" and cfg.model.pool_history:  # the same, history pooled
-        net = PooledItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
+        net = PooledItemCausalDiffusionLM(
+            cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens, vocab.mask_id
+        )
     elif cfg.diffusion.masking == "every_item":  # every item noised given the clean ones before it
         net = ItemCausalDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     elif cfg.model.pool_history:  # one token per history item; only the next item is noised
-        net = PooledHistoryDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
+        net = PooledHistoryDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens, vocab.mask_id)
     elif cfg.diffusion.next_item_copies > 1:  # several noised copies of the next item per history
         net = NextItemDiffusionLM(cfg.model, vocab.size, vocab.pad_id, vocab.sid_len, item_tokens)
     else:
