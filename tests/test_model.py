@@ -271,7 +271,8 @@ def test_catalogue_head_gives_the_marginals_of_the_items_that_agree_with_the_slo
     H, block, n = 3, 5, 40
     vocab = H * block + 2  # madrec.tokens layout: digit v at position k is k * block + v, then MASK, PAD
     mask = vocab - 2
-    item_tokens = torch.randint(0, 4, (n, H)) + torch.arange(H) * block
+    digits = torch.stack(torch.meshgrid(*[torch.arange(4)] * H, indexing="ij"), -1).view(-1, H)
+    item_tokens = digits[torch.randperm(len(digits))[:n]] + torch.arange(H) * block  # distinct SIDs
     head = CatalogueHead(item_tokens, vocab, mask)
     items, h = torch.randn(n, 8), torch.randn(4, 8)
     slots = item_tokens[[0, 1, 2, 3]].clone()
@@ -297,9 +298,10 @@ def test_catalogue_head_gives_the_marginals_of_the_items_that_agree_with_the_slo
     torch.testing.assert_close(same, log_p)
     for s in range(4):  # -log q(the slot's clean item) among the items agreeing with the slot
         agree = ((item_tokens == slots[s]) | (slots[s] == mask)).all(1)
-        same_sid = (item_tokens == item_tokens[s]).all(1)  # random SIDs repeat here; a catalogue's do not
-        want = -torch.where(agree, h[s] @ items.t(), float("-inf")).log_softmax(0)[same_sid].logsumexp(0)
+        want = -torch.where(agree, h[s] @ items.t(), float("-inf")).log_softmax(0)[s]
         torch.testing.assert_close(item_nll[s], want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not in the catalogue"):
+        head(h, slots, items, targets=torch.full((4, H), block - 1) + torch.arange(H) * block)
 
 
 def test_item_loss_shares_sum_to_minus_log_of_the_item_probability_decoding_ranks():

@@ -254,6 +254,10 @@ class CatalogueHead(nn.Module):
         # so "agrees with a slot whose revealed positions are r" is one comparison
         bits = (torch.arange(2**h)[:, None] >> torch.arange(h)) & 1
         self.register_buffer("keys", (self.item_tokens[None] * self.powers * bits[:, None]).sum(-1), persistent=False)
+        # keys[-1] (every position) sorted, to find a clean item's index by binary search
+        whole, rows = self.keys[-1].sort()
+        self.register_buffer("whole_keys", whole, persistent=False)
+        self.register_buffer("whole_rows", rows, persistent=False)
 
     def item_log_probs(self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, N) log q(item)."""
@@ -276,8 +280,15 @@ class CatalogueHead(nn.Module):
         log_marginals = torch.stack(marginals, 1).clamp_min(1e-30).log()
         if targets is None:
             return log_marginals
-        target = self.keys[-1] == (targets * self.powers).sum(1, keepdim=True)  # keys[-1]: every position
-        return log_marginals, -log_q.masked_fill(~target, float("-inf")).logsumexp(1)
+        return log_marginals, -log_q.gather(1, self.index_of(targets)[:, None])[:, 0]
+
+    def index_of(self, items: torch.Tensor) -> torch.Tensor:
+        """(S, H) tokens of catalogue items -> (S,) their rows of the catalogue."""
+        key = (items * self.powers).sum(1)
+        at = torch.searchsorted(self.whole_keys, key).clamp_max(len(self.whole_keys) - 1)
+        if (self.whole_keys[at] != key).any():
+            raise ValueError("catalogue_head: a target item is not in the catalogue")
+        return self.whole_rows[at]
 
 
 class MaskedDiffusionLM(nn.Module):
