@@ -51,6 +51,8 @@ def setup(run: Path) -> str:
         parts.append("pooled history")
     if m.get("catalogue_head"):
         parts.append("catalogue head")
+    if d.get("item_loss_weight"):
+        parts.append(f"item loss x{d['item_loss_weight']}")
     if d.get("next_item_copies", 1) > 1:
         parts.append(f"{d['next_item_copies']} copies")
     if m["name"] == "maskgr" and d.get("loss_weight", "elbo") != "elbo":
