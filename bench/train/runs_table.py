@@ -74,8 +74,12 @@ def setup(run: Path) -> str:
 
 
 def row(run: Path, label: str) -> str:
+    points = validations(run)
+    curve = " / ".join(f"{v:.4f} ({s:.0f} s)" for _, s, v in points)
+    if not (run / "summary.json").exists():  # stopped before the end: what its validations say
+        step, seconds = (points[-1][0], points[-1][1]) if points else (0, 0.0)
+        return f"| {label} | {setup(run)} | {step:,} (stopped) | {seconds:.0f} | {curve} | – |"
     summary = json.loads((run / "summary.json").read_text())
-    curve = " / ".join(f"{v:.4f} ({s:.0f} s)" for _, s, v in validations(run))
     test = summary.get("test/recall@10")
     tested = f"{test:.4f} / {summary['test/ndcg@10']:.4f}" if test is not None else "–"
     return (
