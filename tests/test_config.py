@@ -100,6 +100,7 @@ def test_wrong_type_names_the_key(override, key):
         ("model.pool_history=true", "model.pool_history.*masking=next_item"),
         ("model.catalogue_head=true", "model.catalogue_head.*pool_history=true"),
         ("diffusion.item_loss_weight=1", "diffusion.item_loss_weight.*catalogue_head=true"),
+        ("model.pool_slot=true", "model.pool_slot.*catalogue_head=true"),
         ("diffusion.item_loss_weight=-1", "item_loss_weight must be >= 0"),
     ],
 )

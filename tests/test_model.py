@@ -213,18 +213,21 @@ def test_pooled_history_reads_each_history_item_as_one_token():
             model(row, select=select)
 
 
-@pytest.mark.parametrize("item_embedding,catalogue_head", [(False, False), (True, False), (True, True)])
-def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embedding, catalogue_head):
+@pytest.mark.parametrize(
+    "item_embedding,catalogue_head,pool_slot",
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+)
+def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embedding, catalogue_head, pool_slot):
     """pool_history with every_item: the one training pass gives noised item b exactly the
     logits that decoding computes from the clean items before b and that noised item; an item
     does not see later items; the history is causal in decoding too. With item_embedding the
     pooled items carry their ids, in both passes; with catalogue_head the logits are the
-    catalogue marginals, in both passes."""
+    catalogue marginals, in both passes; with pool_slot each noised item is one token, in both."""
     torch.manual_seed(0)
     H, pad, mask = 3, 31, 30
     clean = torch.randint(0, 30, (2, 15))
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
-    cfg.item_embedding, cfg.catalogue_head = item_embedding, catalogue_head
+    cfg.item_embedding, cfg.catalogue_head, cfg.pool_slot = item_embedding, catalogue_head, pool_slot
     catalogue = clean.view(-1, H)  # every item of both rows is a catalogue item
     model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
     for p in model.parameters():  # away from the near-uniform attention of a fresh model
@@ -261,6 +264,43 @@ def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(item_embeddi
             assert (moved[1:4] - both.view(-1, H, 32)[1:4]).abs().max() > 1e-3
             if not catalogue_head:  # with it, the item's id also moves its score in every slot
                 torch.testing.assert_close(moved[0], both.view(-1, H, 32)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_pool_slot_reads_each_noised_item_as_one_token():
+    """pool_slot: a row of n items enters the transformer as 2n - 1 tokens (n pooled clean items,
+    n - 1 noised ones), and a noised item's revealed digit reaches its token's state: the item
+    distribution is not just the all-masked one renormalised over the agreeing items."""
+    torch.manual_seed(0)
+    H, pad, mask = 3, 31, 30
+    catalogue = torch.randint(0, 30, (40, H))
+    catalogue[:, 0] = torch.arange(40) % 3  # ~13 items share each first digit
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
+    cfg.item_embedding = cfg.catalogue_head = cfg.pool_slot = True
+    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    widths = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    clean = catalogue[:10].reshape(2, 5 * H)
+    select = torch.zeros_like(clean, dtype=torch.bool)
+    select[:, H:] = True
+    with torch.no_grad():
+        model(clean.masked_fill(select, mask), select=select, clean=clean)
+        assert widths == [5 + 4]
+        history = catalogue[:3].reshape(-1)
+        masked = torch.full((H,), mask)
+        revealed = masked.clone()
+        revealed[0] = catalogue[5, 0]
+        all_masked, one_revealed = (
+            model.item_log_probs(torch.cat([history, slot])[None])[0] for slot in (masked, revealed)
+        )
+    agree = catalogue[:, 0] == revealed[0]
+    assert torch.isinf(one_revealed[~agree]).all() and torch.isfinite(one_revealed[agree]).all()
+    renormalised = all_masked[agree].log_softmax(0)
+    assert (one_revealed[agree] - renormalised).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="pool_slot needs catalogue_head"):
+        cfg.catalogue_head = False
+        PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask)
 
 
 def test_catalogue_head_gives_the_marginals_of_the_items_that_agree_with_the_slot():

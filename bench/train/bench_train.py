@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peak-tflops", type=float, help="peak FLOP/s of the device for MFU (default: known GPUs)")
     p.add_argument("--json", help="append the result as one JSON line to this file")
     p.add_argument("--append", help="append a Markdown table row to this results file")
+    p.add_argument("--profile", help="write the timed steps' top operators (torch.profiler; slows the steps) here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,24 +123,30 @@ def main(argv: list[str] | None = None) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     real = padded = flops = 0.0
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            sync()
-            start = time.perf_counter()
-        batch = tokenizer[rows.batch(next(batches).numpy())].flatten(1).to(device, non_blocking=True)
-        torch.manual_seed(step_seed(cfg.seed, step, 0))
-        with autocast:
-            total, norm = objective.loss_terms(forward, batch)
-        (total / norm).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
-            real += float((batch != vocab.pad_id).sum())
-            padded += batch.numel()
-            flops += model.flops_per_token(batch.shape[1]) * batch.numel()
-    sync()
-    seconds = time.perf_counter() - start
+    profiler = torch.profiler.profile() if args.profile else contextlib.nullcontext()
+    with contextlib.ExitStack() as timed:
+        for step in range(args.warmup + args.steps):
+            if step == args.warmup:
+                sync()
+                timed.enter_context(profiler)  # profile the timed steps only
+                start = time.perf_counter()
+            batch = tokenizer[rows.batch(next(batches).numpy())].flatten(1).to(device, non_blocking=True)
+            torch.manual_seed(step_seed(cfg.seed, step, 0))
+            with autocast:
+                total, norm = objective.loss_terms(forward, batch)
+            (total / norm).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= args.warmup:
+                real += float((batch != vocab.pad_id).sum())
+                padded += batch.numel()
+                flops += model.flops_per_token(batch.shape[1]) * batch.numel()
+        sync()
+        seconds = time.perf_counter() - start
+    if args.profile:
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        Path(args.profile).write_text(f"bench_train.py {' '.join(argv or sys.argv[1:])}\n{table}\n")
     peak = peak_tflops(device, args.peak_tflops)
     result = {
         "model": args.model,

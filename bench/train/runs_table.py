@@ -51,6 +51,10 @@ def setup(run: Path) -> str:
         parts.append("pooled history")
     if m.get("catalogue_head"):
         parts.append("catalogue head")
+    if m.get("pool_slot"):
+        parts.append("pooled slot")
+    if m["name"] == "maskgr" and d.get("t_min", 1e-3) != 1e-3:
+        parts.append(f"t_min {d['t_min']}")
     if d.get("item_loss_weight"):
         parts.append(f"item loss x{d['item_loss_weight']}")
     if d.get("next_item_copies", 1) > 1:

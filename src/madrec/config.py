@@ -434,6 +434,11 @@ def _check_model_and_objective(cfg: Config) -> None:
             "config key model.catalogue_head: it scores catalogue items against their pooled vectors; "
             "set model.pool_history=true with it, or catalogue_head=false"
         )
+    if cfg.model.pool_slot and not cfg.model.catalogue_head:
+        raise MadrecError(
+            "config key model.pool_slot: one token per noised item has no per-digit states to predict its "
+            "digits from; set model.catalogue_head=true with it, or pool_slot=false"
+        )
     if d.item_loss_weight > 0 and not cfg.model.catalogue_head:
         raise MadrecError(
             "config key diffusion.item_loss_weight: the item's probability comes from the catalogue head; "

@@ -56,6 +56,10 @@ class ModelConfig:
     # scored by the state's dot product with i's pooled embedding (the vector it has as a
     # history item): the denoiser predicts a clean item, x0 on the data manifold
     catalogue_head: bool = False
+    # with catalogue_head: each noised item is one token too (the mean of its tokens' embeddings,
+    # MASK included, plus their slot embeddings) instead of H, so a row of n items costs 2n - 1
+    # tokens; the head reads the item's distribution from that token's state
+    pool_slot: bool = False
 
 
 class Rotary(nn.Module):
@@ -510,6 +514,8 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         self.history_slot = nn.Parameter(torch.zeros(cfg.n_embd))
         if cfg.catalogue_head and (item_tokens is None or mask_id is None):
             raise ValueError("catalogue_head needs the catalogue's SID table and the MASK token id")
+        if cfg.pool_slot and not cfg.catalogue_head:
+            raise ValueError("pool_slot needs catalogue_head: one token per noised item has no per-digit states")
         self.head = CatalogueHead(item_tokens, vocab_size, mask_id) if cfg.catalogue_head else None
 
     def forward(
@@ -566,7 +572,8 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         return log_marginals[chosen], shares[chosen]
 
     def _slot_vector(self, states: torch.Tensor) -> torch.Tensor:
-        """(S, H, C) final states of slots -> (S, C): one scaled state per slot, the mean of its positions'."""
+        """(S, H, C) final states of slots ((S, 1, C) with pool_slot) -> (S, C): one scaled state
+        per slot, the mean of its positions'."""
         return self.ln_f(states.mean(1)) / math.sqrt(self.cfg.n_embd)
 
     def _catalogue(self) -> torch.Tensor:
@@ -584,13 +591,13 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         return self.head.item_log_probs(h, slots[:, 0], self._catalogue())
 
     def _slot_states(self, tokens: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
-        """(B, n, H, C) final states of each slot copy beside the pooled history (which does not
-        attend to the slots, so a copy's states are those it would have alone)."""
-        b, n, h = copies.shape
+        """(B, n, H, C) final states of each slot copy ((B, n, 1, C) with pool_slot) beside the
+        pooled history (which does not attend to the slots, so a copy's states are those it would
+        have alone)."""
+        b, n = copies.shape[:2]
         history, real = self._pooled_history(tokens)
-        x = self.embed(copies)
-        if self.slot is not None:
-            x = x + self.slot.weight
+        x = self._noised_items(copies)
+        h = x.shape[2]
         x = self.drop(torch.cat([history + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(history.shape[1] + h, device=tokens.device)
         positions = torch.cat([steps[: history.shape[1]], steps[history.shape[1] :].repeat(n)])
@@ -598,6 +605,14 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         for block in self.blocks:
             x = block(x, keep, positions)
         return x[:, history.shape[1] :].reshape(b, n, h, -1)
+
+    def _noised_items(self, noisy: torch.Tensor) -> torch.Tensor:
+        """(B, n, H) noised items -> (B, n, H, C) their tokens' inputs, or (B, n, 1, C) with
+        `model.pool_slot`: one token per item, the mean of its H inputs."""
+        x = self.embed(noisy)
+        if self.slot is not None:
+            x = x + self.slot.weight
+        return x.mean(2, keepdim=True) if self.cfg.pool_slot else x
 
     def _tail_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: each row's last H real tokens (the item to predict)."""
@@ -664,13 +679,12 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         return self._slot_logits(self._item_states(items, noisy[:, 1:]), noisy[:, 1:], chosen[:, 1:], targets)
 
     def _item_states(self, items: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-        """(B, n - 1, H, C) final states of noised items 1..n-1 ((B, n - 1, H) tokens), item b
-        beside the pooled clean items 0..b-1 of `items` ((B, n, H))."""
-        b, n, h = items.shape
+        """(B, n - 1, H, C) final states of noised items 1..n-1 ((B, n - 1, H) tokens; (B, n - 1, 1, C)
+        with pool_slot), item b beside the pooled clean items 0..b-1 of `items` ((B, n, H))."""
+        b, n = items.shape[:2]
         pooled = self._pool(items)
-        x = self.embed(noisy)
-        if self.slot is not None:
-            x = x + self.slot.weight
+        x = self._noised_items(noisy)
+        h = x.shape[2]
         x = self.drop(torch.cat([pooled + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(n, device=items.device)
         positions = torch.cat([steps, (steps[1:, None] + torch.arange(h, device=items.device)).flatten()])
