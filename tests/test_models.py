@@ -174,6 +174,8 @@ NEXT_ITEM_NETWORKS = {
         "rows=windows",
         "model.pool_history=false",
         "model.catalogue_head=false",
+        "model.pool_slot=false",
+        "diffusion.item_loss_weight=0",
         "diffusion.next_item_copies=1",
     ],
     # one token per history item, one next item per row
@@ -182,6 +184,8 @@ NEXT_ITEM_NETWORKS = {
         "rows=sliding",
         "diffusion.next_item_copies=1",
         "model.catalogue_head=false",
+        "model.pool_slot=false",
+        "diffusion.item_loss_weight=0",
     ],
     # several noised copies of the next item beside one history
     "NextItemDiffusionLM": [
@@ -189,12 +193,19 @@ NEXT_ITEM_NETWORKS = {
         "rows=sliding",
         "model.pool_history=false",
         "model.catalogue_head=false",
+        "model.pool_slot=false",
+        "diffusion.item_loss_weight=0",
         "diffusion.next_item_copies=4",
     ],
     # block diffusion over pooled items (every item a target, history one token per item),
     # item-id embeddings, digit tokens initialised from co-occurrence; digits from the token table
-    "PooledItemCausalDiffusionLM": ["model.catalogue_head=false"],
-    # `small` itself: the same with the slot's digits as marginals of a distribution over catalogue items
+    "PooledItemCausalDiffusionLM": [
+        "model.catalogue_head=false",
+        "model.pool_slot=false",
+        "diffusion.item_loss_weight=0",
+    ],
+    # `small` itself: the same with the slot's digits as marginals of a distribution over catalogue items,
+    # each noised item one token
     "PooledItemCausalDiffusionLM+catalogue_head": [],
 }
 
