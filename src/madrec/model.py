@@ -192,6 +192,12 @@ def block_causal_mask(
     return (keep | torch.eye(lc + ln, dtype=torch.bool, device=keep.device))[:, None]
 
 
+def rows_of_keys(sorted_keys: torch.Tensor, rows: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """(...) int64 item keys -> (...) their catalogue rows (`rows` ordered as `sorted_keys`), -1 where absent."""
+    at = torch.searchsorted(sorted_keys, key.flatten()).view_as(key).clamp(max=len(sorted_keys) - 1)
+    return torch.where(sorted_keys[at] == key, rows[at], -1)
+
+
 class ItemIds(nn.Module):
     """Learned item-id embeddings looked up from each item's SID tokens (index 0: no item)."""
 
@@ -227,9 +233,7 @@ class ItemIds(nn.Module):
 
     def of_items(self, items: torch.Tensor) -> torch.Tensor:
         """(..., H) token ids of whole items -> (...) item index + 1, 0 where not a catalogue item."""
-        key = self.keys(items)
-        at = torch.searchsorted(self.sorted_keys, key.flatten()).view_as(key).clamp(max=len(self.sorted_keys) - 1)
-        return torch.where(self.sorted_keys[at] == key, self.item_of_key[at] + 1, 0)
+        return rows_of_keys(self.sorted_keys, self.item_of_key, self.keys(items)) + 1
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed(ids)
@@ -288,11 +292,10 @@ class CatalogueHead(nn.Module):
 
     def index_of(self, items: torch.Tensor) -> torch.Tensor:
         """(S, H) tokens of catalogue items -> (S,) their rows of the catalogue."""
-        key = (items * self.powers).sum(1)
-        at = torch.searchsorted(self.whole_keys, key).clamp_max(len(self.whole_keys) - 1)
-        if (self.whole_keys[at] != key).any():
+        rows = rows_of_keys(self.whole_keys, self.whole_rows, (items * self.powers).sum(1))
+        if (rows < 0).any():  # a host sync per step on a GPU: the price of a clear error
             raise ValueError("catalogue_head: a target item is not in the catalogue")
-        return self.whole_rows[at]
+        return rows
 
 
 class MaskedDiffusionLM(nn.Module):
