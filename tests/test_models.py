@@ -141,6 +141,8 @@ def test_next_items_needs_a_model_trained_on_several_masked_items(planted, tmp_p
         "experiment=tiny",
         "model.pool_history=false",  # unpooled rows, so both masking policies below apply
         "model.catalogue_head=false",  # it scores pooled vectors
+        "model.pool_slot=false",
+        "diffusion.item_loss_weight=0",
         "rows=sliding",
         "trainer.max_steps=60",
         "trainer.val_every_n_steps=60",
