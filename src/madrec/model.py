@@ -636,7 +636,9 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         its item-id embedding with `model.item_embedding`."""
         # one fused gather-and-sum (PAD tokens skipped): a step pools the whole catalogue, and
         # embedding, mask and sum as separate ops cost 3x the time on a CPU (bench/train/results.md)
-        flat = F.embedding_bag(items.reshape(-1, items.shape[-1]), self.embed.weight, mode="sum", padding_idx=self.pad_id)
+        flat = F.embedding_bag(
+            items.reshape(-1, items.shape[-1]), self.embed.weight, mode="sum", padding_idx=self.pad_id
+        )
         pooled = flat.view(*items.shape[:-1], -1) / self.sid_len
         if self.item is not None:
             pooled = pooled + self.item(self.item.of_items(items))
