@@ -200,7 +200,10 @@ def test_pooled_history_reads_each_history_item_as_one_token():
         means = torch.stack([model.embed(item).mean(0) for item in (a, b, c)])
         torch.testing.assert_close(history[0], means)  # oldest first, one mean per item
         torch.testing.assert_close(history[1, -1], means[2])
+        assert history[1, :2].abs().sum() == 0  # PAD tokens add nothing
         assert real.tolist() == [[True, True, True], [False, False, True]]
+        cut, _ = model._pooled_history(torch.cat([b[1:], c, slot])[None])  # b cut by the row's start
+        torch.testing.assert_close(cut[0, 0], model.embed(b[1:]).sum(0) / H)
         swapped = model(torch.cat([b, a, c, slot])[None])[0, -H:]
         other_digit = model(torch.cat([a, torch.tensor([1, 11, 22]), c, slot])[None])[0, -H:]
         assert (swapped - out[0, -H:]).abs().max() > 1e-3  # order reaches the slot (rotary)
