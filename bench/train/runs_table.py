@@ -53,8 +53,6 @@ def setup(run: Path) -> str:
         parts.append("catalogue head")
     if m.get("pool_slot"):
         parts.append("pooled slot")
-    if m.get("slot_reads_previous"):
-        parts.append("slot reads previous item")
     if m["name"] == "maskgr" and d.get("t_min", 1e-3) != 1e-3:
         parts.append(f"t_min {d['t_min']}")
     if d.get("item_loss_weight"):

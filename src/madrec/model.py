@@ -60,10 +60,6 @@ class ModelConfig:
     # MASK included, plus their slot embeddings) instead of H, so a row of n items costs 2n - 1
     # tokens; the head reads the item's distribution from that token's state
     pool_slot: bool = False
-    # with pool_history: each noised item's input also holds the pooled vector of the clean item
-    # just before it, so its first layer queries with that item's content (a causal next-item
-    # model predicts from that item's state) instead of a constant all-MASK query
-    slot_reads_previous: bool = False
 
 
 class Rotary(nn.Module):
@@ -604,8 +600,6 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         b, n = copies.shape[:2]
         history, real = self._pooled_history(tokens)
         x = self._noised_items(copies)
-        if self.cfg.slot_reads_previous:
-            x = x + history[:, -1, None, None]
         h = x.shape[2]
         x = self.drop(torch.cat([history + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(history.shape[1] + h, device=tokens.device)
@@ -697,8 +691,6 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         b, n = items.shape[:2]
         pooled = self._pool(items)
         x = self._noised_items(noisy)
-        if self.cfg.slot_reads_previous:
-            x = x + pooled[:, :-1, None]
         h = x.shape[2]
         x = self.drop(torch.cat([pooled + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(n, device=items.device)
