@@ -56,6 +56,11 @@ MODELS = {
 }
 
 
+# `tiny` and `small` set the catalogue head and the two settings that need it; networks without it
+# drop all three
+NO_HEAD = ["model.catalogue_head=false", "model.pool_slot=false", "diffusion.item_loss_weight=0"]
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     return planted_dataset(tmp_path_factory.mktemp("planted"))
@@ -140,9 +145,7 @@ def test_next_items_needs_a_model_trained_on_several_masked_items(planted, tmp_p
     args = [
         "experiment=tiny",
         "model.pool_history=false",  # unpooled rows, so both masking policies below apply
-        "model.catalogue_head=false",  # it scores pooled vectors
-        "model.pool_slot=false",
-        "diffusion.item_loss_weight=0",
+        *NO_HEAD,  # the head scores pooled vectors
         "rows=sliding",
         "trainer.max_steps=60",
         "trainer.val_every_n_steps=60",
@@ -175,9 +178,7 @@ NEXT_ITEM_NETWORKS = {
         "diffusion.masking=every_item",
         "rows=windows",
         "model.pool_history=false",
-        "model.catalogue_head=false",
-        "model.pool_slot=false",
-        "diffusion.item_loss_weight=0",
+        *NO_HEAD,
         "diffusion.next_item_copies=1",
     ],
     # one token per history item, one next item per row
@@ -185,27 +186,19 @@ NEXT_ITEM_NETWORKS = {
         "diffusion.masking=next_item",
         "rows=sliding",
         "diffusion.next_item_copies=1",
-        "model.catalogue_head=false",
-        "model.pool_slot=false",
-        "diffusion.item_loss_weight=0",
+        *NO_HEAD,
     ],
     # several noised copies of the next item beside one history
     "NextItemDiffusionLM": [
         "diffusion.masking=next_item",
         "rows=sliding",
         "model.pool_history=false",
-        "model.catalogue_head=false",
-        "model.pool_slot=false",
-        "diffusion.item_loss_weight=0",
+        *NO_HEAD,
         "diffusion.next_item_copies=4",
     ],
     # block diffusion over pooled items (every item a target, history one token per item),
     # item-id embeddings, digit tokens initialised from co-occurrence; digits from the token table
-    "PooledItemCausalDiffusionLM": [
-        "model.catalogue_head=false",
-        "model.pool_slot=false",
-        "diffusion.item_loss_weight=0",
-    ],
+    "PooledItemCausalDiffusionLM": NO_HEAD,
     # `small` itself: the same with the slot's digits as marginals of a distribution over catalogue items,
     # each noised item one token
     "PooledItemCausalDiffusionLM+catalogue_head": [],
