@@ -60,6 +60,10 @@ class ModelConfig:
     # MASK included, plus their slot embeddings) instead of H, so a row of n items costs 2n - 1
     # tokens; the head reads the item's distribution from that token's state
     pool_slot: bool = False
+    # with pool_history: each noised item's input adds the pooled vector of the clean item just
+    # before it (the history's last item when decoding), as a causal model's position carries its
+    # own item into its prediction; attention alone brings it to a MASK token only faintly
+    last_item_residual: bool = False
 
 
 class Rotary(nn.Module):
@@ -599,7 +603,8 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
         have alone)."""
         b, n = copies.shape[:2]
         history, real = self._pooled_history(tokens)
-        x = self._noised_items(copies)
+        last = history[:, -1:] if history.shape[1] else history.new_zeros(b, 1, history.shape[2])
+        x = self._noised_items(copies, last)
         h = x.shape[2]
         x = self.drop(torch.cat([history + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(history.shape[1] + h, device=tokens.device)
@@ -609,13 +614,15 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
             x = block(x, keep, positions)
         return x[:, history.shape[1] :].reshape(b, n, h, -1)
 
-    def _noised_items(self, noisy: torch.Tensor) -> torch.Tensor:
+    def _noised_items(self, noisy: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         """(B, n, H) noised items -> (B, n, H, C) their tokens' inputs, or (B, n, 1, C) with
-        `model.pool_slot`: one token per item, the mean of its H inputs."""
+        `model.pool_slot`: one token per item, the mean of its H inputs. `before` ((B, n, C) or
+        (B, 1, C)): the pooled clean item before each, added with `model.last_item_residual`."""
         x = self.embed(noisy)
         if self.slot is not None:
             x = x + self.slot.weight
-        return x.mean(2, keepdim=True) if self.cfg.pool_slot else x
+        x = x.mean(2, keepdim=True) if self.cfg.pool_slot else x
+        return x + before[:, :, None] if self.cfg.last_item_residual else x
 
     def _tail_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: each row's last H real tokens (the item to predict)."""
@@ -690,7 +697,7 @@ class PooledItemCausalDiffusionLM(PooledHistoryDiffusionLM):
         with pool_slot), item b beside the pooled clean items 0..b-1 of `items` ((B, n, H))."""
         b, n = items.shape[:2]
         pooled = self._pool(items)
-        x = self._noised_items(noisy)
+        x = self._noised_items(noisy, pooled[:, :-1])
         h = x.shape[2]
         x = self.drop(torch.cat([pooled + self.history_slot, x.flatten(1, 2)], 1))
         steps = torch.arange(n, device=items.device)
