@@ -101,7 +101,7 @@ def test_wrong_type_names_the_key(override, key):
         ("model.catalogue_head=true", "model.catalogue_head.*pool_history=true"),
         ("diffusion.item_loss_weight=1", "diffusion.item_loss_weight.*catalogue_head=true"),
         ("model.pool_slot=true", "model.pool_slot.*catalogue_head=true"),
-        ("model.last_item_residual=true", "model.last_item_residual.*pool_history=true"),
+        ("model.slot_reads_previous=true", "model.slot_reads_previous.*pool_history=true"),
         ("diffusion.item_loss_weight=-1", "item_loss_weight must be >= 0"),
     ],
 )

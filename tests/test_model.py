@@ -217,7 +217,7 @@ def test_pooled_history_reads_each_history_item_as_one_token():
 
 
 @pytest.mark.parametrize(
-    "item_embedding,catalogue_head,pool_slot,last_item_residual",
+    "item_embedding,catalogue_head,pool_slot,slot_reads_previous",
     [
         (False, False, False, False),
         (True, False, False, False),
@@ -228,20 +228,20 @@ def test_pooled_history_reads_each_history_item_as_one_token():
     ],
 )
 def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(
-    item_embedding, catalogue_head, pool_slot, last_item_residual
+    item_embedding, catalogue_head, pool_slot, slot_reads_previous
 ):
     """pool_history with every_item: the one training pass gives noised item b exactly the
     logits that decoding computes from the clean items before b and that noised item; an item
     does not see later items; the history is causal in decoding too. With item_embedding the
     pooled items carry their ids, in both passes; with catalogue_head the logits are the
     catalogue marginals, in both passes; with pool_slot each noised item is one token, in both;
-    with last_item_residual each noised item adds the clean item before it, in both."""
+    with slot_reads_previous each noised item adds the clean item before it, in both."""
     torch.manual_seed(0)
     H, pad, mask = 3, 31, 30
     clean = torch.randint(0, 30, (2, 15))
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     cfg.item_embedding, cfg.catalogue_head, cfg.pool_slot = item_embedding, catalogue_head, pool_slot
-    cfg.last_item_residual = last_item_residual
+    cfg.slot_reads_previous = slot_reads_previous
     catalogue = clean.view(-1, H)  # every item of both rows is a catalogue item
     model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
     for p in model.parameters():  # away from the near-uniform attention of a fresh model

@@ -439,10 +439,10 @@ def _check_model_and_objective(cfg: Config) -> None:
             "config key model.pool_slot: one token per noised item has no per-digit states to predict its "
             "digits from; set model.catalogue_head=true with it, or pool_slot=false"
         )
-    if cfg.model.last_item_residual and not cfg.model.pool_history:
+    if cfg.model.slot_reads_previous and not cfg.model.pool_history:
         raise MadrecError(
-            "config key model.last_item_residual: it adds the pooled vector of the item before each noised "
-            "item; set model.pool_history=true with it, or last_item_residual=false"
+            "config key model.slot_reads_previous: it adds the pooled vector of the item before each noised "
+            "item; set model.pool_history=true with it, or slot_reads_previous=false"
         )
     if d.item_loss_weight > 0 and not cfg.model.catalogue_head:
         raise MadrecError(

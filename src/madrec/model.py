@@ -63,7 +63,7 @@ class ModelConfig:
     # with pool_history: each noised item's input adds the pooled vector of the clean item just
     # before it (the history's last item when decoding), as a causal model's position carries its
     # own item into its prediction; attention alone brings it to a MASK token only faintly
-    last_item_residual: bool = False
+    slot_reads_previous: bool = False
 
 
 class Rotary(nn.Module):
@@ -617,12 +617,12 @@ class PooledHistoryDiffusionLM(MaskedDiffusionLM):
     def _noised_items(self, noisy: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         """(B, n, H) noised items -> (B, n, H, C) their tokens' inputs, or (B, n, 1, C) with
         `model.pool_slot`: one token per item, the mean of its H inputs. `before` ((B, n, C) or
-        (B, 1, C)): the pooled clean item before each, added with `model.last_item_residual`."""
+        (B, 1, C)): the pooled clean item before each, added with `model.slot_reads_previous`."""
         x = self.embed(noisy)
         if self.slot is not None:
             x = x + self.slot.weight
         x = x.mean(2, keepdim=True) if self.cfg.pool_slot else x
-        return x + before[:, :, None] if self.cfg.last_item_residual else x
+        return x + before[:, :, None] if self.cfg.slot_reads_previous else x
 
     def _tail_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: each row's last H real tokens (the item to predict)."""
