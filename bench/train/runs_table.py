@@ -53,6 +53,8 @@ def setup(run: Path) -> str:
         parts.append("catalogue head")
     if m.get("pool_slot"):
         parts.append("pooled slot")
+    if m.get("slot_reads_previous"):
+        parts.append("slot reads previous item")
     if m["name"] == "maskgr" and d.get("t_min", 1e-3) != 1e-3:
         parts.append(f"t_min {d['t_min']}")
     if d.get("item_loss_weight"):
@@ -62,6 +64,9 @@ def setup(run: Path) -> str:
     if m["name"] == "maskgr" and d.get("loss_weight", "elbo") != "elbo":
         parts.append(f"{d['loss_weight']} loss weight")
     parts.append(f"dropout {m['dropout']}")
+    wd = cfg.get("optim", {}).get("optimizer", {}).get("weight_decay")
+    if wd is not None:
+        parts.append(f"weight decay {wd}")
     if d.get("history_item_prob"):
         parts.append(f"history items masked w.p. {d['history_item_prob']}")
     if m.get("embedding_init", "random") != "random":
