@@ -178,6 +178,7 @@ NEXT_ITEM_NETWORKS = {
         "diffusion.masking=every_item",
         "rows=windows",
         "model.pool_history=false",
+        "model.slot_reads_previous=false",  # small's; it reads a pooled item
         *NO_HEAD,
         "diffusion.next_item_copies=1",
     ],
@@ -193,6 +194,7 @@ NEXT_ITEM_NETWORKS = {
         "diffusion.masking=next_item",
         "rows=sliding",
         "model.pool_history=false",
+        "model.slot_reads_previous=false",
         *NO_HEAD,
         "diffusion.next_item_copies=4",
     ],
