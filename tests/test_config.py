@@ -58,6 +58,12 @@ def test_string_values_stay_as_typed():
     assert cfg.output_dir == "001" and cfg.data_dir == "1e3"
 
 
+def test_dropout_is_a_number_or_auto():
+    assert load_config([*BASE, "model.dropout=0.3"]).model.dropout == 0.3
+    assert load_config([*BASE, "model.dropout=auto"]).model.dropout == "auto"
+    assert config_from_dict({"model": {"dropout": "auto"}}, "x.yaml").model.dropout == "auto"
+
+
 def test_later_overrides_win_and_experiment_may_come_last():
     cfg = load_config(["batch_size=8", *BASE, "batch_size=16", "experiment=tiny"])
     assert cfg.batch_size == 16 and cfg.experiment == "tiny"
@@ -92,6 +98,7 @@ def test_wrong_type_names_the_key(override, key):
     [
         ("model.n_head=3", "heads of even size"),
         ("model.dropout=1.0", "model.dropout"),
+        ("model.dropout=often", "model.dropout: must be in .0, 1. or auto"),
         ("eval.monitor=recall@20", "eval.monitor"),
         ("eval.beam_size=5", "eval.beam_size"),
         ("diffusion.schedule=sqrt", "unknown noise schedule"),

@@ -138,8 +138,8 @@ def _rows(path, columns):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay):
+@pytest.mark.parametrize("ema_decay, dropout", [(0.0, "0.2"), (0.9, "auto")])
+def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay, dropout):
     data, sids = planted
     args = [
         *ARGS,
@@ -147,7 +147,7 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay):
         f"data_dir={data}",
         f"sid_data_path={sids}",
         "trainer.max_steps=40",
-        "model.dropout=0.2",
+        f"model.dropout={dropout}",
         "test=false",
         "eval.val_max_users=50",
         "trainer.val_every_n_steps=15",
@@ -218,3 +218,18 @@ def test_lr_schedule_warms_up_then_decays_linearly():
     f = [lr_factor(s, warmup=10, max_steps=110, min_ratio=0.1) for s in range(0, 121)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert f[60] == pytest.approx(0.1 + 0.9 * 0.5) and f[110] == pytest.approx(0.1) and f[120] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "per_item, dropout",
+    [(2, 0.3), (10, 0.3), (54.77, 0.25), (300, 0.2), (5000, 0.2), (12.7, 0.29), (289.1, 0.2)],
+)
+def test_auto_dropout_follows_interactions_per_item(per_item, dropout):
+    from madrec.train import resolve_dropout
+
+    num_items = 1000
+    sequences = [np.arange(10)] * int(round(per_item * num_items / 10))
+    cfg = load_config([*ARGS, "data_dir=/d", "sid_data_path=/s", "model.dropout=auto"])
+    assert resolve_dropout(cfg, sequences, num_items).model.dropout == pytest.approx(dropout, abs=0.005)
+    fixed = load_config([*ARGS, "data_dir=/d", "sid_data_path=/s", "model.dropout=0.1"])
+    assert resolve_dropout(fixed, sequences, num_items) is fixed

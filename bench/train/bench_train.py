@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from madrec import models
-from madrec.config import load_config
+from madrec.config import Config, load_config
 from madrec.data import load_dataset
 from madrec.rows import StepSampler, TrainingRows, step_seed
 from madrec.sids import load_sids
 from madrec.tokens import SIDVocab
-from madrec.train import resolve_max_len
+from madrec.train import resolve_dropout, resolve_max_len
 from madrec.train_module import item_tokenizer
 
 EXPERIMENTS = {"tiny": "tiny", "reference": "discrete_diffusion_train"}  # aliases; any experiment name works
@@ -41,15 +41,17 @@ EXPERIMENTS = {"tiny": "tiny", "reference": "discrete_diffusion_train"}  # alias
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
 
-def rows_for(args, cfg) -> tuple[TrainingRows, torch.Tensor, SIDVocab, int, str]:
-    """Training rows, the token table, vocabulary and max_len of the real data (or synthetic rows)."""
+def rows_for(args, cfg) -> tuple[Config, TrainingRows, torch.Tensor, SIDVocab, int, str]:
+    """The config with its data rules applied, training rows, the token table, vocabulary and
+    max_len of the real data (or synthetic rows)."""
     spec = models.get(cfg.model.name)
     if args.data:
         data = load_dataset(args.data, splits=("training",))
         sids = (
             load_sids(args.sids, num_items=data.num_items, codebook_size=cfg.codebook_size) if spec.uses_sids else None
         )
-        table = spec.sid_table(sids, data.num_items)
+        num_items = data.num_items
+        table = spec.sid_table(sids, num_items)
         sequences, source = data.splits["training"].sequences, f"{Path(args.data).name} training rows"
     else:
         rng = np.random.default_rng(0)
@@ -59,7 +61,8 @@ def rows_for(args, cfg) -> tuple[TrainingRows, torch.Tensor, SIDVocab, int, str]
         source = "synthetic rows (Beauty-like lengths)"
     vocab = spec.vocab(table, cfg.codebook_size)
     max_len = resolve_max_len(cfg, sequences, vocab.sid_len)
-    return TrainingRows(sequences, max_len // vocab.sid_len, cfg.rows), table, vocab, max_len, source
+    cfg = resolve_dropout(cfg, sequences, num_items)
+    return cfg, TrainingRows(sequences, max_len // vocab.sid_len, cfg.rows), table, vocab, max_len, source
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     batch_size = args.batch_size or cfg.batch_size
     device = torch.device(args.device)
-    rows, table, vocab, max_len, source = rows_for(args, cfg)
+    cfg, rows, table, vocab, max_len, source = rows_for(args, cfg)
     torch.manual_seed(cfg.seed)
     model, objective = models.build(cfg, vocab, table)
     model.to(device).train()

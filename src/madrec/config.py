@@ -166,7 +166,16 @@ def _coerce(value, tp, key: str, raw: str | None = None):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, raw)
+        for option in inner[:-1]:  # the first type the value fits, in the order the schema names them
+            try:
+                return _coerce(value, option, key, raw)
+            except MadrecError:
+                pass
+        try:
+            return _coerce(value, inner[-1], key, raw)
+        except MadrecError:
+            shown = raw if raw is not None else value
+            raise MadrecError(f"config key {key}: expected {_type_name(tp)}, got {shown!r}") from None
     if tp is str:
         if raw is not None:  # a path like 001 or 1e3 stays the text the user typed
             return raw
@@ -317,6 +326,11 @@ def validate(cfg: Config) -> None:
     from madrec.decode import check_beam_width
     from madrec.rows import ROW_MODES
 
+    _require(
+        m.dropout == "auto" or (not isinstance(m.dropout, str) and 0.0 <= m.dropout < 1.0),
+        "model.dropout",
+        f"must be in [0, 1) or auto (from the training data), got {m.dropout!r}",
+    )
     _check_model_and_objective(cfg)
     _require(cfg.rows in ROW_MODES, "rows", f"{cfg.rows!r} is not one of {', '.join(ROW_MODES)}")
     _require(cfg.max_len >= 0, "max_len", f"must be >= 0 (0 = sized from the data), got {cfg.max_len}")
@@ -356,7 +370,6 @@ def validate(cfg: Config) -> None:
         for part in key.split("."):
             obj = getattr(obj, part)
         _require(obj > 0, key, f"must be positive, got {obj}")
-    _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     _require(m.rope_base > 1.0, "model.rope_base", f"must be > 1, got {m.rope_base}")
     _require(0.0 < cfg.diffusion.t_min < 1.0, "diffusion.t_min", f"must be in (0, 1), got {cfg.diffusion.t_min}")
     _require(o.optimizer.lr > 0, "optim.optimizer.lr", f"must be positive, got {o.optimizer.lr}")
@@ -449,8 +462,9 @@ def _check_model_and_objective(cfg: Config) -> None:
             "config key diffusion.item_loss_weight: the item's probability comes from the catalogue head; "
             "set model.catalogue_head=true with it, or item_loss_weight=0"
         )
+    shape = cfg.model if cfg.model.dropout != "auto" else dataclasses.replace(cfg.model, dropout=0.0)  # set from the data later
     for group, build in (
-        ("model", lambda: MaskedDiffusionLM(cfg.model, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),
+        ("model", lambda: MaskedDiffusionLM(shape, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),
         ("diffusion", lambda: MaskedDiffusion(cfg.diffusion, mask_id=0, pad_id=1, sid_len=1)),
     ):
         try:

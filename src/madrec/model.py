@@ -37,7 +37,8 @@ class ModelConfig:
     n_embd: int = 128
     n_head: int = 8
     d_ff: int = 3072
-    dropout: float = 0.25
+    # or auto: set from the training data's interactions per item (madrec.train.resolve_dropout)
+    dropout: float | str = 0.25
     rope_base: float = 10000.0
     # add a learned embedding of each token's SID position (slot), counted back from the
     # sequence end; MASK tokens otherwise learn their slot only slowly through rotary offsets

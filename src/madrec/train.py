@@ -17,6 +17,7 @@ a run: config checks, data, SIDs, rows, the module, the Lightning Trainer and it
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -203,6 +204,24 @@ def resolve_max_len(cfg: Config, sequences: list[np.ndarray], sid_len: int) -> i
     return items * sid_len
 
 
+# model.dropout=auto: (training interactions per item, dropout) at the sparse and the dense end,
+# log-linear between and flat beyond (docs/method.md): the fewer times an item is seen, the sooner
+# its vectors overfit
+AUTO_DROPOUT = ((10.0, 0.3), (300.0, 0.2))
+
+
+def resolve_dropout(cfg: Config, sequences: list[np.ndarray], num_items: int) -> Config:
+    """cfg with model.dropout=auto replaced by the value of the rule above for these sequences."""
+    if cfg.model.dropout != "auto":
+        return cfg
+    per_item = sum(len(s) for s in sequences) / max(num_items, 1)
+    (sparse, high), (dense, low) = AUTO_DROPOUT
+    where = np.clip(np.log(max(per_item, 1e-9) / sparse) / np.log(dense / sparse), 0.0, 1.0)
+    dropout = round(float(high + where * (low - high)), 2)
+    log.info("model.dropout auto: %.2f (%.1f training interactions per item)", dropout, per_item)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=dropout))
+
+
 def _check_resumable(cfg: Config, resume: dict) -> None:
     saved = resume["madrec"]["config"]
     for group in ("model", "diffusion"):
@@ -222,9 +241,10 @@ def _check_resumable(cfg: Config, resume: dict) -> None:
 def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     """Train (or resume) and return the module with the best weights loaded, and run facts."""
     resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    data = load_dataset(cfg.data_dir)
+    cfg = resolve_dropout(cfg, data.splits["training"].sequences, data.num_items)
     if resume is not None:
         _check_resumable(cfg, resume)
-    data = load_dataset(cfg.data_dir)
     module, rows = _build_module(cfg, data, resume)
     trainer = make_trainer(cfg, out, int(resume["global_step"]) if resume is not None else None, fitting=True)
     layout = launch_layout()
