@@ -222,7 +222,8 @@ def test_lr_schedule_warms_up_then_decays_linearly():
 
 @pytest.mark.parametrize(
     "per_item, dropout",
-    [(2, 0.3), (10, 0.3), (54.77, 0.25), (300, 0.2), (5000, 0.2), (12.7, 0.29), (289.1, 0.2)],
+    # the ends and the geometric middle; Beauty, Toys and MovieLens-1M (docs/method.md)
+    [(2, 0.5), (10, 0.5), (54.77, 0.35), (150, 0.25), (300, 0.2), (5000, 0.2), (12.7, 0.5), (10.8, 0.5), (289.1, 0.2)],
 )
 def test_auto_dropout_follows_interactions_per_item(per_item, dropout):
     from madrec.train import resolve_dropout
@@ -233,3 +234,11 @@ def test_auto_dropout_follows_interactions_per_item(per_item, dropout):
     assert resolve_dropout(cfg, sequences, num_items).model.dropout == pytest.approx(dropout, abs=0.005)
     fixed = load_config([*ARGS, "data_dir=/d", "sid_data_path=/s", "model.dropout=0.1"])
     assert resolve_dropout(fixed, sequences, num_items) is fixed
+
+
+def test_no_network_is_built_before_auto_dropout_is_resolved():
+    from madrec import models
+
+    cfg = load_config([*ARGS, "data_dir=/d", "sid_data_path=/s", "model.dropout=auto"])
+    with pytest.raises(MadrecError, match="model.dropout: 'auto' is set from the training data"):
+        models.build(cfg, SIDVocab(sid_len=3, codebook_size=8), torch.zeros(3, 5, dtype=torch.long))

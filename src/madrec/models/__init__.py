@@ -73,5 +73,10 @@ def get(name: str) -> Recommender:
 def build(cfg, vocab: SIDVocab, sids: torch.Tensor) -> tuple[nn.Module, Objective]:
     """The network and training objective of `cfg.model.name` for this token layout and the
     catalogue's (H, N) SID table (item-id embeddings look items up by their tokens)."""
+    if isinstance(cfg.model.dropout, str):
+        raise MadrecError(
+            f"config key model.dropout: {cfg.model.dropout!r} is set from the training data "
+            "(madrec.train.resolve_dropout) before a network is built; resolve it first or give a number"
+        )
     spec = get(cfg.model.name)
     return spec.build_network(cfg, vocab, vocab.item_tokens(sids)), spec.build_objective(cfg, vocab)
