@@ -462,7 +462,8 @@ def _check_model_and_objective(cfg: Config) -> None:
             "config key diffusion.item_loss_weight: the item's probability comes from the catalogue head; "
             "set model.catalogue_head=true with it, or item_loss_weight=0"
         )
-    shape = cfg.model if cfg.model.dropout != "auto" else dataclasses.replace(cfg.model, dropout=0.0)  # set from the data later
+    # auto dropout is set from the data later; any valid number builds the same shapes
+    shape = cfg.model if cfg.model.dropout != "auto" else dataclasses.replace(cfg.model, dropout=0.0)
     for group, build in (
         ("model", lambda: MaskedDiffusionLM(shape, 2, pad_id=1, sid_len=1, item_tokens=torch.zeros(1, 1))),
         ("diffusion", lambda: MaskedDiffusion(cfg.diffusion, mask_id=0, pad_id=1, sid_len=1)),
