@@ -165,17 +165,13 @@ def _coerce(value, tp, key: str, raw: str | None = None):
         if value is None:
             if type(None) in args:
                 return None
-        inner = [a for a in args if a is not type(None)]
-        for option in inner[:-1]:  # the first type the value fits, in the order the schema names them
+        for option in (a for a in args if a is not type(None)):  # the first type that fits, in schema order
             try:
                 return _coerce(value, option, key, raw)
             except MadrecError:
                 pass
-        try:
-            return _coerce(value, inner[-1], key, raw)
-        except MadrecError:
-            shown = raw if raw is not None else value
-            raise MadrecError(f"config key {key}: expected {_type_name(tp)}, got {shown!r}") from None
+        shown = raw if raw is not None else value
+        raise MadrecError(f"config key {key}: expected {_type_name(tp)}, got {shown!r}")
     if tp is str:
         if raw is not None:  # a path like 001 or 1e3 stays the text the user typed
             return raw
