@@ -240,7 +240,10 @@ def _check_resumable(cfg: Config, resume: dict) -> None:
 
 def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     """Train (or resume) and return the module with the best weights loaded, and run facts."""
-    resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    # A remote checkpoint is downloaded once and checked (weights_only); only that local copy is
+    # handed on, so Lightning never fetches the URL again with its own, unchecked loader.
+    resume_from = str(fetch(cfg.ckpt_path)) if cfg.ckpt_path else None
+    resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # the cached copy: no second download
     data = load_dataset(cfg.data_dir)
     cfg = resolve_dropout(cfg, data.splits["training"].sequences, data.num_items)
     if resume is not None:
@@ -255,7 +258,7 @@ def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     if trainer.is_global_zero:
         _start_run_folder(cfg, out, module, rows, sampler, trainer)
     start = time.time()
-    _fit_quietly(trainer, module, loader, cfg.ckpt_path)
+    _fit_quietly(trainer, module, loader, resume_from)
     facts = {
         "train_wall_s": time.time() - start,
         "global_step": trainer.global_step,

@@ -15,7 +15,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
-from madrec.io import atomic_file, write_text_atomic
+from madrec.errors import MadrecError
+from madrec.io import atomic_file, is_remote, write_text_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,6 +25,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         with atomic_file(path) as fh:
             torch.save(checkpoint, fh)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """Resume only from a local file, and load only tensors and plain types: a URL here would be
+        downloaded again by torch.hub and unpickled in full (madrec.train fetches and checks it first)."""
+        if is_remote(str(path)):
+            raise MadrecError(f"{path}: resume from a local checkpoint (madrec.io.fetch it first), not a URL")
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 class LastCheckpoint(Checkpoint):
