@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from madrec.decode import SIDIndex, _first_occurrence, beam_search, build_histories, ranks_the_catalogue
+from madrec.decode import (
+    SIDIndex,
+    _first_occurrence,
+    beam_search,
+    build_histories,
+    history_window,
+    max_next_items,
+    ranks_the_catalogue,
+)
 from madrec.errors import MadrecError
 from madrec.tokens import SIDVocab
 
@@ -219,3 +227,16 @@ def test_catalogue_head_ranks_every_item_by_its_joint_probability_in_one_call():
     for k in range(3):
         want = torch.zeros(3, vocab.size).index_add(1, item_tokens[:, k], log_q.exp())
         torch.testing.assert_close(marginals[:, k], want, atol=1e-5, rtol=1e-4)
+
+
+def test_how_many_next_items_a_model_decodes_at_once():
+    vocab, model, hist = hand_model()
+    assert history_window(max_len=12, sid_len=2, next_items=1) == 5
+    assert max_next_items(model, max_len=12, sid_len=2) == 5  # any number, bounded by max_len
+    model.max_next_items = 2
+    assert max_next_items(model, max_len=12, sid_len=2) == 2
+    head = torch.nn.Module()
+    head.head = torch.nn.Linear(2, 2)  # a catalogue head scores one slot
+    assert ranks_the_catalogue(head) and max_next_items(head, max_len=12, sid_len=2) == 1
+    with pytest.raises(MadrecError, match="next_items=2: this checkpoint ranks the catalogue"):
+        beam_search(head, vocab, HAND_SIDS, hist, next_items=2)

@@ -111,7 +111,7 @@ def test_recommend_many_equals_one_by_one(ckpt):
 
 def test_unknown_ids_are_an_error_or_skipped(ckpt):
     rec = Recommender.from_checkpoint(str(ckpt[0]), device="cpu")
-    with pytest.raises(MadrecError, match=r"history 0: 2 item id\(s\) not in the model's catalogue.*nope, 3"):
+    with pytest.raises(MadrecError, match=r"history 0: 2 item id\(s\) not in the model's catalogue.*'nope', '3'"):
         rec.recommend(["A0007", "nope", 3], k=3)
     assert rec.recommend(["A0007", "nope"], k=3, skip_unknown=True) == rec.recommend(["A0007"], k=3)
     with pytest.raises(MadrecError, match="widen the beam"):
@@ -135,3 +135,20 @@ def test_next_items_are_decoded_jointly(ckpt, capsys):
     assert all(len(p) == 2 and set(p) <= set(IDS) for p, _ in pairs)
     assert main(["recommend", "--ckpt", str(ckpt[0]), "--history", "A0007", "-k", "2", "--next-items", "2"]) == 0
     assert " -> " in capsys.readouterr().out
+
+
+def test_a_history_longer_than_the_window_is_said_once(ckpt, caplog):
+    rec = Recommender.from_checkpoint(str(ckpt[0]), device="cpu")
+    window = rec.window()
+    long = IDS[: window + 3]
+    with caplog.at_level("WARNING", logger="madrec.recommend"):
+        assert rec.recommend(long, k=3) == rec.recommend(long[-window:], k=3)
+        rec.recommend(long, k=3)
+    said = [r.getMessage() for r in caplog.records if "window" in r.getMessage()]
+    assert len(said) == 1 and f"window of {window} items" in said[0]
+
+
+def test_next_items_beyond_what_the_model_decodes_is_named(ckpt):
+    rec = Recommender.from_checkpoint(str(ckpt[0]), device="cpu")
+    with pytest.raises(MadrecError, match=f"next_items={rec.max_next_items + 1}: this checkpoint decodes at most"):
+        rec.recommend(["A0007"], k=3, next_items=rec.max_next_items + 1)

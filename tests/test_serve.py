@@ -238,6 +238,11 @@ BAD_V1 = [
     ("bad id type", {"instances": [["A0007", {"id": 1}]]}, 400, "item ids must be strings or integers"),
     ("no histories", {"instances": []}, 400, "no histories"),
     ("oversized batch", {"instances": [["A0007"]] * (MAX_BATCH + 1)}, 400, "oversized batch"),
+    ("parameters a string", {"instances": [["A0007"]], "parameters": "ab"}, 400, '"parameters" must be an object'),
+    ("parameters a number", {"instances": [["A0007"]], "parameters": 5}, 400, '"parameters" must be an object'),
+    ("parameters a list", {"instances": [["A0007"]], "parameters": [1, 2]}, 400, '"parameters" must be an object'),
+    ("unknown parameter", {"instances": [["A0007"]], "parameters": {"topk": 3}}, 400, "unknown key(s) ['topk']"),
+    ("nested 1000 deep", b'{"instances": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400, "item ids must be strings"),
     ("next_items too many", {"instances": [["A0007"]], "next_items": 9}, 400, "next_items must be"),
     ("exclude not bool", {"instances": [["A0007"]], "exclude_history": "yes"}, 400, "exclude_history must be"),
     ("instance typo", {"instances": [{"histroy": ["A0007"]}]}, 400, "unknown field(s) ['histroy']"),
@@ -301,7 +306,13 @@ BAD_V2 = [
             "inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}],
         },
         400,
-        "unknown request parameter",
+        "unknown key(s) ['topk'] in request parameters",
+    ),
+    (
+        "INT64 data not integers",
+        {"inputs": [{"name": "history", "datatype": "INT64", "shape": [1], "data": [1.5]}]},
+        400,
+        "must be integers, got 1.5",
     ),
     (
         "oversized batch",
@@ -329,6 +340,61 @@ def test_bad_v2_requests_are_4xx_with_a_named_cause(server, name, body, status, 
     assert words in (answer["error"] if "error" in answer else json.dumps(answer))
     ok = {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [1], "data": ["A0007"]}]}
     assert server.v2(ok)[0] == 200  # still serving
+
+
+@pytest.mark.slow
+def test_bad_input_is_quoted_and_logged_in_a_bounded_line(server):
+    huge_id = "x" * 20_000_000
+    before = server.log.stat().st_size
+    got, answer = server.v1({"instances": [[huge_id]]})
+    assert got == 400 and "unknown item id(s)" in answer["error"] and len(answer["error"]) < 1000
+    for body in ({"instances": [["A0007"]], "parameters": "ab"}, {"instances": [["A0007"]], "k": 0}):
+        assert server.v1(body)[0] == 400
+    time.sleep(0.5)  # the log is written by the server process
+    logged = server.log.read_bytes()[before:].decode()
+    assert len(logged) < 20_000, logged[:2000]
+    assert "Traceback" not in logged and "InvalidInput:" in logged
+    assert all(len(line) < 1000 for line in logged.splitlines())
+
+
+@pytest.mark.slow
+def test_history_longer_than_the_window_is_said_in_the_response(server, rec):
+    history = IDS[:7]  # max_len 15 at 3 tokens per item: the model reads the last 4
+    status, body = server.v1({"instances": [history, history[-2:]], "k": 3})
+    assert status == 200, body
+    long, short = body["predictions"]
+    assert long["dropped_history_items"] == 3 and "dropped_history_items" not in short
+    assert long["items"] == [i for i, _ in rec.recommend(history[-4:], k=3)]
+    v2 = {"inputs": [{"name": "history", "datatype": "BYTES", "shape": [1, 7], "data": history}]}
+    status, body = server.v2(v2)
+    out = {o["name"]: o["data"] for o in body.get("outputs", [])}
+    assert status == 200 and out["dropped_history_items"] == [3], body
+    assert "window of 4 items" in server.log.read_text()
+
+
+@pytest.mark.slow
+def test_model_repository_is_off_by_default(server):
+    status, answer = _call(server.url + "/v2/repository/models/madrec/unload", b"")
+    assert status == 403 and "--enable-model-repository" in answer["error"]
+    assert _call(server.url + "/v2/repository/models/madrec/load", b"")[0] == 403
+    assert _call(server.url + "/v2/health/ready")[0] == 200
+    assert server.v1({"instances": [["A0007"]], "k": 2})[0] == 200
+
+
+@pytest.mark.slow
+def test_health_follows_the_model_through_unload_and_load(ckpt, tmp_path):
+    srv = Server(ckpt, tmp_path / "server.log", "--enable-model-repository")
+    try:
+        assert _call(srv.url + "/v2/repository/models/madrec/unload", b"")[0] == 200
+        for path in ("/v2/health/ready", "/v2/health/live", "/"):
+            assert _call(srv.url + path)[0] == 503, path  # kserve said ready and live with no model
+        assert srv.v1({"instances": [["A0007"]]})[0] in (404, 503)
+        assert _call(srv.url + "/v2/repository/models/madrec/load", b"")[0] == 200
+        assert _call(srv.url + "/v2/health/ready") == (200, {"ready": True})
+        assert _call(srv.url + "/v2/health/live")[0] == 200
+        assert srv.v1({"instances": [["A0007"]], "k": 2})[0] == 200
+    finally:
+        srv.stop()
 
 
 @pytest.mark.slow

@@ -169,7 +169,7 @@ def build_histories(
     `max_len - next_items * H` tokens, oldest first. With `drop_last` (evaluation) the last item
     of each sequence is the target and never enters the history."""
     H = vocab.sid_len
-    max_items = (max_len - next_items * H) // H
+    max_items = history_window(max_len, H, next_items)
     if max_items < 1:
         raise MadrecError(
             f"max_len={max_len} leaves no room for a history before {next_items} x {H} masked tokens; "
@@ -236,6 +236,19 @@ def _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step
 
 
 @torch.no_grad()
+def history_window(max_len: int, sid_len: int, next_items: int = 1) -> int:
+    """How many of a history's most recent items the model reads before `next_items` masked items."""
+    return (max_len - next_items * sid_len) // sid_len
+
+
+def max_next_items(model: torch.nn.Module, max_len: int, sid_len: int) -> int:
+    """The most future items this model decodes jointly: 1 for a catalogue head (one slot) or a
+    model trained on one masked item at a time, else as many as leave one history item."""
+    limit = 1 if ranks_the_catalogue(model) else getattr(model, "max_next_items", None)
+    room = max(1, history_window(max_len, sid_len, 1))
+    return min(room, limit) if limit is not None else room
+
+
 def beam_search(
     model: torch.nn.Module,
     vocab: SIDVocab,
@@ -259,6 +272,11 @@ def beam_search(
     _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items)
     order = _model_order(model, order, reveal_per_step, next_items)
     if ranks_the_catalogue(model):
+        if next_items > 1:
+            raise MadrecError(
+                f"next_items={next_items}: this checkpoint ranks the catalogue for one masked item "
+                "(model.catalogue_head), so it decodes next_items=1 only"
+            )
         return _catalogue_top_k(model, vocab, histories, top_k)
     if index is None:
         index = SIDIndex(sids.to(histories.device), vocab.codebook_size)

@@ -10,15 +10,18 @@ madrec recommend --ckpt runs/tiny/checkpoints/best.ckpt --history B00123,B00456 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from madrec.decode import SIDIndex, beam_search, build_histories
-from madrec.errors import MadrecError
+from madrec.decode import SIDIndex, beam_search, build_histories, history_window, max_next_items
+from madrec.errors import MadrecError, quoted
 from madrec.evaluate import default_batch_size
 from madrec.tokens import SIDVocab
+
+log = logging.getLogger(__name__)
 
 
 class Recommender:
@@ -46,6 +49,12 @@ class Recommender:
         self.index_of = {item: i for i, item in enumerate(self.item_ids)}
         self.order, self.reveal_per_step = order, reveal_per_step
         self.sid_index = SIDIndex(self.sids, vocab.codebook_size)
+        self.max_next_items = max_next_items(self.model, max_len, vocab.sid_len)
+        self._said_cut = False
+
+    def window(self, next_items: int = 1) -> int:
+        """How many of a history's most recent items the model reads (older ones are left out)."""
+        return history_window(self.max_len, self.vocab.sid_len, next_items)
 
     @classmethod
     def from_checkpoint(cls, path: str, *, device: str | None = None, **kwargs) -> Recommender:
@@ -65,7 +74,7 @@ class Recommender:
             else:
                 out.append(i)
         if unknown and not skip_unknown:
-            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            shown = ", ".join(quoted(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise MadrecError(
                 f"history {which}: {len(unknown)} item id(s) not in the model's catalogue of {len(self.item_ids)} "
                 f"items: {shown}; pass skip_unknown=True (--skip-unknown) to ignore them"
@@ -95,6 +104,14 @@ class Recommender:
         beam = beam_size or max(k, 10)
         batch_size = batch_size or default_batch_size(self.device)
         seqs = [self._indices(h, skip_unknown, i) for i, h in enumerate(histories)]
+        if next_items > self.max_next_items:
+            masking = getattr(self.model, "masking", None)
+            raise MadrecError(
+                f"next_items={next_items}: this checkpoint decodes at most {self.max_next_items} item(s) at once "
+                f"(catalogue head: {getattr(self.model, 'head', None) is not None}, diffusion.masking={masking}, "
+                f"max_len {self.max_len}); ask for fewer, or train with masking=uniform for several"
+            )
+        self._say_cut(seqs, next_items)
         out: list[list] = []
         for lo in range(0, len(seqs), batch_size):
             hist = build_histories(
@@ -117,6 +134,22 @@ class Recommender:
                 ranked = [(tuple(self.item_ids[i] for i in t), s) for t, s in zip(row, scores) if min(t) >= 0]
                 out.append([(t[0], s) for t, s in ranked] if next_items == 1 else ranked)
         return out
+
+    def _say_cut(self, seqs: list[np.ndarray], next_items: int) -> None:
+        """Log once that histories longer than the model's window lose their oldest items."""
+        window = self.window(next_items)
+        cut = sum(len(s) > window for s in seqs)
+        if cut and not self._said_cut:
+            self._said_cut = True
+            log.warning(
+                "%d history(ies) longer than the model's window of %d items: only the most recent %d are read "
+                "(max_len %d tokens at %d per item); said once",
+                cut,
+                window,
+                window,
+                self.max_len,
+                self.vocab.sid_len,
+            )
 
     def recommend(self, history: Sequence, k: int = 10, **kwargs) -> list[tuple[str, float]]:
         """Top-k (item id, score), best first, for one history of original item ids."""

@@ -26,9 +26,16 @@ Dynamic batching: requests arriving within `--max-batch-wait-ms` of the first wa
 decoded together, up to `--max-batch-size` histories, in one decoding thread per worker, so a
 busy server decodes more histories per model call. `--no-batching` decodes each request alone.
 
+A history longer than the model's window (max_len) is read from its most recent items; the
+response says how many older ones were left out: `dropped_history_items` in the V1 prediction,
+an INT64 [B] output of that name in V2 (both only when a history was cut).
+
 Every problem with a request is a 400 whose message names it (malformed JSON, unknown item ids
 without skip_unknown, k beyond the beam, empty history, more histories than --max-batch-size,
-bad field types or names); the server keeps serving.
+bad field types or names), quotes at most a short prefix of any bad value, and is logged as one
+line; the server keeps serving. Health: `/v2/health/live`, `/v2/health/ready` and `/` answer 503
+when no model can answer. The model-repository endpoints (V2 load / unload) answer 403 unless
+the server was started with --enable-model-repository.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from madrec.errors import MadrecError
+from madrec.errors import MadrecError, clip, quoted
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +76,20 @@ def _import_kserve():
 
 
 kserve = _import_kserve()
-from kserve.errors import InvalidInput  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from kserve import model_server as _kserve_app  # noqa: E402
+from kserve.errors import (  # noqa: E402
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+    UnsupportedProtocol,
+)
 from kserve.protocol.dataplane import DataPlane  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension  # noqa: E402
 from prometheus_client import Histogram  # noqa: E402
 
 BATCH_HISTORIES = Histogram(
@@ -91,6 +109,7 @@ class Query:
     k: int
     exclude_history: bool
     next_items: int
+    dropped: int = 0  # oldest history items beyond the model's window (not read)
 
 
 @dataclass
@@ -154,18 +173,20 @@ class RecommenderModel(kserve.Model):
 
         path = resolve_checkpoint(self.ckpt)
         self.rec = Recommender.from_checkpoint(path, device=self.device)
-        H = self.rec.vocab.sid_len
-        self.max_next_items = max(1, (self.rec.max_len - H) // H)
         log.info(
             "loaded %s: %d items, SID length %d, max_len %d, device %s",
             path,
             len(self.rec.item_ids),
-            H,
+            self.rec.vocab.sid_len,
             self.rec.max_len,
             self.rec.device,
         )
         self.ready = True
         return self.ready
+
+    def can_answer(self) -> bool:
+        """Loaded, and its decoding loop (once started) still running: what health checks report."""
+        return bool(self.ready) and self.rec is not None and not (self._worker is not None and self._worker.done())
 
     def __getstate__(self):
         # `--workers N` sends the model to N spawned processes: each starts its own batcher.
@@ -190,6 +211,7 @@ class RecommenderModel(kserve.Model):
         return [
             {"name": "items", "datatype": "BYTES", "shape": [-1, -1]},
             {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "dropped_history_items", "datatype": "INT64", "shape": [-1]},  # only when a history was cut
         ]
 
     # --- request handling --------------------------------------------------------------------
@@ -199,12 +221,13 @@ class RecommenderModel(kserve.Model):
             return self._v2_response(payload, queries, await self._decode(queries))
         queries = self._parse_v1(payload)
         results = await self._decode(queries)
-        return {
-            "predictions": [
-                {"items": [list(i) if isinstance(i, tuple) else i for i, _ in r], "scores": [s for _, s in r]}
-                for r in results
-            ]
-        }
+        predictions = []
+        for q, r in zip(queries, results):
+            entry = {"items": [list(i) if isinstance(i, tuple) else i for i, _ in r], "scores": [s for _, s in r]}
+            if q.dropped:  # the history was longer than the model's window: say what was not read
+                entry["dropped_history_items"] = q.dropped
+            predictions.append(entry)
+        return {"predictions": predictions}
 
     def _parse_v1(self, payload) -> list[Query]:
         if isinstance(payload, (bytes, bytearray, str)):  # a body whose content-type is not JSON
@@ -217,14 +240,18 @@ class RecommenderModel(kserve.Model):
         if not isinstance(payload, dict) or "instances" not in payload:
             raise InvalidInput(
                 'expected a JSON object {"instances": [history, ...], "k": ...}, got '
-                + (f"an object with keys {sorted(payload)}" if isinstance(payload, dict) else type(payload).__name__)
+                + (
+                    f"an object with keys {quoted(sorted(payload))}"
+                    if isinstance(payload, dict)
+                    else type(payload).__name__
+                )
             )
         extra = sorted(set(payload) - {"instances", *OPTIONS, "parameters"})
         if extra:
-            raise InvalidInput(f"unknown request field(s) {extra}; allowed: instances, {', '.join(OPTIONS)}")
-        defaults = dict(payload.get("parameters") or {})
-        if not isinstance(payload.get("parameters", {}), dict):
-            raise InvalidInput('"parameters" must be an object')
+            raise InvalidInput(
+                f"unknown request field(s) {quoted(extra)}; allowed: instances, parameters, {', '.join(OPTIONS)}"
+            )
+        defaults = _options(payload.get("parameters"), '"parameters"')
         defaults.update({key: payload[key] for key in OPTIONS if key in payload})
         instances = payload["instances"]
         if not isinstance(instances, list):
@@ -235,7 +262,7 @@ class RecommenderModel(kserve.Model):
             if isinstance(inst, dict):
                 extra = sorted(set(inst) - set(FIELDS))
                 if extra:
-                    raise InvalidInput(f"instance {i}: unknown field(s) {extra}; allowed: {', '.join(FIELDS)}")
+                    raise InvalidInput(f"instance {i}: unknown field(s) {quoted(extra)}; allowed: {', '.join(FIELDS)}")
                 if "history" not in inst:
                     raise InvalidInput(f'instance {i}: no "history" (a list of item ids, oldest first)')
                 opts = {**defaults, **{k: v for k, v in inst.items() if k != "history"}}
@@ -246,20 +273,23 @@ class RecommenderModel(kserve.Model):
         return queries
 
     def _parse_v2(self, request: InferRequest) -> list[Query]:
-        params = dict(request.parameters or {})
-        extra = sorted(set(params) - set(OPTIONS))
-        if extra:
-            raise InvalidInput(f"unknown request parameter(s) {extra}; allowed: {', '.join(OPTIONS)}")
+        params = _options(request.parameters, "request parameters")
         names = [inp.name for inp in request.inputs]
         if names != ["history"]:
-            raise InvalidInput(f'expected exactly one input named "history" (BYTES [B, L]), got {names}')
+            raise InvalidInput(f'expected exactly one input named "history" (BYTES [B, L]), got {quoted(names)}')
         inp = request.inputs[0]
         if inp.datatype not in ("BYTES", "INT64", "INT32"):
-            raise InvalidInput(f'input "history" must be BYTES (item ids as strings) or INT64, got {inp.datatype}')
+            raise InvalidInput(
+                f'input "history" must be BYTES (item ids as strings) or INT64, got {quoted(inp.datatype)}'
+            )
+        if inp.datatype != "BYTES":
+            _check_integers(inp.data)
         try:
             array = inp.as_numpy()
         except Exception as exc:  # noqa: BLE001 - shape/data mismatches surface as assorted numpy errors
-            raise InvalidInput(f'input "history": data does not fit shape {inp.shape}: {exc}') from None
+            raise InvalidInput(
+                f'input "history": data does not fit shape {quoted(inp.shape)}: {quoted(str(exc), 200)}'
+            ) from None
         if array.ndim == 1:
             array = array[None]
         if array.ndim != 2:
@@ -283,7 +313,7 @@ class RecommenderModel(kserve.Model):
     def _query(self, i: int, history, opts: dict) -> Query:
         k = opts.get("k", 10)
         if isinstance(k, bool) or not isinstance(k, int):
-            raise InvalidInput(f"instance {i}: k must be an integer, got {k!r}")
+            raise InvalidInput(f"instance {i}: k must be an integer, got {quoted(k)}")
         if k < 1:
             raise InvalidInput(f"instance {i}: k must be >= 1, got {k}")
         if k > self.beam_size:
@@ -292,27 +322,27 @@ class RecommenderModel(kserve.Model):
                 f"beam size {self.beam_size} (--beam-size), so k <= {self.beam_size}"
             )
         n = opts.get("next_items", 1)
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_next_items:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.rec.max_next_items:
             raise InvalidInput(
-                f"instance {i}: next_items must be an integer from 1 to {self.max_next_items} "
-                f"(the model's max_len {self.rec.max_len}), got {n!r}"
+                f"instance {i}: next_items must be an integer from 1 to {self.rec.max_next_items} "
+                f"(what this checkpoint decodes at once), got {quoted(n)}"
             )
         exclude, skip = opts.get("exclude_history", False), opts.get("skip_unknown", False)
         for name, value in (("exclude_history", exclude), ("skip_unknown", skip)):
             if not isinstance(value, bool):
-                raise InvalidInput(f"instance {i}: {name} must be true or false, got {value!r}")
+                raise InvalidInput(f"instance {i}: {name} must be true or false, got {quoted(value)}")
         if not isinstance(history, list):
             raise InvalidInput(f"instance {i}: the history must be a list of item ids, got {type(history).__name__}")
         bad = [h for h in history if isinstance(h, bool) or not isinstance(h, (str, int))]
         if bad:
-            raise InvalidInput(f"instance {i}: item ids must be strings or integers, got {bad[0]!r}")
+            raise InvalidInput(f"instance {i}: item ids must be strings or integers, got {quoted(bad[0])}")
         if not history:
             raise InvalidInput(f"instance {i}: empty history: send at least one item id the model knows")
         history = [str(h) for h in history]
         unknown = [h for h in history if h not in self.rec.index_of]
         if unknown:
             if not skip:
-                shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                shown = ", ".join(quoted(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
                 raise InvalidInput(
                     f"instance {i}: unknown item id(s): {len(unknown)} not in the model's catalogue "
                     f'of {len(self.rec.item_ids)} items: {shown}; send "skip_unknown": true to '
@@ -323,7 +353,7 @@ class RecommenderModel(kserve.Model):
                 raise InvalidInput(
                     f"instance {i}: empty history: none of its {len(unknown)} item id(s) is in the model's catalogue"
                 )
-        return Query(history, k, exclude, n)
+        return Query(history, k, exclude, n, dropped=max(0, len(history) - self.rec.window(n)))
 
     # --- batching ----------------------------------------------------------------------------
     async def _decode(self, queries: list[Query]) -> list[list]:
@@ -421,13 +451,127 @@ class RecommenderModel(kserve.Model):
         )
         out_items.set_data_from_numpy(items, binary_data=False)
         out_scores.set_data_from_numpy(scores, binary_data=False)
-        return InferResponse(
-            model_name=self.name, infer_outputs=[out_items, out_scores], response_id=request.id or str(uuid.uuid4())
+        outputs = [out_items, out_scores]
+        dropped = np.array([q.dropped for q in queries], dtype=np.int64)
+        if dropped.any():  # a history was longer than the model's window: say how much was not read
+            outputs.append(InferOutput("dropped_history_items", [len(queries)], "INT64"))
+            outputs[-1].set_data_from_numpy(dropped, binary_data=False)
+        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=request.id or str(uuid.uuid4()))
+
+
+def _options(params, where: str) -> dict:
+    """Request-level options (k, exclude_history, ...) from a JSON object; anything else is a 400."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(
+            f"{where} must be an object with any of {', '.join(OPTIONS)}, got {type(params).__name__} {quoted(params)}"
         )
+    extra = sorted(set(params) - set(OPTIONS))
+    if extra:
+        raise InvalidInput(f"unknown key(s) {quoted(extra)} in {where}; allowed: {', '.join(OPTIONS)}")
+    return dict(params)
+
+
+def _check_integers(data) -> None:
+    """INT64 / INT32 item ids must be integers: numpy would turn 1.5 into item 1 without a word."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f'input "history" is INT64 / INT32, so its data must be integers, got {quoted(value)}')
+
+
+class RepositoryDisabled(Exception):
+    """A model-repository call (V2 load / unload) on a server started without it: a 403."""
+
+
+class _ModelRepository(ModelRepositoryExtension):
+    """KServe's model-repository extension (V2 load / unload), off unless --enable-model-repository:
+    anyone who can reach the port could otherwise unload the model. When on, load brings an unloaded
+    model back (KServe's own cannot: unload forgets it)."""
+
+    def __init__(self, model_registry, enabled: bool):
+        super().__init__(model_registry)
+        self.enabled = enabled
+        self.served: dict[str, kserve.Model] = {}
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise RepositoryDisabled(
+                "model-repository endpoints (load / unload) are off: start `madrec serve` with "
+                "--enable-model-repository to allow them (and keep the port private)"
+            )
+
+    async def load(self, model_name: str) -> None:
+        self._check_enabled()
+        model = self.served.get(model_name)
+        if model is None:
+            raise ModelNotFound(model_name)
+        await asyncio.get_running_loop().run_in_executor(None, model.load)
+        self._model_registry.update(model)
+
+    async def unload(self, model_name: str) -> None:
+        self._check_enabled()
+        await super().unload(model_name)
+
+
+async def _forbidden(_, exc: RepositoryDisabled) -> JSONResponse:
+    return JSONResponse(status_code=403, content={"error": str(exc)})
+
+
+async def _request_invalid(_, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422 echoes the whole offending input; this one quotes a bounded part of it."""
+    where = [".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg", "")) for e in exc.errors()[:3]]
+    return JSONResponse(status_code=422, content={"error": clip("; ".join(where))})
+
+
+# kserve adds its own handlers on this app when the server starts; these two it has none for.
+_kserve_app.app.add_exception_handler(RepositoryDisabled, _forbidden)
+_kserve_app.app.add_exception_handler(RequestValidationError, _request_invalid)
+
+# 4xx answers: the client's mistake, logged as one bounded line instead of a traceback each.
+CLIENT_ERRORS = (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+    UnsupportedProtocol,
+    RepositoryDisabled,
+)
+
+
+class _OneLineClientErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, CLIENT_ERRORS):
+            record.msg, record.args = "%s: %s", (type(exc).__name__, clip(str(exc)))
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("kserve").addFilter(_OneLineClientErrors())
 
 
 class _DataPlane(DataPlane):
-    """kserve's data plane, naming a V1 body that is not JSON as such."""
+    """kserve's data plane, naming a V1 body that is not JSON as such, with health checks that
+    report whether the model can answer (kserve's say "ready" with no model loaded)."""
+
+    def _can_answer(self) -> bool:
+        models = list(self._model_registry.get_models().values())
+        return bool(models) and all(getattr(m, "can_answer", lambda m=m: m.ready)() for m in models)
+
+    async def ready(self) -> bool:
+        return self._can_answer()
+
+    async def live(self) -> dict[str, str]:
+        if not self._can_answer():
+            raise ServerNotLive("No model can answer: restart the server.")
+        return {"status": "alive"}
 
     def decode(self, *args, **kwargs):
         try:
@@ -442,10 +586,15 @@ class _DataPlane(DataPlane):
 class _ModelServer(kserve.ModelServer):
     """kserve's ModelServer listens on 0.0.0.0; this one on --host (127.0.0.1 for a local run)."""
 
-    def __init__(self, host: str, **kwargs):
+    def __init__(self, host: str, *, enable_model_repository: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.host = host
         self.dataplane.__class__ = _DataPlane
+        self.model_repository_extension = _ModelRepository(self.registered_models, enable_model_repository)
+
+    def start(self, models: list) -> None:
+        self.model_repository_extension.served = {m.name: m for m in models}
+        super().start(models)
 
     async def _serve(self):
         multi = getattr(self, "_rest_multiprocess_server", None)
@@ -486,6 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=10, help="beam width; requests may ask k <= this (default 10)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
+    p.add_argument(
+        "--enable-model-repository",
+        action="store_true",
+        help="allow POST /v2/repository/models/NAME/load and /unload (off: anyone reaching the port could "
+        "unload the model)",
+    )
     return p
 
 
@@ -505,6 +660,12 @@ def cli(argv: list[str]) -> int:
         threads=args.threads,
     )
     model.load()
-    server = _ModelServer(args.host, http_port=args.port, workers=args.workers, enable_grpc=False)
+    server = _ModelServer(
+        args.host,
+        enable_model_repository=args.enable_model_repository,
+        http_port=args.port,
+        workers=args.workers,
+        enable_grpc=False,
+    )
     server.start([model])
     return 0
