@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,16 @@ def tiny_prepared(tmp_path) -> Path:
         "sequences", str(tmp_path / "seq.txt"), tmp_path / "ds", items=str(tmp_path / "items.jsonl"), min_item_count=1
     )
     return tmp_path / "ds"
+
+
+# a record written by madrec.cli's log handler (LOG_FORMAT): time, level, logger
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING) ")
+
+
+@pytest.fixture()
+def cli_stderr(capsys):
+    """What CLI calls wrote to stderr since the last read, less log records (which verbs write
+    depending on what the process imported before): the lines a user reads as the error."""
+    return lambda: [
+        line for line in capsys.readouterr().err.splitlines() if line.strip() and not _LOG_RECORD.match(line)
+    ]

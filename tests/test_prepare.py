@@ -281,7 +281,7 @@ def test_rerun_is_byte_identical_and_failure_leaves_previous_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
-def test_cli_reports_counts_and_errors_in_one_line(tmp_path, capsys):
+def test_cli_reports_counts_and_errors_in_one_line(tmp_path, capsys, cli_stderr):
     seq, items = _seq_inputs(tmp_path, GOOD)
     assert (
         main(
@@ -303,5 +303,110 @@ def test_cli_reports_counts_and_errors_in_one_line(tmp_path, capsys):
     )
     assert "5 users, 4 items, 20 interactions" in capsys.readouterr().out
     assert main(["prepare-data", "--dataset", "sequences", "--source", seq, "--out", str(tmp_path / "o2")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "needs --source" in err and "--items" in err
+    err = cli_stderr()
+    assert len(err) == 1 and "needs --source" in err[0] and "--items" in err[0]
+
+
+ITEMS_OK = '{"item_id": 1, "text": "a"}\n{"item_id": 2, "text": "b"}\n'
+ONE = "user_id,item_id,timestamp\nu,1,5\n"
+BAD_INPUTS = {  # name: (interactions CSV, items file name, items content, the error)
+    "header-only interactions": (
+        "user_id,item_id,timestamp\n",
+        "items.jsonl",
+        ITEMS_OK,
+        r"log\.csv: the table has a header but no rows",
+    ),
+    "header-only items": (
+        ONE,
+        "items.csv",
+        "item_id,text\n",
+        r"items\.csv: the table has a header but no rows",
+    ),
+    "empty items file": (
+        ONE,
+        "items.jsonl",
+        "",
+        r"items\.jsonl: no items found",
+    ),
+    "infinite timestamp": (
+        "user_id,item_id,timestamp\nu,1,5\nu,2,1e400\n",
+        "items.jsonl",
+        ITEMS_OK,
+        r"log\.csv: row 2 has timestamp inf, which is not a finite",
+    ),
+    "text null": (
+        ONE,
+        "items.jsonl",
+        '{"item_id": 1, "text": null}\n',
+        r"items\.jsonl:1: item '1' has text null; the 'text' field must be a string",
+    ),
+    "text a number": (
+        ONE,
+        "items.jsonl",
+        '{"item_id": 1, "text": 5}\n',
+        r"items\.jsonl:1: item '1' has text 5;",
+    ),
+    "item_id a list": (
+        ONE,
+        "items.jsonl",
+        '{"item_id": [1], "text": "a"}\n',
+        r"items\.jsonl:1: item_id \[1\] must be",
+    ),
+    "duplicate id, other text": (
+        ONE,
+        "items.jsonl",
+        ITEMS_OK + '{"item_id": "1", "text": "z"}\n',
+        r"items\.jsonl:3: item '1' appears again with a different text \(first at .*items\.jsonl:1\)",
+    ),
+    "duplicate id in a table": (
+        ONE,
+        "items.csv",
+        "item_id,text\n1,a\n1,b\n",
+        r"items\.csv: row 2: item '1' appears again",
+    ),
+    "JSON nested deeply": (
+        ONE,
+        "items.jsonl",
+        "[" * 100_000 + "\n",
+        r"items\.jsonl:1: not valid JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_interactions_and_items_are_named_errors_and_nothing_is_written(tmp_path, case, cli_stderr):
+    log_csv, items_name, items_text, error = BAD_INPUTS[case]
+    (tmp_path / "log.csv").write_text(log_csv)
+    (tmp_path / items_name).write_text(items_text)
+    with pytest.raises(MadrecError, match=error):
+        prepare("interactions", str(tmp_path / "log.csv"), tmp_path / "out", items=str(tmp_path / items_name))
+    assert not (tmp_path / "out").exists()
+    argv = ["--dataset", "interactions", "--source", str(tmp_path / "log.csv"), "--items", str(tmp_path / items_name)]
+    assert main(["prepare-data", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = cli_stderr()
+    assert len(err) == 1 and err[0].startswith("madrec prepare-data: error: ") and len(err[0]) < 600, err
+
+
+def test_repeated_item_lines_with_the_same_text_are_kept_once_and_counted(tmp_path, caplog):
+    seq, _ = _seq_inputs(tmp_path, GOOD)
+    items = tmp_path / "items_twice.jsonl"
+    items.write_text("".join(json.dumps({"item_id": i, "text": f"item {i}"}) + "\n" for i in [1, 2, 3, 4, 1, 2]))
+    with caplog.at_level("WARNING", logger="madrec.prepare"):
+        info = prepare("sequences", seq, tmp_path / "out", items=str(items), min_item_count=1)
+    assert info["num_items"] == 4
+    assert any("2 repeated line(s) of an item with the same text" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("which", ["--source", "--items"])
+def test_a_folder_where_a_file_is_expected_is_named(tmp_path, which, cli_stderr):
+    seq, items = _seq_inputs(tmp_path, GOOD)
+    (tmp_path / "folder").mkdir()
+    paths = {"--source": seq, "--items": items, which: str(tmp_path / "folder")}
+    for dataset in ("sequences", "interactions"):
+        argv = ["prepare-data", "--dataset", dataset, "--out", str(tmp_path / "out")]
+        assert main(argv + ["--source", paths["--source"], "--items", paths["--items"]]) == 2
+        err = cli_stderr()
+        assert err == [
+            f"madrec prepare-data: error: {tmp_path / 'folder'}: {which} is a folder; give the "
+            + err[0].split("give the ", 1)[1]
+        ]

@@ -152,3 +152,42 @@ def test_next_items_beyond_what_the_model_decodes_is_named(ckpt):
     rec = Recommender.from_checkpoint(str(ckpt[0]), device="cpu")
     with pytest.raises(MadrecError, match=f"next_items={rec.max_next_items + 1}: this checkpoint decodes at most"):
         rec.recommend(["A0007"], k=3, next_items=rec.max_next_items + 1)
+
+
+def test_an_empty_history_is_named_not_decoded(ckpt, cli_stderr):
+    # a catalogue-head model raised a reshape RuntimeError (a traceback) on these
+    rec = Recommender.from_checkpoint(str(ckpt[0]), device="cpu")
+    with pytest.raises(MadrecError, match="history 1 is empty: "):
+        rec.recommend_many([["A0007"], []], k=3)
+    with pytest.raises(MadrecError, match=r"history 0 is empty after skipping its 2 unknown id\(s\)"):
+        rec.recommend(["nope", "99999"], k=3, skip_unknown=True)
+    for history, extra in (("", []), (" , ", []), ("99999", ["--skip-unknown"])):
+        assert main(["recommend", "--ckpt", str(ckpt[0]), "--history", history, *extra]) == 2
+        err = cli_stderr()
+        assert len(err) == 1 and err[0].startswith("madrec recommend: error: ") and "empty" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "device, said",
+    [("tpu", "not a device madrec runs on"), ("cuda:x", "not a device"), ("cuda:0", "CUDA is not available")],
+)
+def test_a_bad_device_is_named_before_the_checkpoint_is_read(tmp_path, device, said, capsys):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    missing = tmp_path / "absent.ckpt"  # never opened: the device is checked first
+    with pytest.raises(MadrecError, match=f"device '{device}': {said}"):
+        Recommender.from_checkpoint(str(missing), device=device)
+    verbs = [
+        ["recommend", "--ckpt", str(missing), "--history", "A0007", "--device", device],
+        [
+            "evaluate",
+            f"ckpt_path={missing}",
+            f"data_dir={tmp_path}",
+            f"output_dir={tmp_path / 'ev'}",
+            f"device={device}",
+        ],
+        ["serve", "--ckpt", str(missing), "--device", device, "--host", "127.0.0.1", "--port", "1"],
+    ]
+    for argv in verbs:  # one check (madrec.dist.resolve_device) for every verb that loads a checkpoint
+        assert main(argv) == 2, argv
+        assert f"madrec {argv[0]}: error: device '{device}': {said}" in capsys.readouterr().err

@@ -160,17 +160,24 @@ def test_ingest_rejects_each_bad_case_with_its_own_message(beauty, tmp_path):
     assert len(messages) == len(bad_cases())
 
 
-def test_transposed_hint_without_item_count_and_unreadable_file(tmp_path, capsys):
+def test_transposed_hint_without_item_count_and_unreadable_file(beauty, tmp_path, cli_stderr):
     with pytest.raises(MadrecError, match="looks transposed"):
         validate_sids(grid_style_sids().t(), "x.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(MadrecError, match="cannot be read as a torch.save'd tensor"):
-        load_sids(tmp_path / "junk.pt")
-    rc = cli.main(
-        ["ingest-sids", "--source", str(tmp_path / "junk.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
-    )
-    assert rc == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    (tmp_path / "zero.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("hello\n")  # the unpickler raised KeyError / IndexError on these
+    for name in ("junk.pt", "zero.pt", "text.pt"):
+        with pytest.raises(MadrecError, match=r"not a readable SID file \(\d+ bytes\).*int64 tensor \(H, N\)"):
+            load_sids(tmp_path / name)
+    for name in ("junk.pt", "zero.pt", "text.pt"):
+        rc = cli.main(
+            ["ingest-sids", "--source", str(tmp_path / name), "--data", str(beauty), "--out", str(tmp_path / "o")]
+        )
+        assert rc == 2
+        err = cli_stderr()
+        assert len(err) == 1 and err[0].startswith(f"madrec ingest-sids: error: {tmp_path / name}: not a readable SID")
+        assert "Re-running" not in err[0], err  # torch's advice to load it with weights_only=False is not passed on
+        assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from madrec.config import Config, config_from_dict
 from madrec.errors import MadrecError
 from madrec.io import fetch
 from madrec.tokens import SIDVocab
+from madrec.torchfile import load_torch_file, unreadable
 
 FORMAT = "madrec.checkpoint/1"
 WEIGHTS_PREFIX = "model."
@@ -53,12 +54,7 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """The raw checkpoint dict, checked to be a madrec checkpoint."""
     local = fetch(str(path))
     _check_archive(path, local)
-    try:
-        ckpt = torch.load(local, map_location=map_location, weights_only=True)
-    except MadrecError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the unpickler raises KeyError, ValueError, RuntimeError, ...
-        raise MadrecError(_unreadable(path, local, exc)) from exc
+    ckpt = load_torch_file(path, local, _EXPECTED, _MADE_BY, map_location)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("madrec"), dict):
         raise MadrecError(
             f"{path}: not a madrec checkpoint (no 'madrec' entry); pass a .ckpt written by `madrec train`"
@@ -80,16 +76,7 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
 _META_KEYS = ("config", "sid_len", "codebook_size", "sids", "item_ids", "max_len")
 
 
-def _unreadable(path, local, exc: BaseException) -> str:
-    try:
-        size = f"{Path(local).stat().st_size} bytes"
-    except OSError:
-        size = "size unknown"
-    detail = (str(exc).strip().splitlines() or [""])[0][:200]
-    return (
-        f"{path}: not a readable madrec checkpoint ({size}): the file is truncated or corrupt, or was not "
-        f"written by `madrec train` ({type(exc).__name__}: {detail})"
-    )
+_EXPECTED, _MADE_BY = "madrec checkpoint", "written by `madrec train`"
 
 
 def _check_archive(path, local) -> None:
@@ -101,9 +88,11 @@ def _check_archive(path, local) -> None:
         with zipfile.ZipFile(local) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
-        raise MadrecError(_unreadable(path, local, exc)) from exc
+        raise MadrecError(unreadable(path, local, exc, _EXPECTED, _MADE_BY)) from exc
     if bad is not None:
-        raise MadrecError(_unreadable(path, local, zipfile.BadZipFile(f"checksum mismatch in member {bad}")))
+        raise MadrecError(
+            unreadable(path, local, zipfile.BadZipFile(f"checksum mismatch in member {bad}"), _EXPECTED, _MADE_BY)
+        )
 
 
 def model_weights(ckpt: dict) -> dict[str, torch.Tensor]:

@@ -31,9 +31,31 @@ VERBS: dict[str, tuple[str, str]] = {
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not when the handler was made:
+    a caller that swaps stderr (pytest's capture, a notebook) and later closes the old stream
+    must not get "--- Logging error ---" from a handler still bound to it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging() -> None:
-    """INFO logs with time and logger name, for every verb and pipeline step."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    """INFO logs with time and logger name on stderr, for every verb and pipeline step (once per process)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def _usage() -> str:

@@ -19,7 +19,7 @@ import torch
 
 from madrec.data import Split
 from madrec.decode import ORDERS, SIDIndex, check_beam_width, ranks_the_catalogue
-from madrec.dist import launch_layout, rank_and_world
+from madrec.dist import launch_layout, rank_and_world, resolve_device
 from madrec.errors import MadrecError
 from madrec.evaluate import Predictions, default_batch_size, predict_split, summarize
 from madrec.metrics import ranking_metrics
@@ -118,16 +118,13 @@ def _check(args: EvaluateArgs) -> None:
 def _init_distributed(device: str) -> torch.device:
     """Join the process group torchrun describes (WORLD_SIZE > 1); pick this process's device."""
     layout = launch_layout()
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda and not torch.cuda.is_available():
-        raise MadrecError(f"device={device}: CUDA is not available on this machine; use device=cpu")
+    dev = resolve_device(device, layout.local_rank)
+    cuda = dev.type == "cuda"
     if layout.world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     if cuda:
-        dev = torch.device(device if ":" in device else f"cuda:{layout.local_rank}")
         torch.cuda.set_device(dev)
-        return dev
-    return torch.device("cpu")
+    return dev
 
 
 def evaluate_checkpoint(args: EvaluateArgs) -> dict[str, float]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from madrec.errors import MadrecError
+from madrec.errors import MadrecError, quoted
 from madrec.io import atomic_dir, fetch
 from madrec.tfrecord import encode_example, write_records
 
@@ -100,17 +100,50 @@ def id_sort_key(ids: Iterable[str]):
     return lambda i: (1, 0, i)
 
 
+class _Texts:
+    """Item id -> text as an items file gives them: an id given twice with different texts is an
+    error (which one is meant?), an exact repeat is counted and said once."""
+
+    def __init__(self, name: str):
+        self.name, self.texts, self.where, self.repeats = name, {}, {}, 0
+
+    def add(self, where: str, item, text) -> None:
+        item = str(item)
+        if not isinstance(text, str):
+            shown = "null" if text is None else quoted(text)
+            raise MadrecError(
+                f"{where}: item {quoted(item)} has text {shown}; the 'text' field must be a string "
+                '(the title / description the SID is built from; "" for an item without one)'
+            )
+        if item in self.texts:
+            if self.texts[item] != text:
+                raise MadrecError(
+                    f"{where}: item {quoted(item)} appears again with a different text (first at {self.where[item]}); "
+                    "keep one line per item"
+                )
+            self.repeats += 1
+            return
+        self.texts[item], self.where[item] = text, where
+
+    def done(self) -> dict[str, str]:
+        if not self.texts:
+            raise MadrecError(f"{self.name}: no items found; expected one item id and text per line or row")
+        if self.repeats:
+            log.warning("%s: %d repeated line(s) of an item with the same text, kept once", self.name, self.repeats)
+        return self.texts
+
+
 def _parse_movies_dat(lines: Iterable[tuple[int, str]], name: str) -> dict[str, str]:
     """MovieLens `MovieID::Title::Genres` -> {id: "<title> (<genres>)"} (genres joined by ', ')."""
-    texts: dict[str, str] = {}
+    texts = _Texts(name)
     for lineno, line in lines:
         if not line.strip():
             continue
         parts = line.split("::")
         if len(parts) != 3 or not _is_int(parts[0]):
-            raise MadrecError(f"{name}:{lineno}: expected 'MovieID::Title::Genres', got {line[:80]!r}")
-        texts[parts[0]] = f"{parts[1]} ({parts[2].replace('|', ', ')})"
-    return texts
+            raise MadrecError(f"{name}:{lineno}: expected 'MovieID::Title::Genres', got {quoted(line)}")
+        texts.add(f"{name}:{lineno}", parts[0], f"{parts[1]} ({parts[2].replace('|', ', ')})")
+    return texts.done()
 
 
 def read_item_texts(path: Path) -> dict[str, str]:
@@ -120,28 +153,33 @@ def read_item_texts(path: Path) -> dict[str, str]:
         return _parse_movies_dat(_open_text_lines(path, "iso-8859-1"), str(path))
     if name.endswith((".csv", ".parquet", ".csv.gz")):
         table = _read_table(path, {"item_id", "text"})
-        ids = table["item_id"]
-        texts = table["text"]
-        return {i: "" if t is None else str(t) for i, t in zip(ids, texts)}
+        texts = _Texts(str(path))
+        for row, (item, text) in enumerate(zip(table["item_id"], table["text"]), start=1):
+            if item is None:
+                raise MadrecError(f"{path}: row {row} has an empty item_id")
+            texts.add(f"{path}: row {row}", item, "" if text is None else text)  # an empty cell: no text
+        return texts.done()
     if not name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
         raise MadrecError(
             f"{path}: unknown items file type; use JSON lines (.jsonl[.gz]) with item_id and text, "
             "MovieLens movies.dat, or a CSV/Parquet table with item_id,text"
         )
-    texts = {}
+    texts = _Texts(str(path))
     for lineno, line in _open_text_lines(path):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MadrecError(
-                f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
-            ) from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise MadrecError(f"{path}:{lineno}: not valid JSON ({reason}); each line must be one JSON object") from exc
         if not isinstance(row, dict) or "item_id" not in row or "text" not in row:
             raise MadrecError(f"{path}:{lineno}: each line needs the fields 'item_id' and 'text'")
-        texts[str(row["item_id"])] = str(row["text"])
-    return texts
+        item = row["item_id"]
+        if isinstance(item, bool) or not isinstance(item, (str, int)) or item == "":
+            raise MadrecError(f"{path}:{lineno}: item_id {quoted(item)} must be a non-empty string or an integer")
+        texts.add(f"{path}:{lineno}", item, row["text"])
+    return texts.done()
 
 
 def _read_table(path: Path, required: set[str]) -> dict[str, list]:
@@ -165,6 +203,8 @@ def _read_table(path: Path, required: set[str]) -> dict[str, list]:
         raise MadrecError(
             f"{path}: missing column(s) {sorted(missing)}; found {table.column_names}, need {sorted(required)}"
         )
+    if table.num_rows == 0:
+        raise MadrecError(f"{path}: the table has a header but no rows; expected one row per {sorted(required)}")
     out = {}
     for col in required:
         arr = table[col]
@@ -275,8 +315,13 @@ def _timestamps(values: list, path: Path) -> np.ndarray:
                 out[row] = datetime.fromisoformat(v).timestamp()
             else:
                 out[row] = float(v)
-        except (TypeError, ValueError) as exc:
-            raise MadrecError(f"{path}: row {row + 1} has timestamp {v!r}; use Unix seconds or ISO-8601") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise MadrecError(f"{path}: row {row + 1} has timestamp {quoted(v)}; use Unix seconds or ISO-8601") from exc
+        if not np.isfinite(out[row]):
+            raise MadrecError(
+                f"{path}: row {row + 1} has timestamp {quoted(v)}, which is not a finite number of seconds; "
+                "use Unix seconds or ISO-8601"
+            )
     return out
 
 
@@ -303,6 +348,12 @@ def read_interactions(path: Path, items_path: Path) -> RawData:
 
 
 # --- filtering, indexing, splitting, writing ---------------------------------------
+
+
+def _a_file(path: Path, flag: str, what: str) -> Path:
+    if path.is_dir():
+        raise MadrecError(f"{path}: {flag} is a folder; give the {what} file itself ({flag} FOLDER/FILE)")
+    return path
 
 
 def _filter_and_index(raw: RawData, min_item_count: int) -> tuple[list[str], list[str], list[np.ndarray], dict]:
@@ -395,7 +446,7 @@ def prepare(
         if not source or not items:
             raise MadrecError(f"--dataset {dataset} needs --source (the {dataset} file) and --items (item texts)")
         reader = read_sequences if dataset == "sequences" else read_interactions
-        raw = reader(fetch(source), fetch(items))
+        raw = reader(_a_file(fetch(source), "--source", dataset), _a_file(fetch(items), "--items", "item texts"))
     item_ids, users, sequences, stats = _filter_and_index(raw, min_item_count)
     info = {
         "format": FORMAT,

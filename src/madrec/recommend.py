@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from madrec.decode import SIDIndex, beam_search, build_histories, history_window, max_next_items
+from madrec.dist import DEVICE_CHOICES, resolve_device
 from madrec.errors import MadrecError, quoted
 from madrec.evaluate import default_batch_size
 from madrec.tokens import SIDVocab
@@ -61,11 +62,12 @@ class Recommender:
         """Load a checkpoint written by `madrec train` (local, http(s) or gs://); device: auto."""
         from madrec.checkpoint import load_checkpoint
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         loaded = load_checkpoint(path, map_location=device)
         return cls(loaded.model, loaded.vocab, loaded.sids, loaded.item_ids, loaded.max_len, device=device, **kwargs)
 
     def _indices(self, history: Sequence, skip_unknown: bool, which: int) -> np.ndarray:
+        """Catalogue indices of one history; refuses unknown ids (unless skipped) and an empty result."""
         out, unknown = [], []
         for item in history:
             i = self.index_of.get(str(item))
@@ -78,6 +80,12 @@ class Recommender:
             raise MadrecError(
                 f"history {which}: {len(unknown)} item id(s) not in the model's catalogue of {len(self.item_ids)} "
                 f"items: {shown}; pass skip_unknown=True (--skip-unknown) to ignore them"
+            )
+        if not out:
+            skipped = f" after skipping its {len(unknown)} unknown id(s)" if unknown else ""
+            raise MadrecError(
+                f"history {which} is empty{skipped}: the model recommends from a user's items, give at least "
+                "one id from the checkpoint's catalogue"
             )
         return np.asarray(out, dtype=np.int64)
 
@@ -165,11 +173,15 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--beam-size", type=int, default=None, help="beam width (default max(k, 10))")
     p.add_argument("--skip-unknown", action="store_true", help="ignore history ids the model does not know")
     p.add_argument("--next-items", type=int, default=1, help="decode the next n items jointly (default 1)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help=f"{DEVICE_CHOICES} (default auto: cuda when available)")
     args = p.parse_args(argv)
     if args.k < 1:
         raise MadrecError(f"-k must be >= 1, got {args.k}")
     history = [h.strip() for h in args.history.split(",") if h.strip()]
+    if not history:
+        raise MadrecError(
+            "--history is empty; give the user's item ids, comma-separated, oldest first (--history 12,7,301)"
+        )
     rec = Recommender.from_checkpoint(args.ckpt, device=args.device)
     top = rec.recommend(
         history, args.k, beam_size=args.beam_size, skip_unknown=args.skip_unknown, next_items=args.next_items

@@ -13,7 +13,6 @@ their verbs `madrec build-sids` / `madrec ingest-sids`: madrec.sid_cli.
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ import torch
 from madrec.errors import MadrecError
 from madrec.io import fetch
 from madrec.rkmeans import dedup_digit
+from madrec.torchfile import load_torch_file
 
 MAX_SID_LEN = 8
 # A level whose codes cover less than this share of the usable codebook is collapsed.
@@ -103,13 +103,7 @@ def validate_sids(
 def load_sids(path: str | Path, num_items: int | None = None, codebook_size: int | None = None) -> torch.Tensor:
     """Load and validate a SID file (local path or gs:// / http(s) URI) -> LongTensor (H, N)."""
     local = fetch(str(path))
-    try:
-        obj = torch.load(local, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise MadrecError(
-            f"{path}: cannot be read as a torch.save'd tensor ({str(exc).splitlines()[0]}); expected a torch.save'd "
-            "int64 tensor of shape (H, N)"
-        ) from exc
+    obj = load_torch_file(path, local, "SID file", "made by torch.save of an int64 tensor (H, N) (GRID, build-sids)")
     return validate_sids(obj, str(path), num_items, codebook_size)
 
 

@@ -52,6 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from madrec.dist import DEVICE_CHOICES
 from madrec.errors import MadrecError, clip, quoted
 
 log = logging.getLogger(__name__)
@@ -633,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-batching", action="store_true", help="decode every request on its own")
     p.add_argument("--beam-size", type=int, default=10, help="beam width; requests may ask k <= this (default 10)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help=f"{DEVICE_CHOICES} (default auto: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
     p.add_argument(
         "--enable-model-repository",
