@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 ARGS ?=
 GPUS ?= 1
 
-.PHONY: help setup test test-fast lint lint-infra train train-gpu run submit compile-pipeline \
+.PHONY: help setup test test-shuffled test-fast lint lint-infra train train-gpu run submit compile-pipeline \
         build-images build-image-cpu build-image-cuda push-images test-images lock-images bench-sids bench-quality clean
 
 help:  ## list targets
@@ -26,6 +26,9 @@ setup:  ## create .venv and install madrec with its test dependencies
 
 test:  ## run the whole test suite
 	$(BIN)/pytest -q
+
+test-shuffled:  ## the whole suite in a random order (the seed is printed; RANDOM_ORDER_SEED=N repeats one)
+	$(BIN)/pytest -q -p random_order --random-order $(if $(RANDOM_ORDER_SEED),--random-order-seed=$(RANDOM_ORDER_SEED))
 
 test-fast:  ## the suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"

@@ -7,17 +7,23 @@ so a failed or interrupted step never leaves a half-written file or folder behin
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from madrec.errors import MadrecError
+
+log = logging.getLogger(__name__)
 
 
 def _umask_mode(mode: int) -> int:
@@ -36,24 +42,107 @@ def default_cache_dir() -> Path:
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to `final`; on success replace `final` with it.
 
-    On an exception the temporary folder is removed and `final` is left as it was.
+    On an exception the temporary folder is removed and `final` is left as it was. Writers
+    finishing into the same `final` at once end with one complete folder there (the last to
+    finish) or a MadrecError, and no temporaries; those of killed writers go on the next run.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temporaries(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_writer()}-", dir=final.parent))
     tmp.chmod(_umask_mode(0o777))
     try:
         yield tmp
+        _swap_in(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def _swap_in(tmp: Path, final: Path, tries: int = 5) -> None:
+    """Rename `tmp` to `final`, moving an existing `final` aside first (a folder cannot be
+    renamed onto a non-empty one). Another writer may put its folder at `final` between the
+    two renames; that one is moved aside in turn, a bounded number of times."""
+    for attempt in range(tries):
+        old = final.with_name(f".{final.name}.old-{_writer()}-{attempt}")
+        try:
+            os.replace(final, old)
+        except FileNotFoundError:  # no previous output, or another writer just moved it aside
+            old = None
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # another writer's folder arrived at `final` in between
+        finally:
+            if old is not None:
+                _remove(old)
+        return
+    raise MadrecError(
+        f"{final}: other writers replaced this output at the same time, {tries} times in a row; "
+        "run one writer per output folder (or run again)"
+    )
+
+
+def _writer() -> str:
+    """Who writes a temporary, in its name: this host and process (so a later run can tell that
+    the writer died). Called per write, not at import, so a forked child names itself."""
+    return f"{_host()}.{os.getpid()}"
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+_FOREIGN_AGE_S = 24 * 3600  # leftovers whose writer cannot be checked (another host, an older madrec)
+
+
+def remove_stale_temporaries(final: Path) -> int:
+    """Remove `.NAME.tmp-*` / `.NAME.old-*` siblings of `final` left by writers that died (killed
+    mid-write); returns how many. A live writer's are kept; those of another host, or in the
+    naming of older versions, once they are a day old."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for path in final.parent.iterdir():
+            for kind in ("tmp", "old"):
+                prefix = f".{final.name}.{kind}-"
+                if path.name.startswith(prefix) and _is_stale(path, path.name[len(prefix) :]):
+                    _remove(path)
+                    removed += 1
+    if removed:
+        log.info("%s: removed %d temporary file(s) / folder(s) of interrupted writers", final, removed)
+    return removed
+
+
+def _is_stale(path: Path, rest: str) -> bool:
+    host, _, pid = rest.split("-", 1)[0].partition(".")
+    if host == _host() and pid.isdigit():
+        return not _alive(int(pid))
+    try:
+        return time.time() - path.lstat().st_mtime > _FOREIGN_AGE_S
+    except FileNotFoundError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 @contextlib.contextmanager
@@ -61,7 +150,8 @@ def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temporary file next to `final` for writing; rename it into place on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    remove_stale_temporaries(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-{_writer()}-", dir=final.parent)
     os.chmod(tmp, _umask_mode(0o666))
     try:
         with os.fdopen(fd, mode) as fh:

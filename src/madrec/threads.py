@@ -12,7 +12,7 @@ first (madrec.cli), which picks, first match wins:
    path), rounded up, shared among the processes of one node (`$LOCAL_WORLD_SIZE`, torchrun).
 
 On a machine shared with other unrestricted CPU-bound processes (a laptop) neither limit
-applies; pin the count there with `MADREC_NUM_THREADS` (bench/reliability/results.md shows
+applies; pin the count there with `MADREC_NUM_THREADS` (bench/reliability/threads.md shows
 what oversubscription costs).
 """
 

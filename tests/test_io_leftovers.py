@@ -1,0 +1,125 @@
+"""Atomic outputs and the temporaries of writers that died or raced: a SIGKILLed writer's hidden
+folder goes on the next run, a live writer's is kept, and writers finishing into one output at
+once end with one complete folder or a MadrecError, never an OSError and never leftovers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from madrec import io as mio
+from madrec.errors import MadrecError
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # reaped: no process has this pid (until the system reuses it)
+
+
+def test_a_sigkilled_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    script = f"""
+        import os, signal
+        from madrec.io import atomic_dir
+        with atomic_dir({str(tmp_path / "ev")!r}) as tmp:
+            (tmp / "metrics.json").write_text("{{}}")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=ENV, timeout=120)
+    assert done.returncode == -9
+    assert len(_hidden(tmp_path)) == 1 and _hidden(tmp_path)[0].startswith(".ev.tmp-")
+    with mio.atomic_dir(tmp_path / "ev") as tmp:
+        (tmp / "metrics.json").write_text("{}")
+    assert _hidden(tmp_path) == [] and (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_dead_writers_leftovers_go_live_and_unrelated_ones_stay(tmp_path):
+    dead, host = _dead_pid(), mio._host()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f".out.tmp-{host}.{dead}-abc", f".out.old-{host}.{dead}-0", f".out.tmp-{host}.{live.pid}-xyz"):
+            (tmp_path / name).mkdir()
+        (tmp_path / f".out.tmp-{host}.{dead}-file").write_text("half")
+        (tmp_path / ".out.tmp-oldnaming").mkdir()  # an older madrec's name, recent: whose it is cannot be told
+        ancient = tmp_path / ".out.tmp-0123abcd.77-q"  # another host's, two days old
+        ancient.mkdir()
+        os.utime(ancient, (time.time() - 2 * 86400,) * 2)
+        (tmp_path / ".other.tmp-x").mkdir()  # another output's
+        with mio.atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a").write_text("1")
+        assert _hidden(tmp_path) == sorted([".other.tmp-x", ".out.tmp-oldnaming", f".out.tmp-{host}.{live.pid}-xyz"])
+    finally:
+        live.kill()
+        live.wait()
+    (tmp_path / f".log.txt.tmp-{host}.{dead}-q").write_text("half")
+    with mio.atomic_file(tmp_path / "log.txt") as fh:  # a file output cleans the same way
+        fh.write(b"x")
+    assert f".log.txt.tmp-{host}.{dead}-q" not in _hidden(tmp_path) and (tmp_path / "log.txt").read_bytes() == b"x"
+
+
+RACER = """
+import sys, time
+from madrec.errors import MadrecError
+from madrec.io import atomic_dir
+final, start, me = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+try:
+    with atomic_dir(final) as tmp:
+        for k in range(100):
+            (tmp / f"part-{k}").write_text(me)
+        while time.time() < start:
+            time.sleep(0.0005)
+except MadrecError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_writers_finishing_into_one_output_at_once_win_cleanly_or_are_refused(tmp_path):
+    final = tmp_path / "out"
+    for _ in range(4):
+        start = time.time() + 1.5
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACER, str(final), str(start), f"w{i}"],
+                env=ENV,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(6)
+        ]
+        results = [(r.wait(120), r.stderr.read()) for r in racers]
+        assert all(rc in (0, 3) for rc, _ in results), [err.strip().splitlines()[-1:] for _, err in results]
+        assert all("other writers replaced this output" in err for rc, err in results if rc == 3)
+        parts = sorted(final.iterdir())
+        assert len(parts) == 100 and len({p.read_text() for p in parts}) == 1, "not one writer's complete output"
+        assert _hidden(tmp_path) == []
+
+
+def test_a_rename_race_lost_every_time_is_a_madrec_error_and_leaves_nothing(tmp_path, monkeypatch):
+    final = tmp_path / "out"
+    real = os.replace
+
+    def competitor_arrives_first(src, dst):
+        if Path(dst) == final and Path(src).name.startswith(".out.tmp-"):
+            final.mkdir(exist_ok=True)
+            (final / "theirs").write_text("x")
+        return real(src, dst)
+
+    monkeypatch.setattr(mio.os, "replace", competitor_arrives_first)
+    with pytest.raises(MadrecError, match=r"out: other writers replaced this output at the same time, 5 times"):
+        with mio.atomic_dir(final) as tmp:
+            (tmp / "mine").write_text("y")
+    assert _hidden(tmp_path) == []
