@@ -104,11 +104,15 @@ def test_wrong_type_names_the_key(override, key):
         ("diffusion.schedule=sqrt", "unknown noise schedule"),
         ("batch_size=0", "batch_size"),
         ("trainer.precision=fp8", "trainer.precision"),
-        ("model.pool_history=true", "model.pool_history.*masking=next_item"),
-        ("model.catalogue_head=true", "model.catalogue_head.*pool_history=true"),
-        ("diffusion.item_loss_weight=1", "diffusion.item_loss_weight.*catalogue_head=true"),
-        ("model.pool_slot=true", "model.pool_slot.*catalogue_head=true"),
-        ("model.slot_reads_previous=true", "model.slot_reads_previous.*pool_history=true"),
+        ("model.pool_history=true", "model.pool_history and diffusion.masking=every_item go together"),
+        ("diffusion.masking=every_item", "model.pool_history and diffusion.masking=every_item go together"),
+        ("model.catalogue_head=true", "catalogue_head: options of block diffusion over pooled items"),
+        ("diffusion.item_loss_weight=1", "item_loss_weight: the item.s probability comes from model.catalogue_head"),
+        ("model.pool_slot=true", "pool_slot: options of block diffusion"),
+        ("model.slot_reads_previous=true", "slot_reads_previous: options of block diffusion"),
+        ("diffusion.masking=next_item", "unknown masking policy 'next_item'"),
+        ("rows=sliding", "rows: 'sliding' is not one of truncate, windows"),
+        ("diffusion.next_item_copies=2", "next_item_copies"),
         ("diffusion.item_loss_weight=-1", "item_loss_weight must be >= 0"),
     ],
 )
@@ -161,10 +165,21 @@ def test_round_trip_through_a_dict():
     assert config_from_dict(cfg.to_dict(), "test") == cfg
 
 
-def test_cli_reports_bad_keys_in_one_line(capsys):
+def test_cli_reports_bad_keys_in_one_line(capsys, cli_stderr):
     assert main(["train", *BASE, "bogus=1"]) == 2
-    err = capsys.readouterr().err
+    err = "\n".join(cli_stderr())
     assert err.startswith("madrec train: error:") and "bogus" in err
     assert main(["train", "--help"]) == 0
     assert "trainer.max_steps: int = 100000" in capsys.readouterr().out
     assert "trainer.max_steps: int = 100000" in describe_keys()
+
+
+def test_a_saved_config_with_a_removed_option_at_its_neutral_value_still_loads():
+    from madrec.config import config_from_dict
+
+    saved = load_config(BASE).to_dict()
+    saved["diffusion"] |= {"next_item_copies": 1, "loss_weight": "elbo", "history_item_prob": 0.0}
+    assert config_from_dict(saved, "old.ckpt").diffusion.masking == "uniform"
+    saved["diffusion"]["next_item_copies"] = 4
+    with pytest.raises(MadrecError, match=r"old.ckpt: diffusion.next_item_copies=4 was removed"):
+        config_from_dict(saved, "old.ckpt")

@@ -99,6 +99,7 @@ def test_digit_tokens_start_at_their_codes_cooccurrence_vectors():
     torch.manual_seed(0)
     model = torch.nn.Module()
     model.embed = torch.nn.Embedding(vocab.size, 16)
+    model.item = None  # no item-id embeddings (model.item_embedding off)
     weight = model.embed.weight.data
     before = weight.clone()
     with torch.no_grad():
@@ -114,7 +115,8 @@ def test_digit_tokens_start_at_their_codes_cooccurrence_vectors():
 def test_item_id_embeddings_start_at_their_items_cooccurrence_vectors():
     """With model.item_embedding, each item's id embedding starts at its own co-occurrence
     vector: items of one community close, of the other far; index 0 (no item) untouched."""
-    from madrec.model import ModelConfig, PooledHistoryDiffusionLM
+    from madrec.models.blocks import ModelConfig
+    from madrec.models.maskgr import BlockDiffusionLM
     from madrec.tokens import SIDVocab
     from madrec.train import init_from_cooccurrence
 
@@ -123,7 +125,7 @@ def test_item_id_embeddings_start_at_their_items_cooccurrence_vectors():
     sids = torch.stack([items // 10, items % 10 % 8])
     cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, slot_embedding=True, item_embedding=True)
     torch.manual_seed(0)
-    model = PooledHistoryDiffusionLM(cfg, vocab.size, vocab.pad_id, vocab.sid_len, vocab.item_tokens(sids))
+    model = BlockDiffusionLM(cfg, vocab.size, vocab.pad_id, vocab.sid_len, vocab.item_tokens(sids))
     before = model.item.embed.weight.detach().clone()
     with torch.no_grad():
         init_from_cooccurrence(model, vocab, sids, two_communities())

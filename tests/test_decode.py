@@ -15,7 +15,6 @@ from madrec.decode import (
     build_histories,
     history_window,
     max_next_items,
-    ranks_the_catalogue,
 )
 from madrec.errors import MadrecError
 from madrec.tokens import SIDVocab
@@ -203,14 +202,15 @@ def test_catalogue_head_ranks_every_item_by_its_joint_probability_in_one_call():
     """A catalogue-head model decodes by the exact top-K of its distribution over the masked
     slot's item (one model call), and that distribution's digit marginals are the logits the
     same model gives the slot's positions."""
-    from madrec.model import ModelConfig, PooledItemCausalDiffusionLM
+    from madrec.models.blocks import ModelConfig
+    from madrec.models.maskgr import BlockDiffusionLM
 
     torch.manual_seed(0)
     vocab, n = SIDVocab(sid_len=3, codebook_size=4), 30
     sids = random_sids(3, 4, n, seed=1)
     cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, d_ff=32, dropout=0.0, slot_embedding=True)
     cfg.pool_history = cfg.item_embedding = cfg.catalogue_head = True
-    model = PooledItemCausalDiffusionLM(cfg, vocab.size, vocab.pad_id, 3, vocab.item_tokens(sids), vocab.mask_id).eval()
+    model = BlockDiffusionLM(cfg, vocab.size, vocab.pad_id, 3, vocab.item_tokens(sids), vocab.mask_id).eval()
     histories = build_histories(vocab, sids, [np.array([3, 7, 1]), np.array([5, 2]), np.array([9])], max_len=12)
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -219,7 +219,7 @@ def test_catalogue_head_ranks_every_item_by_its_joint_probability_in_one_call():
         rows = torch.cat([histories, torch.full((3, 3), vocab.mask_id)], 1)
         log_q = model.item_log_probs(rows)
         marginals = model(rows)[:, -3:].exp()  # (B, H, vocab)
-    assert len(calls) == 1 and ranks_the_catalogue(model)
+    assert len(calls) == 1 and model.ranks_catalogue
     best = log_q.topk(10, dim=1)
     assert torch.equal(res.items, best.indices) and torch.allclose(res.scores, best.values)
     assert torch.allclose(log_q.exp().sum(1), torch.ones(3), atol=1e-5)
@@ -236,7 +236,7 @@ def test_how_many_next_items_a_model_decodes_at_once():
     model.max_next_items = 2
     assert max_next_items(model, max_len=12, sid_len=2) == 2
     head = torch.nn.Module()
-    head.head = torch.nn.Linear(2, 2)  # a catalogue head scores one slot
-    assert ranks_the_catalogue(head) and max_next_items(head, max_len=12, sid_len=2) == 1
+    head.causal, head.max_next_items, head.ranks_catalogue = False, None, True  # a catalogue head scores one slot
+    assert max_next_items(head, max_len=12, sid_len=2) == 1
     with pytest.raises(MadrecError, match="next_items=2: this checkpoint ranks the catalogue"):
         beam_search(head, vocab, HAND_SIDS, hist, next_items=2)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from madrec.diffusion import CosineSchedule, DiffusionConfig, LinearSchedule, MaskedDiffusion
+from madrec.diffusion import SCHEDULES, DiffusionConfig, LinearSchedule, MaskedDiffusion
 
 MASK, PAD = 20, 21
 
@@ -28,16 +28,19 @@ def test_only_non_pad_tokens_are_masked_at_rate_t():
     assert 0.3 < t.mean() < 0.7 and t.min() >= 1e-3
 
 
-def test_schedule_weights_are_the_elbo_weights():
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_schedule_weights_are_the_elbo_weights(name):
+    """Every schedule's weight is the masked-diffusion ELBO's -alpha'(t) / (1 - alpha(t)),
+    alpha(t) = 1 - mask_prob(t); for the linear reference that is 1/t."""
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    schedule = SCHEDULES[name]()
+    alpha = lambda s: 1 - schedule.mask_prob(s)  # noqa: E731
+    eps = 1e-6
+    d_alpha = (alpha(t + eps) - alpha(t - eps)) / (2 * eps)
+    torch.testing.assert_close(schedule.loss_weight(t), -d_alpha / (1 - alpha(t)), rtol=1e-5, atol=1e-6)
     lin = LinearSchedule()
     torch.testing.assert_close(lin.mask_prob(t), t)
     torch.testing.assert_close(lin.loss_weight(t), 1 / t)
-    cos = CosineSchedule()
-    alpha = lambda s: 1 - cos.mask_prob(s)  # noqa: E731
-    eps = 1e-6
-    d_alpha = (alpha(t + eps) - alpha(t - eps)) / (2 * eps)
-    torch.testing.assert_close(cos.loss_weight(t), -d_alpha / (1 - alpha(t)), rtol=1e-5, atol=1e-6)
 
 
 class Uniform(torch.nn.Module):
@@ -105,23 +108,6 @@ def test_weighted_loss_exact_value_with_known_t_and_mask(monkeypatch):
     assert abs(want - (3 * ce_hit + ce_flat) / 4) > 1e-3  # an unweighted mean would differ
 
 
-def test_next_item_policy_noises_only_the_last_item():
-    torch.manual_seed(0)
-    diffusion = MaskedDiffusion(DiffusionConfig(masking="next_item"), MASK, PAD, sid_len=3)
-    tokens = torch.randint(0, 20, (2000, 12))
-    tokens[:1000, :6] = PAD  # left-padded rows
-    tokens[1000:, 9:] = PAD  # right-padded rows
-    _, masked, weight = diffusion.corrupt(tokens)
-    last = torch.zeros_like(masked)
-    last[:1000, 9:] = True
-    last[1000:, 6:9] = True
-    assert not masked[~last].any()  # the history stays clean
-    # each of the last item's tokens is masked with probability t: E[#masked] = 3 t
-    t = 1.0 / weight
-    assert masked.sum(1).float().mean() == pytest.approx(float(3 * t.mean()), rel=0.05)
-    assert (masked.sum(1) == 3).any() and (masked.sum(1) == 1).any()
-
-
 def test_unknown_schedule_or_masking_is_refused():
     with pytest.raises(ValueError, match="noise schedule"):
         MaskedDiffusion(DiffusionConfig(schedule="sqrt"), MASK, PAD, 4)
@@ -129,88 +115,12 @@ def test_unknown_schedule_or_masking_is_refused():
         MaskedDiffusion(DiffusionConfig(masking="span"), MASK, PAD, 4)
 
 
-def test_suffix_masking_noises_whole_trailing_items_and_keeps_a_clean_prefix():
-    torch.manual_seed(0)
-    diffusion = MaskedDiffusion(DiffusionConfig(masking="suffix"), MASK, PAD, sid_len=2)
-    maskable = torch.ones(400, 10, dtype=torch.bool)  # 5 items of 2 tokens
-    maskable[200:, :4] = False  # 3 items, left-padded
-    masked = diffusion.masking(maskable, torch.ones(400, 1), 2)
-    assert not (masked & ~maskable).any()
-    first = masked.int().argmax(1)  # the suffix starts at an item boundary and runs to the end
-    assert all(masked[i, first[i] :].all() and not masked[i, : first[i]].any() for i in range(400))
-    items_masked = masked.sum(1) // 2
-    assert set(items_masked[:200].tolist()) == {1, 2, 3, 4}  # never the whole row
-    assert set(items_masked[200:].tolist()) == {1, 2}
-
-
-def test_history_items_are_masked_whole_at_their_rate_with_weight_one():
-    """history_item_prob: next-item noising plus whole history items masked as cloze targets
-    (weight 1); the last item keeps its 1/t weight and PAD stays untouched."""
-    torch.manual_seed(0)
-    H, p = 4, 0.25
-    cfg = DiffusionConfig(masking="next_item", t_min=0.1, history_item_prob=p)
-    diffusion = MaskedDiffusion(cfg, MASK, PAD, sid_len=H)
-    tokens = torch.randint(0, 20, (4000, 6 * H))
-    tokens[:, :H] = PAD  # five real items per row
-    noisy, masked, weight = diffusion.corrupt(tokens)
-    assert not masked[:, :H].any()
-    history = masked[:, H:-H].reshape(4000, 4, H)
-    assert torch.equal(history.all(2), history.any(2))  # whole items or nothing
-    assert abs(history.all(2).float().mean() - p) < 0.02
-    assert (weight[:, H:-H][masked[:, H:-H]] == 1.0).all()
-    last = masked[:, -H:]
-    t = 1.0 / weight[:, -1]
-    assert (t >= 0.1).all() and abs(last.float().mean() - t.mean()) < 0.02  # the last item: w.p. t, weight 1/t
-    assert torch.equal(noisy[masked], torch.full_like(noisy[masked], MASK))
-    with pytest.raises(ValueError, match="history_item_prob"):
-        MaskedDiffusion(DiffusionConfig(masking="uniform", history_item_prob=p), MASK, PAD, sid_len=H)
-
-
-def test_next_item_copies_are_noised_at_stratified_levels():
-    """next_item_copies: copy j of each row's last item is noised at t in the j-th of n equal
-    strata of [t_min, 1], weight 1/t; the loss is a weighted mean over every copy's masks."""
-    torch.manual_seed(0)
-    H, n = 4, 4
-    cfg = DiffusionConfig(masking="next_item", t_min=0.2, next_item_copies=n)
-    diffusion = MaskedDiffusion(cfg, MASK, PAD, sid_len=H)
-    tokens = torch.randint(0, 20, (3000, 3 * H))
-    copies, masked, weight = diffusion.corrupt_copies(tokens)
-    assert copies.shape == masked.shape == weight.shape == (3000, n, H)
-    assert torch.equal(copies[~masked], tokens[:, None, -H:].expand_as(copies)[~masked])
-    t = 1.0 / weight[..., 0]
-    edges = 0.2 + 0.8 * torch.arange(n + 1) / n
-    assert ((t >= edges[:-1] - 1e-6) & (t <= edges[1:] + 1e-6)).all()
-    rate = masked.float().mean((0, 2))
-    torch.testing.assert_close(rate, t.mean(0), atol=0.02, rtol=0)
-    with pytest.raises(ValueError, match="next_item_copies"):
-        MaskedDiffusion(DiffusionConfig(masking="uniform", next_item_copies=2), MASK, PAD, sid_len=H)
-
-
-@pytest.mark.parametrize("copies", [1, 4])
-def test_flat_loss_weight_masks_at_the_same_rates_with_weight_one(copies):
-    """loss_weight=flat keeps the forward process (the same masks for the same seed) and
-    weights every masked token 1, so the loss is the plain mean cross-entropy of the masks."""
-    H = 4
-    base = dict(masking="next_item", t_min=0.2, next_item_copies=copies)
-    elbo = MaskedDiffusion(DiffusionConfig(**base), MASK, PAD, sid_len=H)
-    flat = MaskedDiffusion(DiffusionConfig(**base, loss_weight="flat"), MASK, PAD, sid_len=H)
-    tokens = torch.randint(0, 20, (500, 3 * H))
-    corrupt = "corrupt_copies" if copies > 1 else "corrupt"
-    torch.manual_seed(1)
-    noisy_e, masked_e, weight_e = getattr(elbo, corrupt)(tokens)
-    torch.manual_seed(1)
-    noisy_f, masked_f, weight_f = getattr(flat, corrupt)(tokens)
-    assert torch.equal(noisy_e, noisy_f) and torch.equal(masked_e, masked_f)
-    assert (weight_e > 1).any() and torch.equal(weight_f, torch.ones_like(weight_f))
-    with pytest.raises(ValueError, match="loss_weight"):
-        MaskedDiffusion(DiffusionConfig(loss_weight="sqrt"), MASK, PAD, sid_len=H)
-
-
 def test_item_loss_adds_each_noised_items_weighted_minus_log_probability():
     """every_item with item_loss_weight w: the loss sum is the per-digit sum plus w times each
     noised item's -log q(clean item), weighted like its tokens (same noise, same seed); the
     normaliser stays the tokens' weight sum."""
-    from madrec.model import ModelConfig, PooledItemCausalDiffusionLM
+    from madrec.models.blocks import ModelConfig
+    from madrec.models.maskgr import BlockDiffusionLM
 
     H, pad, mask = 3, 31, 30
     torch.manual_seed(0)
@@ -218,7 +128,7 @@ def test_item_loss_adds_each_noised_items_weighted_minus_log_probability():
     clean[1, :6] = pad
     cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     cfg.catalogue_head = True
-    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, clean[clean != pad].view(-1, H), mask)
+    model = BlockDiffusionLM(cfg, 32, pad, H, clean[clean != pad].view(-1, H), mask)
 
     def terms(weight: float, seed: int = 1):
         diffusion = MaskedDiffusion(DiffusionConfig(masking="every_item", item_loss_weight=weight), mask, pad, H)
@@ -235,4 +145,4 @@ def test_item_loss_adds_each_noised_items_weighted_minus_log_probability():
     torch.testing.assert_close(norm2, norm)
     assert (both - digits) > 1.0  # the term is there: every item has a loss of order log(8)
     with pytest.raises(ValueError, match="item_loss_weight"):
-        MaskedDiffusion(DiffusionConfig(masking="next_item", item_loss_weight=1.0), mask, pad, H)
+        MaskedDiffusion(DiffusionConfig(masking="uniform", item_loss_weight=1.0), mask, pad, H)

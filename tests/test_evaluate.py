@@ -180,6 +180,8 @@ def test_evaluate_cli_writes_metrics_report_and_predictions(prepared):
     html = (out / "report.html").read_text()
     for heading in ("Recall@K and NDCG@K", "Quality vs number of decoding steps", "most popular", "<svg"):
         assert heading in html
+    assert "<h2>Comparisons</h2>" not in html  # the note sits under the metrics table it concerns
+    assert "Unconstrained decoding and the decoding-steps sweep use" in html
     import pyarrow.parquet as pq
 
     rows = pq.read_table(out / "predictions.parquet").to_pylist()

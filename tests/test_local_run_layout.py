@@ -253,3 +253,27 @@ def test_staged_inputs_follow_content(tmp_path):
     folder = tmp_path / "data"
     assert Path(stage_input(str(folder), store)).is_dir()
     assert stage_input(ML1M_URL, store) == ML1M_URL and stage_input("", store) == ""
+
+
+def test_result_pages_open_as_html_and_the_rest_are_symlinks(tmp_path):
+    """KFP artifacts have no extension (evaluate-2-2/report): a symlink named report.html still
+    opens as plain text in a browser, which follows it to the target's name."""
+    import os
+
+    from madrec.ops.local_run import RESULT_LINKS, link_results
+
+    run = tmp_path / "run" / "evaluate-2-2"
+    report = _write(run / "report", "<!doctype html><p>metrics</p>")
+    sid_report = _write(tmp_path / "run" / "build-sids" / "sid_report", "<!doctype html><p>sids</p>")
+    metrics = _write(run / "metrics", "{}")
+    folder = link_results(
+        {"report": str(report), "sid_report": str(sid_report), "metrics": str(metrics)}, tmp_path / "r"
+    )
+    for name, source in (("report.html", report), ("sid_report.html", sid_report)):
+        page = folder / name
+        assert not page.is_symlink() and os.path.realpath(page).endswith(".html")
+        assert page.read_text() == source.read_text()
+    assert (folder / "metrics.json").is_symlink() and (folder / "metrics.json").resolve() == metrics
+    again = link_results({"report": str(report)}, folder)  # a re-run replaces the page
+    assert (again / "report.html").read_text().startswith("<!doctype html>")
+    assert "report.html" in RESULT_LINKS and "sid_report.html" in RESULT_LINKS

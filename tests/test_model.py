@@ -1,4 +1,4 @@
-"""The masked-diffusion transformer (madrec.model; docs/method.md)."""
+"""The networks (madrec.models.blocks, maskgr, tiger; docs/method.md)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ import math
 import pytest
 import torch
 
-from madrec.model import (
-    CatalogueHead,
-    ItemCausalDiffusionLM,
-    MaskedDiffusionLM,
-    ModelConfig,
-    NextItemDiffusionLM,
-    PooledHistoryDiffusionLM,
-    PooledItemCausalDiffusionLM,
-)
-from madrec.model import tokens_from_end as model_tokens_from_end
+from madrec.models.blocks import ModelConfig
+from madrec.models.blocks import tokens_from_end as model_tokens_from_end
+from madrec.models.maskgr import BlockDiffusionLM, CatalogueHead, MaskedDiffusionLM
 
 VOCAB, PAD = 30, 29
 SMALL = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0)
@@ -115,33 +108,8 @@ def test_heads_must_split_width_evenly():
         MaskedDiffusionLM(ModelConfig(n_embd=24, n_head=8), VOCAB, PAD)  # head size 3
 
 
-def test_item_causal_training_pass_gives_each_item_its_decoding_logits():
-    """Block diffusion's side-by-side training pass (clean row + noised copy) must give noised
-    item b exactly the logits that decoding computes from the clean items before b followed by
-    that noised item; and an item must not see later items."""
-    torch.manual_seed(0)
-    H, pad, mask = 3, 31, 30
-    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True)
-    model = ItemCausalDiffusionLM(cfg, 32, pad, H).eval()
-    clean = torch.randint(0, 30, (2, 15))
-    clean[1, :6] = pad  # left-padded: 3 items
-    noisy = clean.masked_fill((torch.rand(clean.shape) < 0.5) & (clean != pad), mask)
-    with torch.no_grad():
-        both = model(noisy, clean=clean)[:, 15:]
-        for row, first in ((0, 0), (1, 2)):
-            for b in range(first, 5):
-                alone = model(torch.cat([clean[row, first * H : b * H], noisy[row, b * H : (b + 1) * H]])[None])
-                torch.testing.assert_close(both[row, b * H : (b + 1) * H], alone[0, -H:], atol=1e-5, rtol=1e-4)
-        later = clean.clone()
-        later[:, 9:12] = (later[:, 9:12] + 1) % 30  # change the clean fourth item only
-        changed = model(noisy, clean=later)[:, 15:]
-        real = (clean != pad)[:, :12]
-        torch.testing.assert_close(changed[:, :12][real], both[:, :12][real], atol=1e-5, rtol=1e-4)
-        assert (changed[:, 12:] - both[:, 12:]).abs().max() > 1e-3  # the item after it does see it
-
-
 def test_item_embedding_ids_only_complete_catalogue_items():
-    from madrec.model import CausalLM
+    from madrec.models.tiger import CausalLM
     from madrec.tokens import SIDVocab
 
     vocab = SIDVocab(sid_len=3, codebook_size=4)
@@ -182,7 +150,7 @@ def test_pooled_history_reads_each_history_item_as_one_token():
     torch.manual_seed(0)
     H, pad, mask = 3, 31, 30
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
-    model = PooledHistoryDiffusionLM(cfg, 32, pad, H).eval()
+    model = BlockDiffusionLM(cfg, 32, pad, H).eval()
     for p in model.parameters():  # away from the near-uniform attention of a fresh model
         p.data.normal_(0, 0.5)
     a, b, c = torch.tensor([0, 10, 20]), torch.tensor([1, 11, 21]), torch.tensor([2, 12, 22])
@@ -243,7 +211,7 @@ def test_pooled_every_item_pass_gives_each_item_its_decoding_logits(
     cfg.item_embedding, cfg.catalogue_head, cfg.pool_slot = item_embedding, catalogue_head, pool_slot
     cfg.slot_reads_previous = slot_reads_previous
     catalogue = clean.view(-1, H)  # every item of both rows is a catalogue item
-    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
+    model = BlockDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
     for p in model.parameters():  # away from the near-uniform attention of a fresh model
         p.data.normal_(0, 0.3)
     clean[1, :6] = pad  # left-padded: 3 items
@@ -290,7 +258,7 @@ def test_pool_slot_reads_each_noised_item_as_one_token():
     catalogue[:, 0] = torch.arange(40) % 3  # ~13 items share each first digit
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     cfg.item_embedding = cfg.catalogue_head = cfg.pool_slot = True
-    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
+    model = BlockDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
     for p in model.parameters():
         p.data.normal_(0, 0.3)
     widths = []
@@ -314,7 +282,7 @@ def test_pool_slot_reads_each_noised_item_as_one_token():
     assert (one_revealed[agree] - renormalised).abs().max() > 1e-3
     with pytest.raises(ValueError, match="pool_slot needs catalogue_head"):
         cfg.catalogue_head = False
-        PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask)
+        BlockDiffusionLM(cfg, 32, pad, H, catalogue, mask)
 
 
 def test_catalogue_head_gives_the_marginals_of_the_items_that_agree_with_the_slot():
@@ -368,7 +336,7 @@ def test_item_loss_shares_sum_to_minus_log_of_the_item_probability_decoding_rank
     catalogue = torch.cat([clean.view(-1, H), torch.randint(0, 30, (10, H))])
     cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     cfg.item_embedding = cfg.catalogue_head = True
-    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
+    model = BlockDiffusionLM(cfg, 32, pad, H, catalogue, mask).eval()
     for p in model.parameters():
         p.data.normal_(0, 0.3)
     select = torch.zeros_like(clean, dtype=torch.bool)
@@ -395,36 +363,7 @@ def test_pooled_every_item_pass_on_rows_of_one_item_trains_nothing_and_keeps_the
     H, pad = 3, 31
     cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     clean = torch.randint(0, 30, (4, H))
-    model = PooledItemCausalDiffusionLM(cfg, 32, pad, H, clean)
+    model = BlockDiffusionLM(cfg, 32, pad, H, clean)
     logits = model(clean, select=torch.zeros_like(clean, dtype=torch.bool), clean=clean)
     assert logits.shape == (0, 32) and logits.requires_grad
     logits.sum().backward()
-
-
-@pytest.mark.parametrize("network", [NextItemDiffusionLM, PooledHistoryDiffusionLM])
-def test_next_item_copies_each_get_the_logits_of_their_row_alone(network):
-    """n noised copies of the last item in one pass give each copy exactly the logits of
-    [history, copy] decoded alone; the history does not attend to the slot."""
-    torch.manual_seed(0)
-    H, pad, mask = 3, 31, 30
-    pool = network is PooledHistoryDiffusionLM
-    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=pool)
-    model = network(cfg, 32, pad, H).eval()
-    for p in model.parameters():
-        p.data.normal_(0, 0.3)
-    tokens = torch.randint(0, 30, (2, 12))
-    tokens[1, :6] = pad  # left-padded: 2 items
-    copies = tokens[:, None, -H:].repeat(1, 4, 1)
-    copies[torch.rand(copies.shape) < 0.5] = mask
-    with torch.no_grad():
-        together = model(tokens, select=torch.ones_like(copies, dtype=torch.bool), copies=copies).view(2, 4, H, -1)
-        for row in range(2):
-            for j in range(4):
-                alone = model(torch.cat([tokens[row, :-H], copies[row, j]])[None])[0, -H:]
-                torch.testing.assert_close(together[row, j], alone, atol=1e-5, rtol=1e-4)
-        if pool:
-            return
-        plain = MaskedDiffusionLM(cfg, 32, pad, H).eval()
-        plain.load_state_dict(model.state_dict())
-        row = torch.cat([tokens[0, :-H], copies[0, 0]])[None]
-        assert (plain(row)[0, -H:] - model(row)[0, -H:]).abs().max() > 1e-3  # only the mask differs

@@ -142,25 +142,21 @@ def test_reference_objective_learns_the_planted_rule(planted, tmp_path):
 
 
 def test_next_items_needs_a_model_trained_on_several_masked_items(planted, tmp_path):
-    args = [
-        "experiment=tiny",
-        "model.pool_history=false",  # unpooled rows, so both masking policies below apply
-        *NO_HEAD,  # the head scores pooled vectors
-        "rows=sliding",
-        "trainer.max_steps=60",
-        "trainer.val_every_n_steps=60",
-        "trainer.checkpoint_every_n_steps=60",
-        "test=false",
-    ]
-    train(planted, tmp_path / "next", [*args, "diffusion.masking=next_item"])
-    train(planted, tmp_path / "mixed", [*args, "diffusion.masking=mixed"])
+    args = ["experiment=tiny", "trainer.max_steps=60", "trainer.val_every_n_steps=60", "test=false"]
+    args += ["trainer.checkpoint_every_n_steps=60"]
+    # the reference network on uniform masking: several masked items at once
+    reference = ["model.pool_history=false", "diffusion.masking=uniform", "model.slot_reads_previous=false", *NO_HEAD]
+    train(planted, tmp_path / "uniform", [*args, *reference])
+    train(planted, tmp_path / "block", args)  # tiny itself: one noised item beside clean ones
     history = ["item1", "item2", "item3"]
-    only_next = Recommender.from_checkpoint(str(tmp_path / "next" / "checkpoints" / "best.ckpt"), device="cpu")
-    assert len(only_next.recommend(history, k=3)) == 3
-    with pytest.raises(MadrecError, match="next_items=2.*masking=next_item"):
-        only_next.recommend(history, k=3, next_items=2)
-    mixed = Recommender.from_checkpoint(str(tmp_path / "mixed" / "checkpoints" / "best.ckpt"), device="cpu")
-    pairs = mixed.recommend(history, k=3, next_items=2)
+    block = Recommender.from_checkpoint(str(tmp_path / "block" / "checkpoints" / "best.ckpt"), device="cpu")
+    assert len(block.recommend(history, k=3)) == 3
+    said = r"next_items=2: this checkpoint decodes at most 1 item\(s\) at once \(BlockDiffusionLM"
+    with pytest.raises(MadrecError, match=said):
+        block.recommend(history, k=3, next_items=2)
+    uniform = Recommender.from_checkpoint(str(tmp_path / "uniform" / "checkpoints" / "best.ckpt"), device="cpu")
+    assert type(uniform.model).__name__ == "MaskedDiffusionLM"
+    pairs = uniform.recommend(history, k=3, next_items=2)
     assert len(pairs) == 3 and all(len(p) == 2 for p, _ in pairs)
 
 
@@ -173,37 +169,12 @@ def test_causal_models_refuse_out_of_order_decoding(baseline):
 
 # `small` sets model.catalogue_head; each network below says whether it has one
 NEXT_ITEM_NETWORKS = {
-    # block diffusion: every item noised, the item-causal network
-    "ItemCausalDiffusionLM": [
-        "diffusion.masking=every_item",
-        "rows=windows",
-        "model.pool_history=false",
-        "model.slot_reads_previous=false",  # small's; it reads a pooled item
-        *NO_HEAD,
-        "diffusion.next_item_copies=1",
-    ],
-    # one token per history item, one next item per row
-    "PooledHistoryDiffusionLM": [
-        "diffusion.masking=next_item",
-        "rows=sliding",
-        "diffusion.next_item_copies=1",
-        *NO_HEAD,
-    ],
-    # several noised copies of the next item beside one history
-    "NextItemDiffusionLM": [
-        "diffusion.masking=next_item",
-        "rows=sliding",
-        "model.pool_history=false",
-        "model.slot_reads_previous=false",
-        *NO_HEAD,
-        "diffusion.next_item_copies=4",
-    ],
     # block diffusion over pooled items (every item a target, history one token per item),
     # item-id embeddings, digit tokens initialised from co-occurrence; digits from the token table
-    "PooledItemCausalDiffusionLM": NO_HEAD,
+    "BlockDiffusionLM": NO_HEAD,
     # `small` itself: the same with the slot's digits as marginals of a distribution over catalogue items,
     # each noised item one token
-    "PooledItemCausalDiffusionLM+catalogue_head": [],
+    "BlockDiffusionLM+catalogue_head": [],
 }
 
 
@@ -225,8 +196,8 @@ def test_next_item_networks_learn_the_planted_rule_and_decode_one_item(network, 
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     model = load_checkpoint(ckpt).model
     assert type(model).__name__ == network.split("+")[0]
-    assert (getattr(model, "head", None) is not None) == network.endswith("+catalogue_head")
+    assert model.ranks_catalogue == network.endswith("+catalogue_head")
     rec = Recommender.from_checkpoint(str(ckpt), device="cpu")
     assert len(rec.recommend(["item1", "item2", "item3"], k=3)) == 3
-    with pytest.raises(MadrecError, match="next_items=2.*masking="):
+    with pytest.raises(MadrecError, match="next_items=2.*at most 1 item"):
         rec.recommend(["item1", "item2", "item3"], k=3, next_items=2)

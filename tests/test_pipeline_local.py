@@ -97,6 +97,7 @@ def test_local_pipeline_on_beauty_slice(shared_data, tmp_path, capsys, monkeypat
     metrics = json.loads((results / "metrics.json").read_text())
     _check_metrics(metrics, users)
     assert (results / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    assert not (results / "report.html").is_symlink()  # a page a browser opens as HTML (link_results)
     predictions = pq.read_table(results / "predictions.parquet")
     assert predictions.num_rows == users * 10
     summary = (results / "summary.md").read_text()

@@ -65,7 +65,7 @@ def test_reference_experiment_masking_and_positions():
 def test_reference_model_has_rotary_positions_only():
     """No absolute or slot position parameters, and outputs do not move when the sequence is
     shifted right by left padding (rotary attention sees relative positions only)."""
-    from madrec.model import MaskedDiffusionLM
+    from madrec.models.maskgr import MaskedDiffusionLM
 
     cfg = load_config(["experiment=discrete_diffusion_train", *BASE])
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.d_ff = 2, 32, 4, 64

@@ -242,3 +242,22 @@ def test_no_network_is_built_before_auto_dropout_is_resolved():
     cfg = load_config([*ARGS, "data_dir=/d", "sid_data_path=/s", "model.dropout=auto"])
     with pytest.raises(MadrecError, match="model.dropout: 'auto' is set from the training data"):
         models.build(cfg, SIDVocab(sid_len=3, codebook_size=8), torch.zeros(3, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.03])
+def test_the_progress_bar_shows_the_budget_not_an_eta_for_max_steps(planted, tmp_path, capfd, budget):
+    data, sids = planted
+    steps = "trainer.max_steps=1000000" if budget else "trainer.max_steps=30"
+    cfg = load_config(
+        [*ARGS, f"data_dir={data}", f"sid_data_path={sids}", f"output_dir={tmp_path / 'run'}", steps]
+        + [f"trainer.max_minutes={budget}", "trainer.progress_bar=true", "trainer.log_every_n_steps=5", "test=false"]
+    )
+    run(cfg)
+    captured = capfd.readouterr()
+    bar = [line for line in (captured.out + captured.err).replace("\r", "\n").splitlines() if "train steps" in line]
+    assert bar, "no progress bar"
+    if budget:  # steps so far, elapsed time and steps/s; no total of a million steps, no ETA
+        assert all("budget 0.03 min" in line and "1000000" not in line for line in bar), bar[-1]
+        assert "step/s" in bar[-1] or "s/step" in bar[-1], bar[-1]
+    else:
+        assert "/30" in bar[-1], bar[-1]

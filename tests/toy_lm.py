@@ -1,6 +1,6 @@
 """Small stand-ins for the masked-diffusion model in decoding / evaluation tests.
 
-Each maps tokens (B, L) -> logits (B, L, vocab.size) like MaskedDiffusionLM (madrec.model).
+Each maps tokens (B, L) -> logits (B, L, vocab.size) like MaskedDiffusionLM (madrec.models.maskgr).
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ def random_sids(sid_len: int, codebook_size: int, num_items: int, seed: int = 0)
     return every[torch.randperm(len(every), generator=g)[:num_items]].t().contiguous()
 
 
-class FixedLM(torch.nn.Module):
+class ToyNetwork(torch.nn.Module):
+    """The decoding interface (madrec.models.Network) of a bidirectional network without a head."""
+
+    causal = False
+    max_next_items = None
+    ranks_catalogue = False
+
+
+class FixedLM(ToyNetwork):
     """Context-free: the last P positions get fixed per-position digit log-probs (hand-checkable)."""
 
     def __init__(self, vocab: SIDVocab, digit_logprobs: torch.Tensor):
@@ -28,7 +36,7 @@ class FixedLM(torch.nn.Module):
         self.register_buffer("table", digit_logprobs.float())  # (P, V)
         self.calls: list[tuple[int, ...]] = []
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append(tuple(tokens.shape))
         B, L = tokens.shape
         P, V = self.table.shape
@@ -36,10 +44,10 @@ class FixedLM(torch.nn.Module):
         for q in range(P):
             base = (q % self.vocab.sid_len) * (V + 1)
             out[:, L - P + q, base : base + V] = self.table[q]
-        return out
+        return out if select is None else out[select]
 
 
-class MixLM(torch.nn.Module):
+class MixLM(ToyNetwork):
     """Random but deterministic, context-dependent: every logit depends on all non-PAD tokens."""
 
     def __init__(self, vocab: SIDVocab, dim: int = 16, seed: int = 0):
@@ -65,7 +73,7 @@ class SuccessorLM(MixLM):
         self.register_buffer("item_tokens", vocab.item_tokens(sids))  # (N, H)
         self.strength = strength
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         H = self.vocab.sid_len
         logits = super().forward(tokens).clone()
         last = tokens[:, -2 * H : -H]  # the most recent history item
@@ -76,27 +84,30 @@ class SuccessorLM(MixLM):
         rows = has.nonzero().squeeze(1)
         for p in range(H):
             logits[rows, tokens.shape[1] - H + p, want[rows, p]] += self.strength
-        return logits
+        return logits if select is None else logits[select]
 
 
 class RecordingLM(torch.nn.Module):
-    """Wraps a model and keeps every input it is given."""
+    """Wraps a network and keeps every input it is given; decodes as the network does."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
         self.inner = inner
         self.inputs: list[torch.Tensor] = []
+        self.causal, self.max_next_items = inner.causal, inner.max_next_items
+        self.ranks_catalogue = inner.ranks_catalogue
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         self.inputs.append(tokens.clone())
-        return self.inner(tokens)
+        return self.inner(tokens, select=select)
 
 
 def write_checkpoint(path, sids: torch.Tensor, item_ids: list[str], max_len: int, codebook_size: int, seed: int = 0):
     """A real (randomly initialised) MaskedDiffusionLM saved as a madrec checkpoint (madrec.checkpoint)."""
     from madrec.checkpoint import WEIGHTS_PREFIX, payload
     from madrec.config import Config
-    from madrec.model import MaskedDiffusionLM, ModelConfig
+    from madrec.models.blocks import ModelConfig
+    from madrec.models.maskgr import MaskedDiffusionLM
 
     torch.manual_seed(seed)
     cfg = Config(

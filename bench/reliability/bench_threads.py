@@ -84,7 +84,7 @@ def make_checkpoint(path: Path, data: str, sids_path: str | None) -> None:
     from madrec.checkpoint import WEIGHTS_PREFIX, payload
     from madrec.config import load_config
     from madrec.data import load_dataset
-    from madrec.model import MaskedDiffusionLM
+    from madrec.models.maskgr import MaskedDiffusionLM
     from madrec.tokens import SIDVocab
 
     ds = load_dataset(data, splits=("testing",))

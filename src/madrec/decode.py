@@ -16,7 +16,6 @@ top-K list never repeats one. `reveal_per_step=k` reveals k positions per model 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from madrec.errors import MadrecError
+from madrec.models import Network
 from madrec.tokens import SIDVocab
 
 ORDERS = ("confidence", "left_to_right", "random")
@@ -241,16 +241,16 @@ def history_window(max_len: int, sid_len: int, next_items: int = 1) -> int:
     return (max_len - next_items * sid_len) // sid_len
 
 
-def max_next_items(model: torch.nn.Module, max_len: int, sid_len: int) -> int:
+def max_next_items(model: Network, max_len: int, sid_len: int) -> int:
     """The most future items this model decodes jointly: 1 for a catalogue head (one slot) or a
     model trained on one masked item at a time, else as many as leave one history item."""
-    limit = 1 if ranks_the_catalogue(model) else getattr(model, "max_next_items", None)
+    limit = 1 if model.ranks_catalogue else model.max_next_items
     room = max(1, history_window(max_len, sid_len, 1))
     return min(room, limit) if limit is not None else room
 
 
 def beam_search(
-    model: torch.nn.Module,
+    model: Network,
     vocab: SIDVocab,
     sids: torch.Tensor,
     histories: torch.Tensor,
@@ -271,7 +271,7 @@ def beam_search(
     """
     _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items)
     order = _model_order(model, order, reveal_per_step, next_items)
-    if ranks_the_catalogue(model):
+    if model.ranks_catalogue:
         if next_items > 1:
             raise MadrecError(
                 f"next_items={next_items}: this checkpoint ranks the catalogue for one masked item "
@@ -293,13 +293,7 @@ def beam_search(
     return beams.result(index, top_k, constrained)
 
 
-def ranks_the_catalogue(model: torch.nn.Module) -> bool:
-    """A model with `model.catalogue_head`: one call gives the slot's distribution over every
-    catalogue item, so it decodes by that distribution's top-K (no beam, order or reveal steps)."""
-    return getattr(model, "head", None) is not None
-
-
-def _catalogue_top_k(model: torch.nn.Module, vocab: SIDVocab, histories: torch.Tensor, top_k: int) -> DecodeResult:
+def _catalogue_top_k(model: Network, vocab: SIDVocab, histories: torch.Tensor, top_k: int) -> DecodeResult:
     """The top_k items of a catalogue-head model's distribution over the masked slot's clean
     item: one model call, every catalogue item scored by its joint log-probability (the beam
     search over its digits would approximate this ranking; measured below it)."""
@@ -384,7 +378,7 @@ class _Beams:
         return DecodeResult(items.squeeze(2) if n == 1 else items, scores)
 
 
-def _digit_logits(model: torch.nn.Module, vocab: SIDVocab, histories: torch.Tensor, beams: _Beams) -> torch.Tensor:
+def _digit_logits(model: Network, vocab: SIDVocab, histories: torch.Tensor, beams: _Beams) -> torch.Tensor:
     """(R, P, V) fp32 logits of the digit tokens at every slot position, for every beam."""
     H, V, P = vocab.sid_len, vocab.codebook_size, beams.positions
     pos_h = torch.arange(P, device=histories.device) % H
@@ -404,39 +398,34 @@ def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(torch.isnan(x), float("-inf"))
 
 
-def _model_order(model: torch.nn.Module, order: str, reveal_per_step: int, next_items: int) -> str:
+def _model_order(model: Network, order: str, reveal_per_step: int, next_items: int) -> str:
     """The unmasking order this model can decode with; refuse what it was not trained for.
 
     A causal model (tiger, sasrec) predicts a position only from the tokens before it, so it
     reveals left to right, one position per call (`confidence`, the default, means that for it).
-    A masked-diffusion model trained with next_item or every_item masking never saw two
-    masked items at once.
+    BlockDiffusionLM never saw two masked items at once.
     """
-    if getattr(model, "causal", False):
+    if model.causal:
         if order == "random" or reveal_per_step > 1:
             raise MadrecError(
                 f"{type(model).__name__} is a causal (left-to-right) model: it decodes one SID "
                 f"position per call in order; got order={order}, reveal_per_step={reveal_per_step}"
             )
         return "left_to_right"
-    limit = getattr(model, "max_next_items", None)
-    if limit is not None and next_items > limit:
+    if model.max_next_items is not None and next_items > model.max_next_items:
         raise MadrecError(
-            f"next_items={next_items}: this checkpoint was trained with diffusion.masking="
-            f"{getattr(model, 'masking', 'next_item')} (one masked item per prediction), so it never learned "
-            "several masked items at once; decode next_items=1, or train with masking=uniform or mixed"
+            f"next_items={next_items}: {type(model).__name__} decodes at most {model.max_next_items} item(s) at "
+            "once (a noised item was trained beside clean items only); decode next_items=1, or train the "
+            "reference network (diffusion.masking=uniform, model.pool_history=false) for several"
         )
     return order
 
 
-def _slot_logits(model: torch.nn.Module, tokens: torch.Tensor, P: int) -> torch.Tensor:
-    """(R, P, vocab) logits at the last P positions; asks only for those when the model's
-    forward takes a `select` mask (MaskedDiffusionLM does), sparing the full output layer."""
-    if "select" in inspect.signature(model.forward).parameters:
-        select = torch.zeros_like(tokens, dtype=torch.bool)
-        select[:, -P:] = True
-        return model(tokens, select=select).view(tokens.shape[0], P, -1)
-    return model(tokens)[:, -P:]
+def _slot_logits(model: Network, tokens: torch.Tensor, P: int) -> torch.Tensor:
+    """(R, P, vocab) logits at the last P positions, asked for by `select` (sparing the full output layer)."""
+    select = torch.zeros_like(tokens, dtype=torch.bool)
+    select[:, -P:] = True
+    return model(tokens, select=select).view(tokens.shape[0], P, -1)
 
 
 def _choose_positions(index, logits, digits, reps, revealed, order, steps, constrained, generator):

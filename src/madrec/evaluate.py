@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from madrec.data import Split
-from madrec.decode import SIDIndex, beam_search, build_histories, ranks_the_catalogue
+from madrec.decode import SIDIndex, beam_search, build_histories
 from madrec.dist import rank_and_world
 from madrec.errors import MadrecError
 from madrec.metrics import ranking_metrics
@@ -101,7 +101,7 @@ def predict_split(
 
 
 def _model_calls(model: torch.nn.Module, vocab: SIDVocab, reveal_per_step: int) -> int:
-    return 1 if ranks_the_catalogue(model) else -(-vocab.sid_len // reveal_per_step)
+    return 1 if model.ranks_catalogue else -(-vocab.sid_len // reveal_per_step)
 
 
 def _check_split(split: Split, batch_size: int) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from madrec.data import Split
-from madrec.decode import ORDERS, SIDIndex, check_beam_width, ranks_the_catalogue
+from madrec.decode import ORDERS, SIDIndex, check_beam_width
 from madrec.dist import launch_layout, rank_and_world, resolve_device
 from madrec.errors import MadrecError
 from madrec.evaluate import Predictions, default_batch_size, predict_split, summarize
@@ -217,7 +217,7 @@ def _comparisons(
         compared["unconstrained"] = decoder(few, constrained=False)
         metrics.update(summarize(compared["unconstrained"], args.ks, f"{prefix}/unconstrained"))
     model = decoder.loaded.model
-    if args.sweep and not getattr(model, "causal", False) and not ranks_the_catalogue(model):
+    if args.sweep and not model.causal and not model.ranks_catalogue:
         H = decoder.loaded.vocab.sid_len
         for calls in sorted({-(-H // k) for k in range(1, H + 1)}, reverse=True):
             if calls == main.model_calls:

@@ -44,18 +44,11 @@ def build_report(
     metrics: dict,
 ) -> str:
     """report.html: summary table, Recall/NDCG vs K, quality vs decoding steps, setup."""
-    sections = [
-        ("Metrics", report.table_html(_summary_rows(args, loaded, prefix, main, compared, metrics))),
-        ("Recall@K and NDCG@K", _metrics_by_k(args.beam_size, main, pop_items)),
-    ]
-    if compared or sweep:
+    summary = report.table_html(_summary_rows(args, loaded, prefix, main, compared, metrics))
+    if compared or sweep:  # said beside the rows it concerns, not as a section of its own
         n = len(next(iter({**compared, **sweep}.values())).targets)
-        sections.append(
-            (
-                "Comparisons",
-                f"<p>Unconstrained decoding and the decoding-steps sweep use {n} of the {len(split)} users.</p>",
-            )
-        )
+        summary += f"<p>Unconstrained decoding and the decoding-steps sweep use {n} of the {len(split)} users.</p>"
+    sections = [("Metrics", summary), ("Recall@K and NDCG@K", _metrics_by_k(args.beam_size, main, pop_items))]
     if sweep:
         sections.append(("Quality vs number of decoding steps", _steps_sweep(args, loaded, prefix, sweep, metrics)))
     sections.append(("Setup", report.table_html(_setup_rows(args, loaded, split, main))))

@@ -113,11 +113,9 @@ class Recommender:
         batch_size = batch_size or default_batch_size(self.device)
         seqs = [self._indices(h, skip_unknown, i) for i, h in enumerate(histories)]
         if next_items > self.max_next_items:
-            masking = getattr(self.model, "masking", None)
             raise MadrecError(
                 f"next_items={next_items}: this checkpoint decodes at most {self.max_next_items} item(s) at once "
-                f"(catalogue head: {getattr(self.model, 'head', None) is not None}, diffusion.masking={masking}, "
-                f"max_len {self.max_len}); ask for fewer, or train with masking=uniform for several"
+                f"({type(self.model).__name__}, max_len {self.max_len}); ask for fewer"
             )
         self._say_cut(seqs, next_items)
         out: list[list] = []

@@ -9,6 +9,7 @@ import html
 from collections.abc import Mapping, Sequence
 
 _W, _H, _PAD = 640, 300, 48
+_LEGEND = 220  # px right of the plot for the series names, so they never cover a curve
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
@@ -28,9 +29,11 @@ def _axis(y_max: float, y_label: str, x_label: str) -> list[str]:
     return out
 
 
-def _svg(parts: list[str]) -> str:
+def _svg(parts: list[str], width: int = _W) -> str:
     body = "\n".join(parts)
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}">{body}</svg>'
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{_H}" viewBox="0 0 {width} {_H}">{body}</svg>'
+    )
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], y_label: str = "", x_label: str = "") -> str:
@@ -91,8 +94,10 @@ def xy_chart(
                 f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="3" fill="{color}">'
                 f"<title>{html.escape(name)} @ {a:g}: {float(b):.4g}</title></circle>"
             )
-        parts.append(f'<text x="{_W - 140}" y="{20 + 14 * k}" font-size="11" fill="{color}">{html.escape(name)}</text>')
-    return _svg(parts)
+        y = 20 + 14 * k
+        parts.append(f'<line x1="{_W}" y1="{y - 4}" x2="{_W + 14}" y2="{y - 4}" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<text x="{_W + 18}" y="{y}" font-size="11" fill="{color}">{html.escape(name)}</text>')
+    return _svg(parts, _W + _LEGEND)
 
 
 def table_html(rows: Sequence[Mapping[str, object]]) -> str:

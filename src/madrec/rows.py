@@ -1,14 +1,11 @@
 """Training rows: how users' training sequences become the rows a model trains on.
 
 A row is a window of consecutive items of one user, ending at some item, at most
-`items_per_row` long (left-padded). Three ways to cut them (config key `rows`):
+`items_per_row` long (left-padded). Two ways to cut them (config key `rows`):
 
 - `truncate`: one row per user, its most recent items (docs/method.md, "Training rows"; the reference).
 - `windows`: consecutive non-overlapping windows from the most recent end, so long
   histories contribute every item once.
-- `sliding`: a row ending at every training item (stride 1, rows of >= 2 items), as
-  SASRec-style training sees every transition as a target. Rows are drawn user first, then
-  a row of that user, so a step is not dominated by the few users with long histories.
 
 Rows hold item indices; the model's tokenizer turns a batch into tokens (madrec.train).
 """
@@ -22,7 +19,7 @@ import torch
 
 from madrec.errors import MadrecError
 
-ROW_MODES = ("truncate", "windows", "sliding")
+ROW_MODES = ("truncate", "windows")
 PAD_ITEM = -1
 
 
@@ -60,9 +57,7 @@ class TrainingRows:
     def _ends(self, n: int) -> np.ndarray:
         if self.mode == "truncate":
             return np.array([n] if n else [], dtype=np.int64)
-        if self.mode == "windows":
-            return np.arange(n, 0, -self.items_per_row, dtype=np.int64)
-        return np.arange(2, n + 1, dtype=np.int64)
+        return np.arange(n, 0, -self.items_per_row, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.row_end)
@@ -79,20 +74,13 @@ class TrainingRows:
         out[offsets[None, :] < -lens[:, None]] = PAD_ITEM
         return torch.from_numpy(out)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """`sliding`: users uniformly, then one of the user's rows uniformly (with replacement)."""
-        users = self.users_with_rows[torch.randint(len(self.users_with_rows), (batch_size,), generator=generator)]
-        pick = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy()
-        return torch.from_numpy(self.first_row[users] + (pick * self.row_count[users]).astype(np.int64))
-
 
 class StepSampler:
     """Yields this rank's share of the global batch of every step from `start_step()` on.
 
-    `truncate` / `windows`: the global batch of step s is slice s % E of a permutation seeded by
-    (seed, s // E), E = steps per epoch (an epoch's remainder is dropped). `sliding`: drawn by
-    `TrainingRows.sample` from a generator seeded by (seed, s). Either way a batch is a fixed
-    function of (seed, step), which makes resumed runs exact.
+    The global batch of step s is slice s % E of a permutation seeded by (seed, s // E), E =
+    steps per epoch (an epoch's remainder is dropped): a batch is a fixed function of (seed,
+    step), which makes resumed runs exact.
     """
 
     def __init__(
@@ -106,9 +94,6 @@ class StepSampler:
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def global_batch(self, step: int) -> torch.Tensor:
-        if self.rows.mode == "sliding":
-            g = torch.Generator().manual_seed(step_seed(self.seed, step, 1))
-            return self.rows.sample(self.batch_size, g)
         epoch, j = divmod(step, self.steps_per_epoch)
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(step_seed(self.seed, epoch))

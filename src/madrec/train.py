@@ -127,7 +127,7 @@ def make_trainer(cfg: Config, out: Path, resume_step: int | None, fitting: bool)
 
             loggers.append(TensorBoardLogger(save_dir=out, name="tensorboard", version=""))
     if t.progress_bar:
-        callbacks.append(StepProgressBar(refresh_rate=t.log_every_n_steps))
+        callbacks.append(StepProgressBar(refresh_rate=t.log_every_n_steps, budget_minutes=t.max_minutes))
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -262,7 +262,7 @@ def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     facts = {
         "train_wall_s": time.time() - start,
         "global_step": trainer.global_step,
-        "num_parameters": module.model.num_parameters(),
+        "num_parameters": parameter_count(module.model),
         "world_size": trainer.world_size,
         "train_rows": len(rows),
         "train_seconds": module.train_seconds,
@@ -300,9 +300,13 @@ def init_from_cooccurrence(model: torch.nn.Module, vocab, sids: torch.Tensor, se
     means, used = code_vectors(sids, items, vocab.codebook_size)
     digits = weight[: vocab.sid_len * vocab.block].view(vocab.sid_len, vocab.block, dim)[:, : vocab.codebook_size]
     digits[used] = dim**0.5 * means[used] + 0.25 * digits[used]
-    ids = getattr(model, "item", None)
+    ids = model.item  # every network (blocks.TokenTransformer) has one, None without model.item_embedding
     if ids is not None:
         ids.embed.weight[1:] = dim**0.5 * items + 0.25 * ids.embed.weight[1:]
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _start_run_folder(cfg: Config, out: Path, module, rows, sampler, trainer) -> None:
@@ -311,7 +315,7 @@ def _start_run_folder(cfg: Config, out: Path, module, rows, sampler, trainer) ->
     log.info(
         "model %s: %s parameters; %d training rows (%s) of <= %d tokens; %d steps per data epoch; world size %d",
         cfg.model.name,
-        f"{module.model.num_parameters():,}",
+        f"{parameter_count(module.model):,}",
         len(rows),
         cfg.rows,
         module.max_len,
@@ -363,7 +367,7 @@ def evaluate_only(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer,
         {
             "checkpoint": str(cfg.ckpt_path),
             "global_step": loaded.global_step,
-            "num_parameters": module.model.num_parameters(),
+            "num_parameters": parameter_count(module.model),
             "world_size": trainer.world_size,
         },
     )

@@ -72,14 +72,26 @@ class WeightEMA(WeightAveraging):
 
 
 class StepProgressBar(TQDMProgressBar):
-    """One bar over optimiser steps up to max_steps (rate and ETA), not per epoch."""
+    """One bar over optimiser steps, not per epoch: steps of max_steps with rate and ETA, or under
+    a time budget (`trainer.max_minutes`) the steps so far, elapsed time of the budget and steps/s
+    (an ETA for max_steps, which the budget never reaches, would say hours for a 3-minute run)."""
+
+    def __init__(self, refresh_rate: int, budget_minutes: float = 0.0):
+        super().__init__(refresh_rate=refresh_rate)
+        self.budget_minutes = budget_minutes
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         super().on_train_epoch_start(trainer)
         bar = self.train_progress_bar
-        bar.reset(total=trainer.max_steps)
+        if self.budget_minutes:
+            bar.reset()
+            bar.total = None  # reset(total=None) would keep the old total
+            bar.unit = "step"
+            bar.set_description(f"train steps, budget {self.budget_minutes:g} min")
+        else:
+            bar.reset(total=trainer.max_steps)
+            bar.set_description("train steps")
         bar.initial = bar.n = trainer.global_step
-        bar.set_description("train steps")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)

@@ -87,7 +87,7 @@ class RecommenderModule(L.LightningModule):
     def _length_buckets(self, tokens: torch.Tensor):
         """The batch's rows by length in `trainer.length_buckets` groups, each trimmed to its
         longest row: the same loss sums (the objective normalises over the whole batch) for
-        far fewer PAD positions when row lengths vary (sliding rows)."""
+        far fewer PAD positions when row lengths vary."""
         lengths = (tokens != self.vocab.pad_id).sum(1)
         order = torch.argsort(lengths, stable=True)
         for part in order.tensor_split(min(self.cfg.trainer.length_buckets, len(order))):

@@ -9,7 +9,8 @@ A recommender is picked by the config key `model.name`:
 | `sasrec` | item ids (one token per item)| causal transformer       | next item, full-softmax CE    |
 
 Each module gives a `Recommender` spec: how to tokenize items (`sid_table`), how to build the
-network and its training objective. Everything else is shared: training rows (madrec.rows),
+network and its training objective; every network offers the `Network` interface below, which
+is all decoding asks of it; shared layers are in `blocks.py`. Everything else is shared: training rows (madrec.rows),
 the Lightning loop (madrec.train), checkpoints, decoding (one constrained beam search: for
 `sasrec` a "SID" is the item index itself, so the beam search is an exact top-K over every
 item), metrics and the pipeline.
@@ -17,6 +18,7 @@ item), metrics and the pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +28,20 @@ from torch import nn
 
 from madrec.errors import MadrecError
 from madrec.tokens import SIDVocab
+
+
+class Network(Protocol):
+    """What decoding (madrec.decode), recommending and serving ask of a trained network."""
+
+    causal: bool  # reveals a slot's positions left to right, one per call (else in any order)
+    max_next_items: int | None  # the most future items decoded jointly; None: as many as the row holds
+    ranks_catalogue: bool  # item_log_probs gives the slot's distribution over every catalogue item
+
+    def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) rows ending in the masked slot -> logits (B, L, vocab), or (M, vocab) at `select`."""
+
+    def item_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) rows ending in the slot -> (B, N) log q(item), when `ranks_catalogue`."""
 
 
 class Objective(Protocol):
@@ -54,19 +70,25 @@ class Recommender:
         return SIDVocab(sid_len=table.shape[0], codebook_size=codebook_size if self.uses_sids else table.shape[1])
 
 
+_REGISTERED: dict[str, Recommender] = {}
+
+
+def register(spec: Recommender) -> Recommender:
+    """Make `spec` a `model.name` (madrec's own models register when imported; so can a plugin or test)."""
+    _REGISTERED[spec.name] = spec
+    return spec
+
+
 def registry() -> dict[str, Recommender]:
-    from madrec.models import maskgr, sasrec, tiger
+    from madrec.models import maskgr, sasrec, tiger  # noqa: F401 - importing a model registers it
 
-    return {m.RECOMMENDER.name: m.RECOMMENDER for m in (maskgr, tiger, sasrec)}
-
-
-NAMES = ("maskgr", "tiger", "sasrec")
+    return dict(_REGISTERED)
 
 
 def get(name: str) -> Recommender:
     models = registry()
     if name not in models:
-        raise MadrecError(f"config key model.name: unknown model {name!r}; choose one of {', '.join(NAMES)}")
+        raise MadrecError(f"config key model.name: unknown model {name!r}; choose one of {', '.join(models)}")
     return models[name]
 
 
@@ -80,3 +102,20 @@ def build(cfg, vocab: SIDVocab, sids: torch.Tensor) -> tuple[nn.Module, Objectiv
         )
     spec = get(cfg.model.name)
     return spec.build_network(cfg, vocab, vocab.item_tokens(sids)), spec.build_objective(cfg, vocab)
+
+
+def check(cfg) -> None:
+    """Build `cfg`'s network and objective on the meta device (nothing is allocated), so that an
+    option a network or objective refuses is a MadrecError before any data loads."""
+    if not get(cfg.model.name).uses_sids and cfg.model.item_embedding:
+        raise MadrecError(
+            f"config key model.item_embedding: {cfg.model.name}'s tokens are item ids already; set it false"
+        )
+    if cfg.model.dropout == "auto":  # set from the data later; any valid number builds the same shapes
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0))
+    vocab = SIDVocab(sid_len=2, codebook_size=4)
+    try:
+        with torch.device("meta"):
+            build(cfg, vocab, torch.tensor([[0, 1], [1, 2]]))
+    except ValueError as exc:
+        raise MadrecError(f"config key model / diffusion: {exc}") from None

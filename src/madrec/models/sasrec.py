@@ -10,9 +10,9 @@ rotary (relative) like the other two models rather than SASRec's learned absolut
 
 from __future__ import annotations
 
-from madrec.models import Recommender, tiger
+from madrec.models import Recommender, register, tiger
 
 # the same causal network and next-token loss as tiger; only the tokens differ (uses_sids=False)
-RECOMMENDER = Recommender(
-    "sasrec", uses_sids=False, build_network=tiger.build_network, build_objective=tiger.build_objective
+RECOMMENDER = register(
+    Recommender("sasrec", uses_sids=False, build_network=tiger.build_network, build_objective=tiger.build_objective)
 )

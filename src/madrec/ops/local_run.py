@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -314,14 +315,22 @@ def collect_results(run_dir: Path) -> dict[str, str]:
 
 
 def link_results(results: dict[str, str], folder: Path, links: dict[str, str] = RESULT_LINKS) -> Path:
-    """Symlink every result under `folder` with a conventional file name."""
+    """Every result under `folder` with a conventional file name: a symlink, except that a page
+    (`*.html`) whose artifact file has no extension is a hard link (a copy across file systems),
+    since a browser follows a symlink to its target's name and shows an extension-less page as text."""
     folder.mkdir(parents=True, exist_ok=True)
     for link_name, key in links.items():
         if key in results:
-            link = folder / link_name
+            link, target = folder / link_name, Path(results[key])
             if link.is_symlink() or link.exists():
                 link.unlink()
-            link.symlink_to(results[key])
+            if link.suffix == ".html" and target.suffix != ".html" and target.is_file():
+                try:
+                    os.link(target, link)
+                except OSError:
+                    shutil.copyfile(target, link)
+            else:
+                link.symlink_to(target)
     return folder
 
 
