@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -44,7 +45,8 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
 
     On an exception the temporary folder is removed and `final` is left as it was. Writers
     finishing into the same `final` at once end with one complete folder there (the last to
-    finish) or a MadrecError, and no temporaries; those of killed writers go on the next run.
+    finish) or a MadrecError, and no temporaries; those of killed writers go on the next run
+    (remove_stale_temporaries).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +65,9 @@ def _swap_in(tmp: Path, final: Path, tries: int = 5) -> None:
     """Rename `tmp` to `final`, moving an existing `final` aside first (a folder cannot be
     renamed onto a non-empty one). Another writer may put its folder at `final` between the
     two renames; that one is moved aside in turn, a bounded number of times."""
+    unique = tmp.name.rpartition(".tmp-")[2]  # host.pid-random: no other writer or thread has it
     for attempt in range(tries):
-        old = final.with_name(f".{final.name}.old-{_writer()}-{attempt}")
+        old: Path | None = final.with_name(f".{final.name}.old-{unique}-{attempt}")
         try:
             os.replace(final, old)
         except FileNotFoundError:  # no previous output, or another writer just moved it aside
@@ -72,12 +75,17 @@ def _swap_in(tmp: Path, final: Path, tries: int = 5) -> None:
         try:
             os.replace(tmp, final)
         except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            continue  # another writer's folder arrived at `final` in between
-        finally:
-            if old is not None:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another writer's folder arrived in between
+                if old is not None:
+                    _remove(old)
+                continue
+            if old is not None:  # put the previous output back rather than lose it
+                with contextlib.suppress(OSError):
+                    os.replace(old, final)
                 _remove(old)
+            raise
+        if old is not None:
+            _remove(old)
         return
     raise MadrecError(
         f"{final}: other writers replaced this output at the same time, {tries} times in a row; "
@@ -96,12 +104,16 @@ def _host() -> str:
 
 
 _FOREIGN_AGE_S = 24 * 3600  # leftovers whose writer cannot be checked (another host, an older madrec)
+# after `.NAME.tmp-` / `.NAME.old-`: this version's `HOST.PID-RANDOM[-N]`, or an older madrec's
+# `RANDOM` (mkdtemp/mkstemp: 8 of [a-z0-9_]) / `PID` (.old); anything else is not ours and stays
+_OURS = re.compile(r"(?:(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]+)-[A-Za-z0-9_]+(?:-[0-9]+)?|[a-z0-9_]{8}|[0-9]+)")
 
 
 def remove_stale_temporaries(final: Path) -> int:
     """Remove `.NAME.tmp-*` / `.NAME.old-*` siblings of `final` left by writers that died (killed
-    mid-write); returns how many. A live writer's are kept; those of another host, or in the
-    naming of older versions, once they are a day old."""
+    mid-write); returns how many. Those of a live process on this host are kept; those whose
+    writer cannot be checked (another host's, or named by an older madrec without the pid) only
+    once they are a day old."""
     removed = 0
     with contextlib.suppress(FileNotFoundError):
         for path in final.parent.iterdir():
@@ -116,9 +128,11 @@ def remove_stale_temporaries(final: Path) -> int:
 
 
 def _is_stale(path: Path, rest: str) -> bool:
-    host, _, pid = rest.split("-", 1)[0].partition(".")
-    if host == _host() and pid.isdigit():
-        return not _alive(int(pid))
+    match = _OURS.fullmatch(rest)
+    if match is None:
+        return False
+    if match["host"] == _host():
+        return not _alive(int(match["pid"]))
     try:
         return time.time() - path.lstat().st_mtime > _FOREIGN_AGE_S
     except FileNotFoundError:
@@ -126,7 +140,7 @@ def _is_stale(path: Path, rest: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid <= 0 or pid == os.getpid():  # our own: another thread of this process may be writing
         return True
     try:
         os.kill(pid, 0)
