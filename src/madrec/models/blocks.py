@@ -227,6 +227,19 @@ class ItemIds(nn.Module):
         return self.embed(ids)
 
 
+# ModelConfig options only maskgr's BlockDiffusionLM reads; every other network refuses them
+POOLED_OPTIONS = ("pool_history", "catalogue_head", "pool_slot", "slot_reads_previous")
+
+
+def refuse_pooled_options(cfg: ModelConfig, network: str) -> None:
+    pooled = [k for k in POOLED_OPTIONS if getattr(cfg, k)]
+    if pooled:
+        raise ValueError(
+            f"{', '.join(pooled)}: options of block diffusion over pooled items, which {network} does not read; "
+            "set model.pool_history=true and diffusion.masking=every_item with them (maskgr), or turn them off"
+        )
+
+
 class TokenTransformer(nn.Module):
     """Embeddings of SID tokens (plus optional slot and item-id embeddings), pre-LN blocks, a
     final LayerNorm and the tied output; a subclass says who attends to whom (`attention_mask`)

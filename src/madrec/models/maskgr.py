@@ -24,12 +24,10 @@ from madrec.models.blocks import (
     TokenTransformer,
     as_items,
     block_causal_mask,
+    refuse_pooled_options,
     rows_of_keys,
     tokens_from_end,
 )
-
-# options that only BlockDiffusionLM reads
-_POOLED_ONLY = ("pool_history", "catalogue_head", "pool_slot", "slot_reads_previous")
 
 
 def build_network(cfg, vocab, item_tokens) -> MaskedDiffusionLM | BlockDiffusionLM:
@@ -64,12 +62,7 @@ class MaskedDiffusionLM(TokenTransformer):
     ranks_catalogue = False
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, sid_len=None, item_tokens=None):
-        pooled = [k for k in _POOLED_ONLY if getattr(cfg, k)]
-        if pooled:
-            raise ValueError(
-                f"{', '.join(pooled)}: options of block diffusion over pooled items; set model.pool_history=true "
-                "and diffusion.masking=every_item with them, or turn them off"
-            )
+        refuse_pooled_options(cfg, "MaskedDiffusionLM")
         super().__init__(cfg, vocab_size, pad_id, sid_len, item_tokens)
 
     def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:

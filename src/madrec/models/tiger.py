@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from madrec.models import Recommender, register
-from madrec.models.blocks import ModelConfig, TokenTransformer, tokens_from_end
+from madrec.models.blocks import ModelConfig, TokenTransformer, refuse_pooled_options, tokens_from_end
 
 
 class NextTokenLoss:
@@ -68,9 +68,7 @@ class CausalLM(TokenTransformer):
         sid_len: int | None = None,
         item_tokens: torch.Tensor | None = None,
     ):
-        pooled = [k for k in ("pool_history", "catalogue_head", "pool_slot", "slot_reads_previous") if getattr(cfg, k)]
-        if pooled:
-            raise ValueError(f"{', '.join(pooled)}: options of maskgr's block diffusion, not of a causal model")
+        refuse_pooled_options(cfg, "a causal model")
         super().__init__(dataclasses.replace(cfg, slot_embedding=False), vocab_size, pad_id, sid_len, item_tokens)
 
     def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
