@@ -44,6 +44,24 @@ _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WAR
 def cli_stderr(capsys):
     """What CLI calls wrote to stderr since the last read, less log records (which verbs write
     depending on what the process imported before): the lines a user reads as the error."""
-    return lambda: [
-        line for line in capsys.readouterr().err.splitlines() if line.strip() and not _LOG_RECORD.match(line)
+
+    def read() -> list[str]:
+        err = capsys.readouterr().err
+        # a handler bound to a stream that is closed by now: always a bug, so name every handler
+        assert "--- Logging error ---" not in err, f"{_stream_handlers()}\n{err[:3000]}"
+        return [line for line in err.splitlines() if line.strip() and not _LOG_RECORD.match(line)]
+
+    return read
+
+
+def _stream_handlers() -> list[str]:
+    import logging
+
+    names = ["", *logging.Logger.manager.loggerDict]
+    loggers = [logging.getLogger(n) if n else logging.root for n in names]
+    return [
+        f"{lg.name}: {type(h).__name__} -> {getattr(h, 'stream', None)!r}"
+        for lg in loggers
+        for h in getattr(lg, "handlers", [])
+        if getattr(h, "stream", None) is not None
     ]
