@@ -11,7 +11,7 @@ def evaluate(
     model: Input[Model],
     dataset: Input[Dataset],
     split: str,
-    overrides: str,
+    overrides: dict,
     num_gpus: int,
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -24,7 +24,7 @@ def evaluate(
         model: The checkpoint to evaluate (a train step's model).
         dataset: The prepared dataset the model was trained on.
         split: `test` or `val`.
-        overrides: Extra `madrec evaluate` settings, `key=value ...`, e.g. `beam_size=20 ks=[5,10,20]`.
+        overrides: Extra `madrec evaluate` settings, e.g. `{"beam_size": 20, "ks": [5, 10, 20]}`.
         num_gpus: GPUs; more than one shards the users over processes (torchrun).
 
     Returns:

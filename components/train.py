@@ -11,7 +11,7 @@ def train(
     dataset: Input[Dataset],
     sids: Input[Artifact],
     experiment: str,
-    overrides: str,
+    overrides: dict,
     num_gpus: int,
     model: Output[Model],
     metrics: Output[Metrics],
@@ -24,8 +24,8 @@ def train(
         sids: The (H, N) SID tensor (build-sids or ingest-sids).
         experiment: Training configuration: a configs/experiment name, e.g. tiny, small,
             discrete_diffusion_train, tiger, sasrec.
-        overrides: Extra `madrec train` config overrides, `key=value ...` (shell quoting),
-            e.g. `trainer.max_steps=20000 optim.optimizer.lr=1e-3`.
+        overrides: Extra `madrec train` config keys and their values, e.g.
+            `{"trainer.max_steps": 20000, "optim.optimizer.lr": 0.001}`.
         num_gpus: GPUs on the node; 0 trains on CPU, more than one runs DDP.
 
     Returns:

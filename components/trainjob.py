@@ -22,7 +22,7 @@ def launch_trainjob(
     dataset: Input[Dataset],
     sids: Input[Artifact],
     experiment: str,
-    overrides: str,
+    overrides: dict,
     num_nodes: int,
     gpus_per_node: int,
     model: Output[Model],
@@ -39,7 +39,7 @@ def launch_trainjob(
         dataset: The prepared dataset (copied to the shared volume for the job).
         sids: The (H, N) SID tensor (copied to the shared volume for the job).
         experiment: Training configuration: a configs/experiment name.
-        overrides: Extra `madrec train` config overrides, `key=value ...` (shell quoting).
+        overrides: Extra `madrec train` config keys and their values, e.g. `{"trainer.max_steps": 20000}`.
         num_nodes: Nodes (pods) of the TrainJob.
         gpus_per_node: GPUs per node; one torchrun process each (0: one CPU process per node).
         trainer_image: Image of the job's pods; empty: the madrec-cuda image of this build.
@@ -53,10 +53,10 @@ def launch_trainjob(
         run: The job's run folder: metrics.csv, summary.json, config.yaml, last.ckpt.
     """
     from madrec.cli import configure_logging
+    from madrec.config import as_arguments
     from madrec.ops.images import image as image_ref
     from madrec.ops.steps import publish_metrics
     from madrec.ops.trainjob import launch
-    from madrec.overrides import split_words
 
     configure_logging()
     summary = launch(
@@ -65,7 +65,7 @@ def launch_trainjob(
         model.path,
         run.path,
         experiment=experiment,
-        overrides=split_words(overrides),
+        overrides=as_arguments(overrides),
         num_nodes=num_nodes,
         gpus_per_node=gpus_per_node,
         image=trainer_image or image_ref("madrec-cuda"),

@@ -90,7 +90,9 @@ def run(args) -> Path:
 
     docker_task_handler.run_docker_container = run_container  # looked up there at each step
 
+    from madrec.config import Config, typed_overrides
     from madrec.ops.local_run import PIPELINE_FILE, collect_results, link_results, parse_params, pipeline_inputs
+    from madrec.overrides import pairs
 
     pipeline_file = args.pipeline_file or PIPELINE_FILE
     out = args.out.resolve()
@@ -107,15 +109,15 @@ def run(args) -> Path:
 
     resolved = Path(tempfile.mkdtemp(prefix="madrec-pipeline-")) / "pipeline.yaml"
     resolved.write_text(resolve_images(Path(pipeline_file).read_text(), args.image_tag, args.registry))
-    arguments = {
+    defaults = {
         "dataset": "sequences",
         **staged,
         "experiment": args.experiment,
-        "train_overrides": " ".join(args.overrides),
+        "train_overrides": typed_overrides(dict(pairs(args.overrides)), Config, "training overrides"),
         "num_gpus": 0,
         "image_tag": args.image_tag,
-        **parse_params(args.param, pipeline_inputs(resolved)),
     }
+    arguments = parse_params(args.param, pipeline_inputs(resolved), base=defaults)
     run_args = {"entrypoint": ["env"], "environment": {"OMP_NUM_THREADS": str(args.threads)}}
     if args.network:
         run_args["network_mode"] = args.network

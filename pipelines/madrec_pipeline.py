@@ -28,11 +28,11 @@ from components.prepare_data import prepare_data
 from components.sids import build_sids, ingest_sids
 from components.train import train
 from components.trainjob import launch_trainjob, mount_shared_volume
-from madrec.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
+from madrec.data.prepare import ML1M_URL
 from madrec.io import write_text_atomic
 from madrec.ops.images import image
 from madrec.ops.pipeline_params import PIPELINE_FILE
-from madrec.prepare import ML1M_URL
+from madrec.sids.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # Labels and taints of a typical GPU node pool: the NVIDIA GPU operator labels its nodes
@@ -68,9 +68,10 @@ PARAMETERS = {
     "tiger, sasrec, ...).",
     "experiments": "Comma-separated experiment names to train side by side and compare in one table "
     "(single-node each), e.g. `small,tiger_cpu,sasrec_cpu`; empty: train `experiment` only.",
-    "train_overrides": "Extra `madrec train` config overrides, `key=value ...`, e.g. `trainer.max_steps=20000 "
-    "optim.optimizer.lr=1e-3`; data_dir, sid_data_path, output_dir, ckpt_path and split are set by the pipeline.",
-    "eval_overrides": "Extra `madrec evaluate` settings, `key=value ...`, e.g. `beam_size=20`.",
+    "train_overrides": "Extra `madrec train` config keys and values (JSON object), e.g. "
+    '`{"trainer.max_steps": 20000, "optim.optimizer.lr": 0.001}`; data_dir, sid_data_path, output_dir, '
+    "ckpt_path and split are set by the pipeline.",
+    "eval_overrides": 'Extra `madrec evaluate` settings (JSON object), e.g. `{"beam_size": 20, "ks": [5, 10, 20]}`.',
     "num_gpus": "GPUs of the single-node train and evaluate steps; 0 runs on CPU, more than one runs DDP "
     "through torchrun.",
     "num_nodes": "More than 1 trains as a Kubeflow Trainer TrainJob on num_nodes x gpus_per_node GPUs instead "
@@ -143,8 +144,8 @@ def train_and_evaluate(
     dataset: Input[Dataset],
     sids: Input[Artifact],
     experiment: str,
-    train_overrides: str,
-    eval_overrides: str,
+    train_overrides: dict,
+    eval_overrides: dict,
     num_gpus: int,
     num_nodes: int,
     gpus_per_node: int,
@@ -194,8 +195,8 @@ def compare_experiments(
     dataset: Input[Dataset],
     sids: Input[Artifact],
     experiments: str,
-    train_overrides: str,
-    eval_overrides: str,
+    train_overrides: dict,
+    eval_overrides: dict,
     num_gpus: int,
     image_tag: str,
     gpu_node_selector: dict,
@@ -219,22 +220,24 @@ def compare_experiments(
     _requests(_use_image(table, "madrec", image_tag), LAUNCHER_RESOURCES)
 
 
-# The run parameters that reach the steps after the SIDs (train_and_evaluate), and those of them
-# that the comparison branch takes (compare_experiments); the prepared dataset goes along.
-DOWNSTREAM = (
-    "experiment train_overrides eval_overrides num_gpus num_nodes gpus_per_node image_tag gpu_node_selector "
-    "gpu_tolerations deploy_min_recall_at_10 deploy_service_name deploy_namespace deploy_gpu"
-).split()
-COMPARED_WITH = "dataset train_overrides eval_overrides num_gpus image_tag gpu_node_selector gpu_tolerations".split()
-
-
-def train_evaluate_or_compare(sids, experiments, **downstream):
-    """The steps after the SIDs: one experiment (train_and_evaluate), or several side by side."""
+def train_evaluate_or_compare(sids, experiments, downstream: dict):
+    """The steps after the SIDs: one experiment (train_and_evaluate), or several side by side
+    (compare_experiments takes the single-node parameters of `downstream`)."""
     with dsl.If(experiments == "", name="one-experiment"):
         train_and_evaluate(sids=sids, **downstream).set_display_name("train-and-evaluate")
     with dsl.Else(name="compare-experiments"):
-        compared = {k: downstream[k] for k in COMPARED_WITH}
-        compare_experiments(sids=sids, experiments=experiments, **compared).set_display_name("train-and-compare")
+        d = downstream
+        compare_experiments(
+            dataset=d["dataset"],
+            sids=sids,
+            experiments=experiments,
+            train_overrides=d["train_overrides"],
+            eval_overrides=d["eval_overrides"],
+            num_gpus=d["num_gpus"],
+            image_tag=d["image_tag"],
+            gpu_node_selector=d["gpu_node_selector"],
+            gpu_tolerations=d["gpu_tolerations"],
+        ).set_display_name("train-and-compare")
 
 
 @dsl.pipeline(
@@ -256,8 +259,8 @@ def madrec_pipeline(
     sid_collaborative_weight: float = DEFAULT_COLLABORATIVE_WEIGHT,
     experiment: str = "discrete_diffusion_train",
     experiments: str = "",
-    train_overrides: str = "",
-    eval_overrides: str = "",
+    train_overrides: dict = {},  # noqa: B006 - kfp reads the default from the signature; never mutated
+    eval_overrides: dict = {},  # noqa: B006
     num_gpus: int = 1,
     num_nodes: int = 1,
     gpus_per_node: int = 1,
@@ -270,16 +273,31 @@ def madrec_pipeline(
     deploy_gpu: bool = False,
 ):
     """Prepare data, get semantic IDs, train, evaluate (and optionally deploy)."""
-    downstream = {name: value for name, value in locals().items() if name in DOWNSTREAM}
     prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
     prepared.set_display_name("prepare-data")
     _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)
-    data = downstream["dataset"] = prepared.outputs["dataset"]
+    data = prepared.outputs["dataset"]
+    downstream = dict(
+        dataset=data,
+        experiment=experiment,
+        train_overrides=train_overrides,
+        eval_overrides=eval_overrides,
+        num_gpus=num_gpus,
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        image_tag=image_tag,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+        deploy_min_recall_at_10=deploy_min_recall_at_10,
+        deploy_service_name=deploy_service_name,
+        deploy_namespace=deploy_namespace,
+        deploy_gpu=deploy_gpu,
+    )
     with dsl.If(sid_uri != "", name="sids-from-uri"):
         ingested = ingest_sids(source=sid_uri, dataset=data)
         ingested.set_display_name("ingest-sids")
         _requests(_use_image(ingested, "madrec", image_tag), CPU_STEP_RESOURCES)
-        train_evaluate_or_compare(ingested.outputs["sids"], experiments, **downstream)
+        train_evaluate_or_compare(ingested.outputs["sids"], experiments, downstream)
     with dsl.Else(name="sids-from-text"):
         built = build_sids(
             dataset=data,
@@ -291,7 +309,7 @@ def madrec_pipeline(
         )
         built.set_display_name("build-sids")
         _requests(_use_image(built, "madrec", image_tag), CPU_STEP_RESOURCES)
-        train_evaluate_or_compare(built.outputs["sids"], experiments, **downstream)
+        train_evaluate_or_compare(built.outputs["sids"], experiments, downstream)
 
 
 def _sorted_keys(value):

@@ -24,7 +24,7 @@ def shared_data() -> Path:
 @pytest.fixture()
 def tiny_prepared(tmp_path) -> Path:
     """A prepared dataset of three users over four items (madrec prepare-data, sequences kind)."""
-    from madrec.prepare import prepare
+    from madrec.data.prepare import prepare
 
     (tmp_path / "seq.txt").write_text("1 1 2 3 4\n2 2 3 4\n3 4 3 2 1\n")
     (tmp_path / "items.jsonl").write_text(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from madrec.prepare import write_prepared
+from madrec.data.prepare import write_prepared
 
 # `madrec train` overrides of the training tests on planted data: small, float32, one thread,
 # no time budget (so runs are a function of the seed and the steps), every user validated.

@@ -13,8 +13,8 @@ from torch import nn
 from madrec import models
 from madrec.checkpoint import load_checkpoint
 from madrec.config import load_config
-from madrec.recommend import Recommender
-from madrec.train import run
+from madrec.evaluate.recommend import Recommender
+from madrec.train.run import run
 
 from planted import TRAIN_ARGS, planted_dataset
 

@@ -18,6 +18,7 @@ SCRIPT = textwrap.dedent(
     real = sys.stderr
     first = io.StringIO()
     sys.stderr = first                      # e.g. one test's capture stream
+    logging.basicConfig(stream=first)       # a library configures logging on it first
     configure_logging()
     logging.getLogger("madrec.test").info("one")
     first.close()                           # that test ends, its stream is closed
@@ -37,6 +38,7 @@ def test_log_lines_follow_the_current_stderr_and_a_closed_stream_is_never_writte
     assert done.returncode == 0, done.stderr
     second, handlers = done.stdout.strip().splitlines()
     assert "INFO madrec.test: two" in second
+    assert second.count("two") == 1  # not also through the library's handler
     assert "Logging error" not in done.stderr + second
     assert "closed file" not in done.stderr + second
     assert handlers == "1"  # a second configure_logging() adds no second handler

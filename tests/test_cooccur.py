@@ -1,4 +1,4 @@
-"""Collaborative item vectors (madrec.cooccur) and SIDs built with them (build-sids)."""
+"""Collaborative item vectors (madrec.sids.cooccur) and SIDs built with them (build-sids)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from madrec.cooccur import blend, cooccurrence_counts, cooccurrence_embeddings
+from madrec.data.prepare import write_prepared
 from madrec.errors import MadrecError
-from madrec.prepare import write_prepared
-from madrec.sid_build import build_sids
+from madrec.sids.build import build_sids
+from madrec.sids.cooccur import blend, cooccurrence_counts, cooccurrence_embeddings
 
 
 def two_communities(num_items: int = 40, num_users: int = 300, seed: int = 0) -> list[np.ndarray]:
@@ -75,7 +75,7 @@ def test_build_sids_first_digit_follows_the_communities_from_training_sequences_
 
 
 def test_an_item_without_cooccurrences_borrows_its_text_neighbours_vector():
-    from madrec.cooccur import borrow_missing
+    from madrec.sids.cooccur import borrow_missing
 
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
     collab = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -90,8 +90,8 @@ def test_digit_tokens_start_at_their_codes_cooccurrence_vectors():
     """model.embedding_init=cooccurrence: first-digit codes whose items are consumed together
     start with close token embeddings, codes of the other community far; unused codes, MASK
     and PAD keep their random init."""
-    from madrec.tokens import SIDVocab
-    from madrec.train import init_from_cooccurrence
+    from madrec.models.tokens import SIDVocab
+    from madrec.train.run import init_from_cooccurrence
 
     vocab = SIDVocab(sid_len=2, codebook_size=8)
     items = torch.arange(40)
@@ -117,8 +117,8 @@ def test_item_id_embeddings_start_at_their_items_cooccurrence_vectors():
     vector: items of one community close, of the other far; index 0 (no item) untouched."""
     from madrec.models.blocks import ModelConfig
     from madrec.models.maskgr import BlockDiffusionLM
-    from madrec.tokens import SIDVocab
-    from madrec.train import init_from_cooccurrence
+    from madrec.models.tokens import SIDVocab
+    from madrec.train.run import init_from_cooccurrence
 
     vocab = SIDVocab(sid_len=2, codebook_size=8)
     items = torch.arange(40)

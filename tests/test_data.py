@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from madrec.data import load_dataset
+from madrec.data.dataset import load_dataset
+from madrec.data.tfrecord import encode_example, write_records
 from madrec.errors import MadrecError
-from madrec.tfrecord import encode_example, write_records
 
 
 def test_round_trip(tiny_prepared):

@@ -1,7 +1,7 @@
 """Two-process training (torchrun, gloo, CPU) ends with the weights of one process for the
 same global batch (issue 13).
 
-The noise of the masked-diffusion objective is drawn per (seed, step, rank) (madrec.train),
+The noise of the masked-diffusion objective is drawn per (seed, step, rank) (madrec.train.run),
 so two processes see other masks than one; the objective itself is the same. To compare
 the weights, the noise is taken out: t_min = 1 - 1e-9 is t = 1.0 in float32, so every
 token the masking policy may noise is masked with weight 1, and dropout is off. What is

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from madrec.decode import (
+from madrec.errors import MadrecError
+from madrec.evaluate.decode import (
     SIDIndex,
     _first_occurrence,
     beam_search,
@@ -16,8 +17,7 @@ from madrec.decode import (
     history_window,
     max_next_items,
 )
-from madrec.errors import MadrecError
-from madrec.tokens import SIDVocab
+from madrec.models.tokens import SIDVocab
 
 from toy_lm import FixedLM, MixLM, brute_force_left_to_right, random_sids
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from madrec.diffusion import SCHEDULES, DiffusionConfig, LinearSchedule, MaskedDiffusion
+from madrec.models.diffusion import SCHEDULES, DiffusionConfig, LinearSchedule, MaskedDiffusion
 
 MASK, PAD = 20, 21
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from madrec import embed
-from madrec.embed import cached_embeddings, embed_texts, resolve_encoder, save_embeddings
 from madrec.errors import MadrecError
+from madrec.sids import embed
+from madrec.sids.embed import cached_embeddings, embed_texts, resolve_encoder, save_embeddings
 
 pytestmark = pytest.mark.slow  # loads the text encoders (tens of seconds)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from madrec.data import Split
-from madrec.evaluate import evaluate_split, predict_split
-from madrec.tokens import SIDVocab
+from madrec.data.dataset import Split
+from madrec.evaluate.run import evaluate_split, predict_split
+from madrec.models.tokens import SIDVocab
 
 from toy_lm import FixedLM, RecordingLM, SuccessorLM, random_sids
 
@@ -132,8 +132,8 @@ def test_two_gloo_processes_give_the_one_process_metrics(tmp_path):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A prepared dataset (madrec.prepare.write_prepared) and a random real checkpoint on it."""
-    from madrec.prepare import write_prepared
+    """A prepared dataset (madrec.data.prepare.write_prepared) and a random real checkpoint on it."""
+    from madrec.data.prepare import write_prepared
 
     from toy_lm import write_checkpoint
 
@@ -199,7 +199,7 @@ def test_evaluate_cli_rejects_bad_arguments(prepared, capsys):
     assert main(["evaluate", *base, "ks=[5,20]"]) == 2
     assert "widen the beam (beam_size >= 20)" in capsys.readouterr().err
     assert main(["evaluate", *base, "beams=3"]) == 2
-    assert "beams=3: unknown key; valid keys: ckpt_path" in capsys.readouterr().err
+    assert "unknown config key 'beams'. Valid keys:\n  beam_size: int = 10" in capsys.readouterr().err
     assert main(["evaluate", *base, "split=train"]) == 2
     assert main(["evaluate", f"data_dir={prepared / 'data'}"]) == 2
     assert "missing ckpt_path=..., output_dir=..." in capsys.readouterr().err

@@ -25,9 +25,9 @@ import pytest
 import torch
 
 from madrec.checkpoint import load_checkpoint
-from madrec.data import load_dataset
-from madrec.prepare import prepare
-from madrec.sids import dedup_digit, load_sids
+from madrec.data.dataset import load_dataset
+from madrec.data.prepare import prepare
+from madrec.sids.format import dedup_digit, load_sids
 
 pytestmark = pytest.mark.slow
 
@@ -307,7 +307,9 @@ PIPELINE = [
     "--param",
     "sid_codebook_size=16",
     "--param",
-    "eval_overrides=sweep=false compare_unconstrained=false",
+    "eval_overrides.sweep=false",
+    "--param",
+    "eval_overrides.compare_unconstrained=false",
     "trainer.max_steps=200",
     "trainer.checkpoint_every_n_steps=4",
     "trainer.val_every_n_steps=200",

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from madrec import io as mio
-from madrec import prepare as mprepare
+from madrec.data import prepare as mprepare
 from madrec.errors import MadrecError
 
 PAYLOAD = bytes(range(256)) * 4000  # 1 MB

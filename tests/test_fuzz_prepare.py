@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from madrec.data.prepare import prepare
 from madrec.errors import MadrecError
-from madrec.prepare import prepare
 
 hypothesis = pytest.importorskip("hypothesis")
 

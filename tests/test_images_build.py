@@ -167,7 +167,7 @@ def test_prepare_data(data):
 
 def test_build_sids_with_the_shipped_encoder_offline(data):
     in_container(data, "build-sids", "--data", "/data/beauty", "--out", "/data/beauty_sids", *SIDS, network="none")
-    from madrec.sids import load_sids
+    from madrec.sids.format import load_sids
 
     meta = json.loads((data / "beauty" / "dataset.json").read_text())
     sids = load_sids(data / "beauty_sids" / "sids.pt", meta["num_items"], 16)
@@ -332,8 +332,7 @@ def test_pipeline_under_kfp_docker_runner(data, docker_host, tmp_path_factory):
         "sid_levels=3",
         "--param",
         "sid_codebook_size=16",
-        "--param",
-        "eval_overrides=" + " ".join(EVAL[1:]),
+        *[a for item in EVAL[1:] for a in ("--param", f"eval_overrides.{item}")],
         *TRAIN[1:],
     ]
     try:

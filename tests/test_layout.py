@@ -63,3 +63,56 @@ def test_core_modules_never_name_the_operations_layer():
                 raise AssertionError(f"{name} imports {node.module}")
             if isinstance(node, ast.Import) and any(a.name.startswith("madrec.ops") for a in node.names):
                 raise AssertionError(f"{name} imports madrec.ops")
+
+
+# The import order of the library, lowest first: a module imports only from its own layer or a
+# lower one (lazily inside a function too), so the tree reads as the pipeline. evaluate sits below
+# train because training validates by decoding; config and checkpoint are the contracts between
+# stages (the run configuration, and the file train writes and every later stage reads).
+LAYERS = (
+    ("errors", "io", "overrides", "dist", "threads", "torchfile", "report"),
+    ("data",),
+    ("sids",),
+    ("models",),
+    ("config",),
+    ("checkpoint",),
+    ("evaluate",),
+    ("train",),
+    ("cli",),  # names every verb's module as a string; ops steps run verbs through it
+    ("ops",),
+)
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    found = [i for i, names in enumerate(LAYERS) if top in names]
+    assert found, f"{module}: add its package or module to LAYERS"
+    return found[0]
+
+
+def _madrec_imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("madrec"):
+            out += [f"madrec.{a.name}" for a in node.names] if node.module == "madrec" else [node.module]
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("madrec.")]
+    return out
+
+
+def test_each_stage_imports_only_the_stages_below_it():
+    upward = []
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        me = "madrec." + ".".join(p for p in parts if p != "__init__")
+        upward += [f"{me} -> {m}" for m in _madrec_imports(path) if _layer(m) > _layer(me)]
+    assert not upward, upward
+
+
+def test_the_tree_shows_the_pipeline():
+    stages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert stages == {"data", "sids", "models", "train", "evaluate", "ops"}
+    flat = sorted(p.stem for p in SRC.glob("*.py") if p.stem != "__init__")
+    assert flat == sorted(["checkpoint", "cli", "config", *LAYERS[0]]), flat

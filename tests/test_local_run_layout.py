@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from madrec.data.prepare import ML1M_URL
 from madrec.errors import MadrecError
 from madrec.ops.local_run import find_data, stage_input
-from madrec.prepare import ML1M_URL
 
 from conftest import REPO
 

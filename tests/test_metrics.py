@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from madrec.errors import MadrecError
-from madrec.metrics import hits_at_k, most_popular, ranking_metrics
+from madrec.evaluate.metrics import hits_at_k, most_popular, ranking_metrics
 
 RANKED = torch.tensor([[3, 1, 2, 8], [5, 6, 7, 4], [9, 0, 0, 4], [2, 2, 7, 1]])
 TARGETS = torch.tensor([1, 9, 4, 2])

@@ -110,7 +110,7 @@ def test_heads_must_split_width_evenly():
 
 def test_item_embedding_ids_only_complete_catalogue_items():
     from madrec.models.tiger import CausalLM
-    from madrec.tokens import SIDVocab
+    from madrec.models.tokens import SIDVocab
 
     vocab = SIDVocab(sid_len=3, codebook_size=4)
     sids = torch.tensor([[0, 1, 2, 3, 0], [1, 1, 0, 2, 3], [0, 0, 1, 2, 3]])  # (H, N): 5 items
@@ -291,7 +291,7 @@ def test_catalogue_head_gives_the_marginals_of_the_items_that_agree_with_the_slo
     a revealed position is certain; no agreeing item, no mass."""
     torch.manual_seed(0)
     H, block, n = 3, 5, 40
-    vocab = H * block + 2  # madrec.tokens layout: digit v at position k is k * block + v, then MASK, PAD
+    vocab = H * block + 2  # madrec.models.tokens layout: digit v at position k is k * block + v, then MASK, PAD
     mask = vocab - 2
     digits = torch.stack(torch.meshgrid(*[torch.arange(4)] * H, indexing="ij"), -1).view(-1, H)
     item_tokens = digits[torch.randperm(len(digits))[:n]] + torch.arange(H) * block  # distinct SIDs

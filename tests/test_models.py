@@ -11,11 +11,11 @@ import pytest
 from madrec.checkpoint import load_checkpoint, read_checkpoint
 from madrec.cli import main
 from madrec.config import load_config
-from madrec.data import load_dataset
+from madrec.data.dataset import load_dataset
 from madrec.errors import MadrecError
-from madrec.evaluate import predict_split
-from madrec.recommend import Recommender
-from madrec.train import run
+from madrec.evaluate.recommend import Recommender
+from madrec.evaluate.run import predict_split
+from madrec.train.run import run
 
 from planted import TRAIN_ARGS, planted_dataset
 

@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
+from madrec.config import Config, _apply
 from madrec.errors import MadrecError
 from madrec.ops import steps
-from madrec.ops.steps import metrics_table, publish_metrics, run_verb, scalar_metrics, split_overrides
+from madrec.ops.steps import metrics_table, override_arguments, publish_metrics, run_verb, scalar_metrics
+from madrec.overrides import pairs
 
 
 class FakeMetrics:
@@ -50,17 +52,18 @@ def test_publish_metrics_logs_and_writes_json(tmp_path):
     assert json.loads((tmp_path / "out" / "metrics").read_text()) == flat
 
 
-def test_split_overrides():
-    assert split_overrides("") == []
-    assert split_overrides("trainer.max_steps=5 'model.dropout=0.1' ks=[5,10]") == [
-        "trainer.max_steps=5",
-        "model.dropout=0.1",
-        "ks=[5,10]",
-    ]
+def test_override_arguments_read_back_to_the_same_typed_values():
+    """A step's struct of overrides becomes its verb's arguments, and the verb's one config
+    parser reads back exactly the values the struct held (KFP hands integers over as floats)."""
+    assert override_arguments({}) == override_arguments(None) == []
+    overrides = {"trainer.max_steps": 5.0, "model.dropout": 0.1, "eval.ks": [5, 10], "experiment": "001"}
+    argv = override_arguments(overrides)
+    assert argv == ["trainer.max_steps=5.0", "model.dropout=0.1", "eval.ks=[5, 10]", "experiment=001"]
+    cfg = Config()
+    _apply(cfg, pairs(argv))
+    assert (cfg.trainer.max_steps, cfg.model.dropout, cfg.eval.ks, cfg.experiment) == (5, 0.1, [5, 10], "001")
     with pytest.raises(MadrecError, match="the pipeline sets data_dir itself"):
-        split_overrides("batch_size=8 data_dir=/elsewhere")
-    with pytest.raises(MadrecError, match="override 'beam_size': expected key=value"):
-        split_overrides("beam_size")
+        override_arguments({"batch_size": 8, "data_dir": "/elsewhere"})
 
 
 def test_metrics_table():

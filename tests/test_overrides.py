@@ -6,7 +6,7 @@ import pytest
 
 from madrec.dist import Layout, launch_layout
 from madrec.errors import MadrecError
-from madrec.overrides import normalise_key, pairs, refuse_keys, split_words, yaml_value
+from madrec.overrides import normalise_key, pairs, refuse_keys, yaml_value
 
 
 def test_pairs_keep_order_and_raw_values():
@@ -34,9 +34,6 @@ def test_yaml_values_and_shell_words():
         None,
         "a: b: c",
     ]
-    assert split_words("a=1 'b=x y' c=[1,2]") == ["a=1", "b=x y", "c=[1,2]"]
-    with pytest.raises(MadrecError, match="No closing quotation"):
-        split_words("a='1")
 
 
 def test_refuse_keys():

@@ -98,6 +98,8 @@ def test_gpu_pool_names_are_run_parameters(compiled):
         assert name in params
     assert params["image_tag"]["defaultValue"] == DEFAULT_TAG
     assert params["num_gpus"]["parameterType"] == "NUMBER_INTEGER"
+    # config overrides travel typed (a JSON object), not as shell-quoted text
+    assert params["train_overrides"]["parameterType"] == params["eval_overrides"]["parameterType"] == "STRUCT"
 
 
 def test_images_and_no_install_at_run_time(compiled):

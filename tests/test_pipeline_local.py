@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from madrec.checkpoint import load_checkpoint
-from madrec.data import load_dataset
+from madrec.data.dataset import load_dataset
 from madrec.ops import local_run
 from madrec.ops.local_run import RESULT_LINKS, cli
-from madrec.sids import load_sids
+from madrec.sids.format import load_sids
 
 SLICE_USERS = 1000  # lines of Beauty.txt; the >= 5 interactions filter leaves a few hundred users
 FAST = [
@@ -28,7 +28,9 @@ FAST = [
     "--param",
     "sid_codebook_size=64",
     "--param",
-    "eval_overrides=sweep=false compare_unconstrained=false",
+    "eval_overrides.sweep=false",
+    "--param",
+    "eval_overrides.compare_unconstrained=false",
     "trainer.max_steps=10",
     "trainer.val_every_n_steps=10",
     "trainer.checkpoint_every_n_steps=10",

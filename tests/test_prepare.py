@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from madrec.cli import main
-from madrec.data import load_dataset
+from madrec.data.dataset import load_dataset
+from madrec.data.prepare import prepare
 from madrec.errors import MadrecError
-from madrec.prepare import prepare
 
 REFERENCE = {
     # name: (sequences file, items file, users, items, interactions)
@@ -391,7 +391,7 @@ def test_repeated_item_lines_with_the_same_text_are_kept_once_and_counted(tmp_pa
     seq, _ = _seq_inputs(tmp_path, GOOD)
     items = tmp_path / "items_twice.jsonl"
     items.write_text("".join(json.dumps({"item_id": i, "text": f"item {i}"}) + "\n" for i in [1, 2, 3, 4, 1, 2]))
-    with caplog.at_level("WARNING", logger="madrec.prepare"):
+    with caplog.at_level("WARNING", logger="madrec.data.prepare"):
         info = prepare("sequences", seq, tmp_path / "out", items=str(items), min_item_count=1)
     assert info["num_items"] == 4
     assert any("2 repeated line(s) of an item with the same text" in r.getMessage() for r in caplog.records)

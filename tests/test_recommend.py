@@ -7,7 +7,7 @@ import torch
 
 from madrec.cli import main
 from madrec.errors import MadrecError
-from madrec.recommend import Recommender
+from madrec.evaluate.recommend import Recommender
 
 from toy_lm import random_sids, write_checkpoint
 
@@ -24,7 +24,7 @@ def ckpt(tmp_path_factory):
 
 
 def brute_force_scores(model, sids, history, order):
-    """Every catalogue item's exact constrained score, without madrec.decode: walk each item's
+    """Every catalogue item's exact constrained score, without madrec.evaluate.decode: walk each item's
     own reveal path (left to right, or most confident allowed position first, ties to the
     smaller position), summing log-probs renormalised over the digits some item agreeing with
     the revealed ones has. H = 3, V = 5 (the fixture's layout)."""
@@ -141,7 +141,7 @@ def test_a_history_longer_than_the_window_is_said_once(ckpt, caplog):
     rec = Recommender.from_checkpoint(str(ckpt[0]), device="cpu")
     window = rec.window()
     long = IDS[: window + 3]
-    with caplog.at_level("WARNING", logger="madrec.recommend"):
+    with caplog.at_level("WARNING", logger="madrec.evaluate.recommend"):
         assert rec.recommend(long, k=3) == rec.recommend(long[-window:], k=3)
         rec.recommend(long, k=3)
     said = [r.getMessage() for r in caplog.records if "window" in r.getMessage()]

@@ -12,13 +12,13 @@ import torch
 
 from madrec.checkpoint import load_checkpoint, read_checkpoint
 from madrec.cli import main
-from madrec.data import load_dataset
-from madrec.decode import beam_search, build_histories
+from madrec.data.dataset import load_dataset
+from madrec.data.prepare import prepare
+from madrec.data.tfrecord import encode_example, write_records
 from madrec.errors import MadrecError
-from madrec.prepare import prepare
-from madrec.recommend import Recommender
-from madrec.tfrecord import encode_example, write_records
-from madrec.tokens import SIDVocab
+from madrec.evaluate.decode import beam_search, build_histories
+from madrec.evaluate.recommend import Recommender
+from madrec.models.tokens import SIDVocab
 
 from toy_lm import MixLM, brute_force_left_to_right, random_sids, write_checkpoint
 

@@ -57,7 +57,7 @@ def switching_server():
 
 @pytest.mark.slow
 def test_resume_from_a_url_never_unpickles_a_second_download(switching_server, tmp_path, monkeypatch):
-    from madrec.train import run
+    from madrec.train.run import run
 
     monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))
     data, sids = planted_dataset(tmp_path / "planted")
@@ -78,7 +78,7 @@ def test_resume_from_a_url_never_unpickles_a_second_download(switching_server, t
 
 @pytest.mark.slow
 def test_a_hostile_first_download_is_refused(switching_server, tmp_path, monkeypatch):
-    from madrec.train import run
+    from madrec.train.run import run
 
     monkeypatch.setenv("MADREC_CACHE", str(tmp_path / "cache"))
     data, sids = planted_dataset(tmp_path / "planted")
@@ -96,7 +96,7 @@ def test_a_hostile_first_download_is_refused(switching_server, tmp_path, monkeyp
 
 
 def test_lightning_is_never_handed_a_url(tmp_path):
-    from madrec.train_callbacks import AtomicCheckpointIO
+    from madrec.train.callbacks import AtomicCheckpointIO
 
     with pytest.raises(MadrecError, match="local checkpoint"):
         AtomicCheckpointIO().load_checkpoint("http://127.0.0.1:9/m.ckpt")

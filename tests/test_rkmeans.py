@@ -1,4 +1,4 @@
-"""Exact k-means, residual k-means and the de-dup digit (madrec.rkmeans)."""
+"""Exact k-means, residual k-means and the de-dup digit (madrec.sids.rkmeans)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from madrec import rkmeans
 from madrec.errors import MadrecError
-from madrec.rkmeans import assign_codes, dedup_digit, kmeans, nearest, residual_kmeans
+from madrec.sids import rkmeans
+from madrec.sids.rkmeans import assign_codes, dedup_digit, kmeans, nearest, residual_kmeans
 
 
 def planted(k: int = 12, per: int = 40, dim: int = 24, noise: float = 0.05, seed: int = 0):

@@ -1,4 +1,4 @@
-"""Training rows (madrec.rows): the three ways to cut histories, and the step sampler."""
+"""Training rows (madrec.train.rows): the three ways to cut histories, and the step sampler."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from madrec.errors import MadrecError
-from madrec.rows import PAD_ITEM, StepSampler, TrainingRows
+from madrec.train.rows import PAD_ITEM, StepSampler, TrainingRows
 
 P = PAD_ITEM
 SEQS = [np.array([10, 11, 12, 13, 14, 15, 16]), np.array([20, 21]), np.array([30])]

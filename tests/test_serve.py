@@ -23,8 +23,8 @@ from toy_lm import random_sids, write_checkpoint
 pytest.importorskip("kserve")
 
 from madrec.errors import MadrecError  # noqa: E402
+from madrec.evaluate.recommend import Recommender  # noqa: E402
 from madrec.ops.serve import resolve_checkpoint  # noqa: E402
-from madrec.recommend import Recommender  # noqa: E402
 
 N = 40
 IDS = [f"A{i * 7:04d}" for i in range(N)]

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from madrec import cli
+from madrec.data.tfrecord import encode_example, write_records
 from madrec.errors import MadrecError
-from madrec.rkmeans import assign_codes, dedup_digit
-from madrec.sid_build import ingest_sids
-from madrec.sids import load_sids, validate_sids
-from madrec.tfrecord import encode_example, write_records
+from madrec.sids.build import ingest_sids
+from madrec.sids.format import load_sids, validate_sids
+from madrec.sids.rkmeans import assign_codes, dedup_digit
 
 N = 300
 V = 16  # small codebook for a 300-item slice
@@ -242,6 +242,6 @@ def test_build_input_errors(beauty, tmp_path):
 
 def cli_build(data: Path, out: Path, *extra: str) -> int:
     """build_cli directly, so MadrecError reaches the test instead of becoming exit code 2."""
-    from madrec.sid_cli import build_cli
+    from madrec.sids.cli import build_cli
 
     return build_cli(["--data", str(data), "--out", str(out), "--device", "cpu", *extra])

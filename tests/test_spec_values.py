@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from madrec.config import load_config
-from madrec.tokens import SIDVocab
+from madrec.models.tokens import SIDVocab
 
 BASE = ["data_dir=/data", "sid_data_path=/sids.pt"]
 
@@ -38,13 +38,13 @@ def test_token_ids_mask_and_pad():
     ],
 )
 def test_lr_factor_reference_schedule(step, want):
-    from madrec.train_module import lr_factor
+    from madrec.train.module import lr_factor
 
     assert lr_factor(step, warmup=10_000, max_steps=100_000, min_ratio=0.0) == pytest.approx(want, abs=1e-12)
 
 
 def test_lr_factor_min_ratio_and_time_budget():
-    from madrec.train_module import lr_factor
+    from madrec.train.module import lr_factor
 
     assert lr_factor(55_000, warmup=10_000, max_steps=100_000, min_ratio=0.1) == pytest.approx(0.55)
     assert lr_factor(200_000, warmup=10_000, max_steps=100_000, min_ratio=0.1) == pytest.approx(0.1)

@@ -53,7 +53,9 @@ def test_params_are_typed_from_the_pipeline_yaml():
             "dataset=sequences",
             'gpu_node_selector={"pool": "a100"}',
             'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]',
-            "train_overrides=batch_size=512 seed=1",
+            "train_overrides.batch_size=512",
+            "train_overrides.seed=1",
+            'eval_overrides={"beam_size": "20", "ks": [5, 20]}',
         ],
         inputs,
     )
@@ -62,8 +64,21 @@ def test_params_are_typed_from_the_pipeline_yaml():
         "dataset": "sequences",
         "gpu_node_selector": {"pool": "a100"},
         "gpu_tolerations": [{"key": "gpu", "operator": "Exists"}],
-        "train_overrides": "batch_size=512 seed=1",
+        "train_overrides": {"batch_size": 512, "seed": 1},
+        "eval_overrides": {"beam_size": 20, "ks": [5, 20]},
     }
+    # an override is checked against the config schema before any run starts
+    with pytest.raises(MadrecError, match=r"--param train_overrides.trainer.max_minuts: unknown config key"):
+        parse_params(["train_overrides.trainer.max_minuts=3"], inputs)
+    with pytest.raises(MadrecError, match=r"--param eval_overrides: config key beam_size: expected int, got 'wide'"):
+        parse_params(['eval_overrides={"beam_size": "wide"}'], inputs)
+    # train_overrides.KEY adds to a verb's own overrides (run-local's positional KEY=VALUE)
+    base = {"train_overrides": {"trainer.max_steps": 10}, "num_gpus": 0}
+    assert parse_params(["train_overrides.seed=2"], inputs, base=base) == {
+        "train_overrides": {"trainer.max_steps": 10, "seed": 2},
+        "num_gpus": 0,
+    }
+    assert base == {"train_overrides": {"trainer.max_steps": 10}, "num_gpus": 0}
     with pytest.raises(MadrecError, match=r"--param num_gpu: not a pipeline parameter; valid: .*num_gpus"):
         parse_params(["num_gpu=2"], inputs)
     with pytest.raises(MadrecError, match=r"--param num_gpus='two': not a valid number_integer"):

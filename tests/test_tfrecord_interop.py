@@ -7,10 +7,10 @@ import gzip
 import numpy as np
 import pytest
 
-from madrec.data import load_dataset
+from madrec.data.dataset import load_dataset
+from madrec.data.prepare import prepare
+from madrec.data.tfrecord import encode_example, read_examples, write_records
 from madrec.errors import MadrecError
-from madrec.prepare import prepare
-from madrec.tfrecord import encode_example, read_examples, write_records
 
 pytestmark = pytest.mark.slow  # imports tensorflow (only when these tests run, not when collected)
 

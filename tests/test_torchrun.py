@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from madrec.checkpoint import load_checkpoint
-from madrec.data import load_dataset
-from madrec.evaluate import evaluate_split
+from madrec.data.dataset import load_dataset
+from madrec.evaluate.run import evaluate_split
 from madrec.ops.trainjob import COMMAND
 
 from planted import planted_dataset

@@ -14,10 +14,10 @@ import yaml
 
 from madrec.checkpoint import load_checkpoint
 from madrec.config import config_from_dict, load_config
-from madrec.data import load_dataset
+from madrec.data.dataset import load_dataset
 from madrec.errors import MadrecError
-from madrec.evaluate import evaluate_split
-from madrec.tokens import SIDVocab
+from madrec.evaluate.run import evaluate_split
+from madrec.models.tokens import SIDVocab
 
 from planted import TRAIN_ARGS, planted_dataset
 
@@ -26,8 +26,8 @@ ARGS = ["experiment=tiny", *TRAIN_ARGS]
 
 
 def run(cfg):
-    """madrec.train.run, imported when a test trains (Lightning takes seconds to import)."""
-    from madrec.train import run as train_run
+    """madrec.train.run.run, imported when a test trains (Lightning takes seconds to import)."""
+    from madrec.train.run import run as train_run
 
     return train_run(cfg)
 
@@ -161,7 +161,7 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay, 
     # The worst moment for a kill: the process dies the instant its first last.ckpt is on disk.
     die_after_first_checkpoint = (
         "import os, sys\n"
-        "from madrec import train_callbacks as tc\n"
+        "from madrec.train import callbacks as tc\n"
         "save = tc.AtomicCheckpointIO.save_checkpoint\n"
         "def save_then_die(self, *a, **k):\n"
         "    save(self, *a, **k)\n"
@@ -203,7 +203,7 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay, 
 
 
 def test_ema_forgets_the_first_weights_then_averages_at_the_configured_decay():
-    from madrec.train_callbacks import ema_update
+    from madrec.train.callbacks import ema_update
 
     avg, cur = torch.zeros(3), torch.ones(3)
     first = ema_update(avg, cur, torch.tensor(1), decay=0.999)  # decay (1 + 1) / (10 + 1)
@@ -213,7 +213,7 @@ def test_ema_forgets_the_first_weights_then_averages_at_the_configured_decay():
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():
-    from madrec.train_module import lr_factor
+    from madrec.train.module import lr_factor
 
     f = [lr_factor(s, warmup=10, max_steps=110, min_ratio=0.1) for s in range(0, 121)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
@@ -226,7 +226,7 @@ def test_lr_schedule_warms_up_then_decays_linearly():
     [(2, 0.5), (10, 0.5), (54.77, 0.35), (150, 0.25), (300, 0.2), (5000, 0.2), (12.7, 0.5), (10.8, 0.5), (289.1, 0.2)],
 )
 def test_auto_dropout_follows_interactions_per_item(per_item, dropout):
-    from madrec.train import resolve_dropout
+    from madrec.train.run import resolve_dropout
 
     num_items = 1000
     sequences = [np.arange(10)] * int(round(per_item * num_items / 10))

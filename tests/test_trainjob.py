@@ -413,7 +413,7 @@ def test_component_matches_the_single_node_train_component(tmp_path, monkeypatch
         ds = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset)
         sd = dsl.importer(artifact_uri=sids_uri, artifact_class=dsl.Artifact)
         task = launch_trainjob(
-            dataset=ds.output, sids=sd.output, experiment="tiny", overrides="", num_nodes=2, gpus_per_node=4
+            dataset=ds.output, sids=sd.output, experiment="tiny", overrides={}, num_nodes=2, gpus_per_node=4
         )
         mount_shared_volume(task)
 
@@ -440,7 +440,7 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
     out = tmp_path / "out"
     model, metrics = dsl.Model(uri=str(out / "model")), dsl.Metrics(uri=str(out / "metrics"))
 
-    def launch(overrides: str, run: str) -> None:
+    def launch(overrides: dict, run: str) -> None:
         launch_trainjob.python_func(
             dataset=dsl.Dataset(uri=str(data)),
             sids=dsl.Artifact(uri=str(sids)),
@@ -454,15 +454,15 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
             shared_dir=str(shared),
         )
 
-    launch("max_steps=5 'lr=0.001'", "run")
+    launch({"trainer.max_steps": 5.0, "optim.optimizer.lr": 0.001}, "run")
     job = fake.created[0][1]
     assert job["spec"]["trainer"]["image"].endswith("/madrec-cuda:9.9")
-    assert job["spec"]["trainer"]["args"][-2:] == ["max_steps=5", "lr=0.001"]
+    assert job["spec"]["trainer"]["args"][-2:] == ["trainer.max_steps=5.0", "optim.optimizer.lr=0.001"]
     assert Path(model.path).read_bytes() == b"best-weights"
     assert json.loads(Path(metrics.path).read_text()) == {"test/recall@10": 0.09, "val/recall@10": 0.1}
     assert model.metadata["num_nodes"] == 2 and model.metadata["experiment"] == "tiny"
     with pytest.raises(MadrecError, match="the pipeline sets output_dir itself"):
-        launch("output_dir=/x", "run2")
+        launch({"output_dir": "/x"}, "run2")
 
 
 def test_rejected_job_leaves_nothing_on_the_shared_volume(tmp_path):

@@ -9,7 +9,7 @@ import itertools
 
 import torch
 
-from madrec.tokens import SIDVocab
+from madrec.models.tokens import SIDVocab
 
 
 def random_sids(sid_len: int, codebook_size: int, num_items: int, seed: int = 0) -> torch.Tensor:

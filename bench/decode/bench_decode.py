@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from madrec.checkpoint import load_checkpoint
-from madrec.data import Split, load_dataset
-from madrec.decode import SIDIndex, beam_search, build_histories
-from madrec.evaluate import predict_split, summarize
+from madrec.data.dataset import Split, load_dataset
+from madrec.evaluate.decode import SIDIndex, beam_search, build_histories
+from madrec.evaluate.run import predict_split, summarize
 
 REPO = Path(__file__).resolve().parents[2]
 

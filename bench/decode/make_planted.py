@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 from madrec.config import load_config  # noqa: E402
-from madrec.train import run  # noqa: E402
+from madrec.train.run import run  # noqa: E402
 
 from planted import planted_dataset  # noqa: E402
 

@@ -1,5 +1,6 @@
 """Counts of the library's layout at a git revision (or the working tree), for docs/architecture.md:
-the largest modules, networks per file, and the model / diffusion options a user can set.
+the largest modules, the tree (modules at the top, subpackages), networks per file, the model /
+diffusion options a user can set, and the dataclasses that type config keys.
 
     python bench/layout/count.py [REV ...]      # e.g. 70172be HEAD; no REV: the working tree
 """
@@ -57,6 +58,23 @@ def choices(files: dict[str, str]) -> dict[str, list[str]]:
     return out
 
 
+def tree(files: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Modules directly in src/madrec/ and its subpackages."""
+    parts = [Path(n).relative_to("src/madrec").parts for n in files]
+    top = sorted(p[0].removesuffix(".py") for p in parts if len(p) == 1 and p[0] != "__init__.py")
+    return top, sorted({p[0] for p in parts if len(p) > 1})
+
+
+def config_schemas(files: dict[str, str]) -> list[str]:
+    """Dataclasses whose fields are config keys a user sets on a command line (name ends in Config or Args)."""
+    out = []
+    for name, text in files.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.name.endswith(("Config", "Args")):
+                out.append(f"{Path(name).relative_to('src/madrec').as_posix()}:{node.name}")
+    return sorted(out)
+
+
 def report(rev: str | None) -> str:
     files = sources(rev)
     sizes = sorted(((len(t.splitlines()), n) for n, t in files.items()), reverse=True)
@@ -65,6 +83,9 @@ def report(rev: str | None) -> str:
     opts = options(files)
     lines = [f"## {rev or 'working tree'}", ""]
     lines += ["largest modules: " + ", ".join(f"{n.removeprefix('src/madrec/')} {k}" for k, n in sizes[:3])]
+    top, packages = tree(files)
+    lines += [f"tree: {len(top)} modules at the top ({', '.join(top)}); subpackages: {', '.join(packages)}"]
+    lines += ["config schemas: " + ", ".join(config_schemas(files))]
     lines += [f"networks: {sum(map(len, nets.values()))} in {len(nets)} file(s): "
               + "; ".join(f"{n.removeprefix('src/madrec/')} {', '.join(v)}" for n, v in nets.items())]  # fmt: skip
     for cls, fields in opts.items():

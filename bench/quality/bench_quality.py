@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
 from madrec import report  # noqa: E402
-from madrec.data import load_dataset  # noqa: E402
-from madrec.metrics import most_popular, ranking_metrics  # noqa: E402
+from madrec.data.dataset import load_dataset  # noqa: E402
+from madrec.evaluate.metrics import most_popular, ranking_metrics  # noqa: E402
 
 # method.md §9, test split: (R@5, N@5, R@10, N@10)
 PUBLISHED = {

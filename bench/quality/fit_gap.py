@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
 from madrec.checkpoint import load_checkpoint  # noqa: E402
-from madrec.data import Split, load_dataset  # noqa: E402
-from madrec.evaluate import predict_split  # noqa: E402
+from madrec.data.dataset import Split, load_dataset  # noqa: E402
+from madrec.evaluate.metrics import ranking_metrics  # noqa: E402
+from madrec.evaluate.run import predict_split  # noqa: E402
 from madrec.io import write_text_atomic  # noqa: E402
-from madrec.metrics import ranking_metrics  # noqa: E402
 
 HISTORY_EDGES = (1, 4, 5, 7, 10, 15, 20)  # bucket lower bounds (items before the target)
 POPULARITY_EDGES = (0, 5, 10, 20, 50, 100)  # the target's training-split occurrences

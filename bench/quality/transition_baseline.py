@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from madrec.data import load_dataset
+from madrec.data.dataset import load_dataset
 
 
 def transitions(sequences) -> tuple[dict[int, Counter], Counter]:

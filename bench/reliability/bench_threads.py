@@ -48,9 +48,9 @@ def child(args) -> None:
 
         threads.configure()
     from madrec.checkpoint import load_checkpoint
-    from madrec.data import load_dataset
-    from madrec.decode import SIDIndex
-    from madrec.evaluate import predict_split
+    from madrec.data.dataset import load_dataset
+    from madrec.evaluate.decode import SIDIndex
+    from madrec.evaluate.run import predict_split
 
     loaded = load_checkpoint(args.ckpt)
     split = load_dataset(args.data, splits=("testing",)).splits["testing"]
@@ -83,9 +83,9 @@ def make_checkpoint(path: Path, data: str, sids_path: str | None) -> None:
 
     from madrec.checkpoint import WEIGHTS_PREFIX, payload
     from madrec.config import load_config
-    from madrec.data import load_dataset
+    from madrec.data.dataset import load_dataset
     from madrec.models.maskgr import MaskedDiffusionLM
-    from madrec.tokens import SIDVocab
+    from madrec.models.tokens import SIDVocab
 
     ds = load_dataset(data, splits=("testing",))
     cfg = load_config(["experiment=tiny", f"data_dir={data}", "sid_data_path=/unused"])

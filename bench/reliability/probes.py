@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from test_remote_resume import SwitchingSource, _RunsCode  # noqa: E402
 
 from madrec.config import load_config  # noqa: E402
-from madrec.train import run as train_run  # noqa: E402
+from madrec.train.run import run as train_run  # noqa: E402
 
 from planted import TRAIN_ARGS, planted_dataset  # noqa: E402
 

@@ -86,7 +86,7 @@ class Server:
 
 
 def histories(data_dir: str, n: int, seed: int = 0, max_items: int = 50) -> list[list[str]]:
-    from madrec.data import load_dataset
+    from madrec.data.dataset import load_dataset
 
     data = load_dataset(data_dir)
     seqs = [s for s in data.splits["testing"].sequences if len(s) >= 2]

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from madrec.data import read_items
-from madrec.rkmeans import dedup_digit, residual_kmeans
-from madrec.sid_build import build_sids
-from madrec.sids import sid_report
+from madrec.data.dataset import read_items
+from madrec.sids.build import build_sids
+from madrec.sids.format import sid_report
+from madrec.sids.rkmeans import dedup_digit, residual_kmeans
 
 HERE = Path(__file__).resolve().parent
 

@@ -29,12 +29,12 @@ import torch
 
 from madrec import models
 from madrec.config import Config, load_config
-from madrec.data import load_dataset
-from madrec.rows import StepSampler, TrainingRows, step_seed
-from madrec.sids import load_sids
-from madrec.tokens import SIDVocab
-from madrec.train import resolve_dropout, resolve_max_len
-from madrec.train_module import item_tokenizer
+from madrec.data.dataset import load_dataset
+from madrec.models.tokens import SIDVocab
+from madrec.sids.format import load_sids
+from madrec.train.module import item_tokenizer
+from madrec.train.rows import StepSampler, TrainingRows, step_seed
+from madrec.train.run import resolve_dropout, resolve_max_len
 
 EXPERIMENTS = {"tiny": "tiny", "reference": "discrete_diffusion_train"}  # aliases; any experiment name works
 # dense bf16 tensor-core peaks (TFLOP/s) for MFU

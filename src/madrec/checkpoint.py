@@ -18,7 +18,7 @@ from madrec import models
 from madrec.config import Config, config_from_dict
 from madrec.errors import MadrecError
 from madrec.io import fetch
-from madrec.tokens import SIDVocab
+from madrec.models.tokens import SIDVocab
 from madrec.torchfile import load_torch_file, unreadable
 
 FORMAT = "madrec.checkpoint/1"

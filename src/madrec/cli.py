@@ -16,12 +16,12 @@ from madrec.errors import MadrecError
 # verb -> ("module:function", one-line help). The function takes argv (list[str]) and
 # returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
-    "prepare-data": ("madrec.prepare:cli", "prepare ML-1M / sequences / interactions into TFRecord splits"),
-    "build-sids": ("madrec.sid_cli:build_cli", "build semantic IDs from item text (encoder + residual k-means)"),
-    "ingest-sids": ("madrec.sid_cli:ingest_cli", "validate and ingest a SID file made by GRID (local or gs://)"),
-    "train": ("madrec.train:cli", "train the masked-diffusion model (key=value config overrides)"),
-    "evaluate": ("madrec.evaluate_cli:cli", "evaluate a checkpoint: metrics.json, report.html"),
-    "recommend": ("madrec.recommend:cli", "recommend the next items for a history of item ids"),
+    "prepare-data": ("madrec.data.prepare:cli", "prepare ML-1M / sequences / interactions into TFRecord splits"),
+    "build-sids": ("madrec.sids.cli:build_cli", "build semantic IDs from item text (encoder + residual k-means)"),
+    "ingest-sids": ("madrec.sids.cli:ingest_cli", "validate and ingest a SID file made by GRID (local or gs://)"),
+    "train": ("madrec.train.run:cli", "train the masked-diffusion model (key=value config overrides)"),
+    "evaluate": ("madrec.evaluate.cli:cli", "evaluate a checkpoint: metrics.json, report.html"),
+    "recommend": ("madrec.evaluate.recommend:cli", "recommend the next items for a history of item ids"),
     "serve": ("madrec.ops.serve:cli", "serve a checkpoint over HTTP with KServe (V1 and V2 protocols)"),
     "run-local": ("madrec.ops.local_run:cli", "run the whole Kubeflow pipeline locally (KFP local runner)"),
     "submit": ("madrec.ops.submit:cli", "upload and start the pipeline on a KFP endpoint"),
@@ -49,8 +49,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging() -> None:
-    """INFO logs with time and logger name on stderr, for every verb and pipeline step (once per process)."""
+    """INFO logs with time and logger name on stderr, for every verb and pipeline step (once per process).
+
+    The CLI owns the root logger's stream output: a plain StreamHandler that a library's
+    `logging.basicConfig()` put there earlier is removed, since it would print every line twice,
+    or write to the stream of the moment it was made (a capture closed since: "Logging error")."""
     root = logging.getLogger()
+    for h in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        root.removeHandler(h)
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -1,16 +1,21 @@
-"""Training configuration: a typed schema, YAML experiment files and `key=value` overrides.
+"""The run configuration of `madrec train` and `madrec evaluate`: one typed schema, YAML
+experiment files and `key=value` overrides, read by one loader.
 
     madrec train experiment=tiny data_dir=DIR sid_data_path=SIDS optim.optimizer.lr=1e-3
+    madrec evaluate ckpt_path=RUN/checkpoints/best.ckpt data_dir=DIR output_dir=EVAL beam_size=20
 
 Precedence: schema defaults < `configs/experiment/NAME.yaml` < command-line overrides. Keys
 are dotted paths into the schema; an unknown key or a value of the wrong type is an error
 listing the valid keys, raised before anything heavy starts. The defaults are the reference
-configuration (experiment `discrete_diffusion_train`; docs/method.md).
+configuration (experiment `discrete_diffusion_train`; docs/method.md). Decoding settings
+(`DecodeConfig`) are one definition shared by training's validation (`eval.*`) and `madrec
+evaluate` (`EvaluateConfig`, flat keys).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -19,18 +24,28 @@ from pathlib import Path
 
 import yaml
 
-from madrec.diffusion import DiffusionConfig
+from madrec.data.dataset import SPLIT_NAMES
 from madrec.dist import launch_layout
 from madrec.errors import MadrecError
 from madrec.io import is_remote
 from madrec.models.blocks import ModelConfig
+from madrec.models.diffusion import DiffusionConfig
+from madrec.overrides import normalise_key, yaml_value
 from madrec.overrides import pairs as _pairs
-from madrec.overrides import yaml_value
 
 # keys of the prior research system that mean one of ours
 ALIASES = {"paths.output_dir": "output_dir"}
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
+ROW_MODES = ("truncate", "windows")  # how training sequences become rows (madrec.train.rows)
+ORDERS = ("confidence", "left_to_right", "random")  # which masked SID position a decoding call reveals
+
+
+def _opt(default, help: str):
+    """A field with the one line `--help` shows for it."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -78,14 +93,40 @@ class TrainerConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Validation / test decoding (madrec.decode, madrec.evaluate)."""
+class DecodeConfig:
+    """Constrained beam decoding (madrec.evaluate.decode): validation during training (`eval.*`)
+    and `madrec evaluate`."""
 
-    beam_size: int = 10
-    ks: list[int] = field(default_factory=lambda: [5, 10])
-    batch_size: int = 0  # users per decoding batch per process; 0 = auto (256 on GPU, 16 on CPU)
-    monitor: str = "recall@5"  # validation metric for the best checkpoint and early stopping
-    val_max_users: int = 0  # validate on a fixed random subset of this many users; 0 = all
+    beam_size: int = _opt(10, "beam width; also the length of every top-K list")
+    ks: list[int] = _opt([5, 10], "cut-offs K of Recall@K / NDCG@K, each <= beam_size, e.g. ks=[5,10]")
+    batch_size: int = _opt(0, "users per decoding batch per process; 0 = auto (256 on GPU, 16 on CPU)")
+
+
+@dataclass
+class EvalConfig(DecodeConfig):
+    """Validation during training (madrec.evaluate.run)."""
+
+    monitor: str = _opt("recall@5", "validation metric for the best checkpoint and early stopping")
+    val_max_users: int = _opt(0, "validate on a fixed random subset of this many users; 0 = all")
+
+
+@dataclass
+class EvaluateConfig(DecodeConfig):
+    """`madrec evaluate key=value ...`; required: ckpt_path, data_dir, output_dir."""
+
+    ckpt_path: str = _opt("", "checkpoint written by `madrec train` (local path, http(s) or gs://)")
+    data_dir: str = _opt("", "prepared dataset folder (`madrec prepare-data --out`)")
+    output_dir: str = _opt("", "gets metrics.json, report.html and, with predictions=true, predictions.parquet")
+    split: str = _opt("test", "test | val")
+    predictions: bool = _opt(False, "write predictions.parquet (user, rank, item_id, item, score)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process)")
+    order: str = _opt("confidence", f"unmasking order: {' | '.join(ORDERS)}")
+    reveal_per_step: int = _opt(1, "SID positions revealed per model call")
+    sweep: bool = _opt(True, "also decode with fewer model calls per item (quality vs steps)")
+    compare_unconstrained: bool = _opt(True, "also decode without the catalogue constraint (invalid-SID rate)")
+    compare_users: int = _opt(2000, "users (the split's first) for the unconstrained comparison and the sweep; 0 = all")
+    seed: int = _opt(0, "seed of the random unmasking order")
+    amp: bool = _opt(True, "bf16 autocast on CUDA (scores stay fp32)")
 
 
 @dataclass
@@ -103,7 +144,7 @@ class Config:
     batch_size: int = 2048  # sequences per optimiser step, over all processes together
     max_len: int = 120  # tokens per sequence, history plus the next item; 0 = from the data (auto)
     auto_max_items: int = 50  # max_len=0: rows of at most this many items
-    rows: str = "truncate"  # how training sequences become rows: truncate | windows (madrec.rows)
+    rows: str = "truncate"  # how training sequences become rows: truncate | windows (madrec.train.rows)
     codebook_size: int = 256
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -142,10 +183,26 @@ def _type_name(tp) -> str:
     return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
 
 
-def describe_keys() -> str:
-    """The valid keys, one per line with type and default, for error messages and --help."""
-    defaults = _flatten(Config().to_dict())
-    return "\n".join(f"  {k}: {_type_name(tp)} = {defaults[k]!r}" for k, tp in valid_keys().items())
+def describe_keys(cls=Config) -> str:
+    """The valid keys of schema `cls`, one per line with type, default and help where a field
+    has one, for error messages and --help."""
+    defaults = _flatten(dataclasses.asdict(cls()))
+    helps = _helps(cls)
+    return "\n".join(
+        f"  {k}: {_type_name(tp)} = {defaults[k]!r}" + (f"  # {helps[k]}" if k in helps else "")
+        for k, tp in valid_keys(cls).items()
+    )
+
+
+def _helps(cls, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(_helps(tp, f"{prefix}{f.name}."))
+        elif "help" in f.metadata:
+            out[f"{prefix}{f.name}"] = f.metadata["help"]
+    return out
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -210,21 +267,22 @@ def _number(value):
     return None
 
 
-def _unknown_key(key: str, where: str) -> MadrecError:
-    return MadrecError(f"{where}: unknown config key {key!r}. Valid keys:\n{describe_keys()}")
+def _unknown_key(key: str, where: str, schema) -> MadrecError:
+    return MadrecError(f"{where}: unknown config key {key!r}. Valid keys:\n{describe_keys(schema)}")
 
 
-def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> None:
+def _set(cfg, key: str, value, where: str, raw: str | None = None) -> None:
+    """Set dotted `key` of the schema instance `cfg` to `value`, checked against its type."""
     key = ALIASES.get(key, key)
     target = cfg
     *parents, leaf = key.split(".")
     for part in parents:
         if not dataclasses.is_dataclass(target) or part not in _hints(type(target)):
-            raise _unknown_key(key, where)
+            raise _unknown_key(key, where, type(cfg))
         target = getattr(target, part)
     hints = _hints(type(target)) if dataclasses.is_dataclass(target) else {}
     if leaf not in hints:
-        raise _unknown_key(key, where)
+        raise _unknown_key(key, where, type(cfg))
     tp = hints[leaf]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -294,13 +352,48 @@ def load_config(overrides: list[str]) -> Config:
     path = experiment_path(experiment)
     for key, value in _read_yaml(path).items():
         _set(cfg, key, value, str(path))
-    for key, value in pairs:
-        parsed = yaml_value(value)
-        raw = None if parsed is None and value.strip().lower() in ("null", "none", "~", "") else value
-        _set(cfg, key, parsed, "command line", raw=raw)
+    _apply(cfg, pairs)
     cfg.experiment = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
     validate(cfg)
     return cfg
+
+
+def load_evaluate_config(argv: list[str]) -> EvaluateConfig:
+    """`madrec evaluate`'s key=value arguments on the defaults; validated."""
+    cfg = EvaluateConfig()
+    _apply(cfg, _pairs(argv, what="argument", example="beam_size=20"))
+    validate_evaluate(cfg)
+    return cfg
+
+
+def typed_overrides(values: dict, schema=Config, where: str = "overrides") -> dict:
+    """{dotted key: value} -> {key: value of the schema's type}, checked now: how the pipeline
+    carries overrides (a KFP struct). A text value is read as on a command line (`3` -> 3)."""
+    cfg, out = schema(), {}
+    for key, value in values.items():
+        key = ALIASES.get(normalise_key(key), normalise_key(key))
+        if isinstance(value, str):
+            _apply(cfg, [(key, value)], where)
+        else:
+            _set(cfg, key, value, where)
+        target = cfg
+        for part in key.split("."):
+            target = getattr(target, part)
+        out[key] = dataclasses.asdict(target) if dataclasses.is_dataclass(target) else target
+    return out
+
+
+def as_arguments(values: dict) -> list[str]:
+    """Typed overrides -> `key=value` arguments that read back to the same values."""
+    return [f"{k}={v}" if isinstance(v, str) else f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def _apply(cfg, pairs: list[tuple[str, str]], where: str = "command line") -> None:
+    """Command-line `key=value` pairs onto `cfg`: YAML-typed, a path keeps the text as typed."""
+    for key, value in pairs:
+        parsed = yaml_value(value)
+        raw = None if parsed is None and value.strip().lower() in ("null", "none", "~", "") else value
+        _set(cfg, key, parsed, where, raw=raw)
 
 
 # options removed once measured (bench/train/results.md keeps their numbers) -> the value at
@@ -343,8 +436,6 @@ def validate(cfg: Config) -> None:
     """Checks across keys and ranges; file checks are `check_inputs`."""
     m, o, t, e = cfg.model, cfg.optim, cfg.trainer, cfg.eval
     from madrec import models
-    from madrec.decode import check_beam_width
-    from madrec.rows import ROW_MODES
 
     _require(
         m.dropout == "auto" or (not isinstance(m.dropout, str) and 0.0 <= m.dropout < 1.0),
@@ -373,7 +464,6 @@ def validate(cfg: Config) -> None:
         "trainer.log_every_n_steps",
         "trainer.length_buckets",
         "auto_max_items",
-        "eval.beam_size",
     ):
         obj = cfg
         for part in key.split("."):
@@ -395,18 +485,13 @@ def validate(cfg: Config) -> None:
     _require(t.early_stopping_patience >= 0, "trainer.early_stopping_patience", "must be >= 0 (0 = off)")
     _require(t.accelerator in ACCELERATORS, "trainer.accelerator", f"must be one of {ACCELERATORS}")
     _require(t.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
-    _require(bool(e.ks) and all(k > 0 for k in e.ks), "eval.ks", f"expected positive cut-offs, got {e.ks}")
-    try:
-        check_beam_width(e.beam_size, max(e.ks), "max(eval.ks)")
-    except MadrecError as exc:
-        raise MadrecError(f"config key eval.beam_size: {exc}") from None
+    _check_decoding(e, "eval.")
     metric, _, k = e.monitor.partition("@")
     _require(
         metric in ("recall", "ndcg") and k.isdigit() and int(k) in e.ks,
         "eval.monitor",
         f"expected recall@K or ndcg@K with K in eval.ks={e.ks}, got {e.monitor!r}",
     )
-    _require(e.batch_size >= 0, "eval.batch_size", "must be >= 0 (0 = auto)")
     _require(e.val_max_users >= 0, "eval.val_max_users", "must be >= 0 (0 = all users)")
     _require(cfg.data_dir is not None, "data_dir", "required: the prepared dataset folder (madrec prepare-data --out)")
     if not cfg.train:
@@ -428,6 +513,41 @@ def validate(cfg: Config) -> None:
         f"{cfg.batch_size} sequences do not split evenly over WORLD_SIZE={world} processes",
     )
     models.check(cfg)  # last: the networks assume the ranges above
+
+
+def validate_evaluate(cfg: EvaluateConfig) -> None:
+    """`madrec evaluate`'s checks, before a checkpoint is read."""
+    missing = [k for k in ("ckpt_path", "data_dir", "output_dir") if not getattr(cfg, k)]
+    if missing:
+        raise MadrecError(
+            f"missing {', '.join(f'{k}=...' for k in missing)} "
+            "(e.g. madrec evaluate ckpt_path=RUN/checkpoints/best.ckpt data_dir=DATA split=test output_dir=EVAL)"
+        )
+    _check_decoding(cfg, "")
+    _require(cfg.order in ORDERS, "order", f"{cfg.order!r} is not one of {', '.join(ORDERS)}")
+    _require(cfg.split in SPLIT_NAMES, "split", f"{cfg.split!r} is not one of {', '.join(SPLIT_NAMES)}")
+    _require(cfg.reveal_per_step >= 1, "reveal_per_step", f"must be >= 1, got {cfg.reveal_per_step}")
+    _require(cfg.compare_users >= 0, "compare_users", f"must be >= 0 (0 = all users), got {cfg.compare_users}")
+
+
+def _check_decoding(d: DecodeConfig, prefix: str) -> None:
+    _require(d.beam_size >= 1, f"{prefix}beam_size", f"must be >= 1, got {d.beam_size}")
+    _require(bool(d.ks) and all(k > 0 for k in d.ks), f"{prefix}ks", f"expected positive cut-offs, got {d.ks}")
+    try:
+        check_beam_width(d.beam_size, max(d.ks), f"max({prefix}ks)")
+    except MadrecError as exc:
+        raise MadrecError(f"config key {prefix}beam_size: {exc}") from None
+    _require(d.batch_size >= 0, f"{prefix}batch_size", f"must be >= 0 (0 = auto), got {d.batch_size}")
+
+
+def check_beam_width(beam_size: int, top_k: int, what: str = "top_k") -> None:
+    """A beam search returns at most beam_size items: refuse a longer top-K list (or a larger
+    cut-off K of Recall@K). The one place this is checked, for every caller."""
+    if top_k > beam_size:
+        raise MadrecError(
+            f"{what}={top_k} exceeds beam_size={beam_size}: a beam search returns at most beam_size items; "
+            f"widen the beam (beam_size >= {top_k})"
+        )
 
 
 def check_inputs(cfg: Config) -> None:

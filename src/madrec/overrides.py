@@ -1,5 +1,5 @@
-"""`key=value` arguments: the one parser behind `madrec train`, `madrec evaluate`, the
-pipeline's `train_overrides` / `eval_overrides` and `--param NAME=VALUE` of run-local / submit.
+"""`key=value` arguments: the one parser behind `madrec train`, `madrec evaluate` and
+`--param NAME=VALUE` of run-local / submit (the config schema types the values: madrec.config).
 
     pairs("trainer.max_steps=200 eval.ks=[5,10]".split())   # [("trainer.max_steps", "200"), ...]
     yaml_value("[5,10]")                                        # [5, 10]
@@ -10,7 +10,6 @@ until the caller types them (`yaml_value` reads them the way YAML files are read
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterable
 
 from madrec.errors import MadrecError
@@ -34,14 +33,6 @@ def pairs(
             raise MadrecError(f"{what} {item!r}: expected key=value (e.g. {example})")
         out.append((key, value))
     return out
-
-
-def split_words(text: str) -> list[str]:
-    """`key=value key='a b'` (shell quoting) -> the words; how run parameters carry overrides."""
-    try:
-        return shlex.split(text or "")
-    except ValueError as exc:
-        raise MadrecError(f"overrides {text!r}: {exc}") from None
 
 
 def yaml_value(raw: str):

@@ -10,10 +10,10 @@ A recommender is picked by the config key `model.name`:
 
 Each module gives a `Recommender` spec: how to tokenize items (`sid_table`), how to build the
 network and its training objective; every network offers the `Network` interface below, which
-is all decoding asks of it; shared layers are in `blocks.py`. Everything else is shared: training rows (madrec.rows),
-the Lightning loop (madrec.train), checkpoints, decoding (one constrained beam search: for
-`sasrec` a "SID" is the item index itself, so the beam search is an exact top-K over every
-item), metrics and the pipeline.
+is all decoding asks of it; shared layers are in `blocks.py`. Everything else is shared:
+training rows (madrec.train.rows), the Lightning loop (madrec.train.run), checkpoints,
+decoding (one constrained beam search: for `sasrec` a "SID" is the item index itself, so the
+beam search is an exact top-K over every item), metrics and the pipeline.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from madrec.errors import MadrecError
-from madrec.tokens import SIDVocab
+from madrec.models.tokens import SIDVocab
 
 
 class Network(Protocol):
-    """What decoding (madrec.decode), recommending and serving ask of a trained network."""
+    """What decoding (madrec.evaluate.decode), recommending and serving ask of a trained network."""
 
     causal: bool  # reveals a slot's positions left to right, one per call (else in any order)
     max_next_items: int | None  # the most future items decoded jointly; None: as many as the row holds
@@ -98,7 +98,7 @@ def build(cfg, vocab: SIDVocab, sids: torch.Tensor) -> tuple[nn.Module, Objectiv
     if isinstance(cfg.model.dropout, str):
         raise MadrecError(
             f"config key model.dropout: {cfg.model.dropout!r} is set from the training data "
-            "(madrec.train.resolve_dropout) before a network is built; resolve it first or give a number"
+            "(madrec.train.run.resolve_dropout) before a network is built; resolve it first or give a number"
         )
     spec = get(cfg.model.name)
     return spec.build_network(cfg, vocab, vocab.item_tokens(sids)), spec.build_objective(cfg, vocab)

@@ -37,7 +37,7 @@ class ModelConfig:
     n_embd: int = 128
     n_head: int = 8
     d_ff: int = 3072
-    # or auto: set from the training data's interactions per item (madrec.train.resolve_dropout)
+    # or auto: set from the training data's interactions per item (madrec.train.run.resolve_dropout)
     dropout: float | str = 0.25
     rope_base: float = 10000.0
     # add a learned embedding of each token's SID position (slot), counted back from the
@@ -50,7 +50,7 @@ class ModelConfig:
     # SID token embeddings) instead of H, so rows cost ~H times fewer tokens (BlockDiffusionLM)
     pool_history: bool = False
     # random, or cooccurrence: each SID digit token starts at the mean co-occurrence vector of
-    # its code's items in the training sequences (madrec.cooccur), so similar codes start close
+    # its code's items in the training sequences (madrec.sids.cooccur), so similar codes start close
     embedding_init: str = "random"
     # with pool_history: each slot position's digit distribution is the marginal of a
     # distribution over the catalogue items that agree with the slot's revealed digits, item i

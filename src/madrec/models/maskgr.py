@@ -1,6 +1,6 @@
 """maskgr: masked diffusion over semantic IDs (docs/method.md), the method madrec implements.
 
-Two networks, one objective (madrec.diffusion):
+Two networks, one objective (madrec.models.diffusion):
 - `MaskedDiffusionLM`, the reference: a bidirectional transformer denoising masked SID tokens
   anywhere in a row (diffusion.masking=uniform); decoding may reveal positions in any order,
   several per call, and several next items jointly.
@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from madrec.diffusion import MaskedDiffusion
 from madrec.models import Recommender, register
 from madrec.models.blocks import (
     ModelConfig,
@@ -28,6 +27,7 @@ from madrec.models.blocks import (
     rows_of_keys,
     tokens_from_end,
 )
+from madrec.models.diffusion import MaskedDiffusion
 
 
 def build_network(cfg, vocab, item_tokens) -> MaskedDiffusionLM | BlockDiffusionLM:

@@ -14,17 +14,18 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from madrec.config import Config, typed_overrides
+from madrec.data.prepare import ML1M_URL
 from madrec.errors import MadrecError
 from madrec.io import content_digest, is_remote
 from madrec.ops.pipeline_params import PIPELINE_FILE, REPO, add_param_option, parse_params, pipeline_inputs
-from madrec.prepare import ML1M_URL
+from madrec.overrides import pairs
 
 # Items files next to sequences or an interactions table (prepare-data --items reads them all).
 ITEM_PATTERNS = ("*.jsonl", "*.jsonl.gz", "movies.dat", "items.csv", "items.csv.gz", "items.parquet")
@@ -369,7 +370,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--min-item-count", type=int, default=None, help="as madrec prepare-data (default 5)")
     p.add_argument("--sid-uri", default="", help="a GRID SID file to ingest instead of building SIDs")
     p.add_argument("--experiment", default="tiny", help="training experiment (configs/experiment/NAME.yaml)")
-    add_param_option(p, "any other pipeline parameter, e.g. --param sid_levels=4 --param eval_overrides=beam_size=20")
+    add_param_option(p, "any other pipeline parameter, e.g. --param sid_levels=4 --param eval_overrides.beam_size=20")
     p.add_argument("--out", type=Path, default=Path("runs/local"), help="pipeline root (default runs/local)")
     p.add_argument("--no-cache", action="store_true", help="rerun every step instead of reusing earlier outputs")
     p.add_argument("--pipeline-file", type=Path, default=PIPELINE_FILE, help="compiled pipeline YAML")
@@ -380,17 +381,17 @@ def cli(argv: list[str]) -> int:
         _existing(args.sid_uri, "--sid-uri")
     out = args.out.resolve()
     store = out / ".inputs"
-    arguments = {
+    defaults = {
         "dataset": spec.kind,
         "source": stage_input(spec.source, store),
         "items": stage_input(spec.items, store),
         "sid_uri": stage_input(args.sid_uri, store),
         "experiment": args.experiment,
-        "train_overrides": shlex.join(args.overrides),
+        "train_overrides": typed_overrides(dict(pairs(args.overrides)), Config, "madrec run-local"),
         "num_gpus": 0,
         **({"min_item_count": args.min_item_count} if args.min_item_count is not None else {}),
-        **parse_params(args.param, pipeline_inputs(args.pipeline_file)),
     }
+    arguments = parse_params(args.param, pipeline_inputs(args.pipeline_file), base=defaults)
     cache_root = None if args.no_cache else out / ".cache" / code_fingerprint()
     print(f"madrec run-local: {spec.describe()} | experiment {args.experiment} | outputs under {out}", flush=True)
     start = time.perf_counter()

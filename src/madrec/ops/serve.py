@@ -1,4 +1,4 @@
-"""`madrec serve`: a KServe model server around `madrec.recommend.Recommender`.
+"""`madrec serve`: a KServe model server around `madrec.evaluate.recommend.Recommender`.
 
     madrec serve --ckpt runs/tiny/checkpoints/best.ckpt --port 8080
     curl -s localhost:8080/v1/models/madrec:predict \\
@@ -170,7 +170,7 @@ class RecommenderModel(kserve.Model):
 
     # --- lifecycle ---------------------------------------------------------------------------
     def load(self) -> bool:
-        from madrec.recommend import Recommender
+        from madrec.evaluate.recommend import Recommender
 
         path = resolve_checkpoint(self.ckpt)
         self.rec = Recommender.from_checkpoint(path, device=self.device)

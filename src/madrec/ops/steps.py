@@ -19,9 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from madrec.config import as_arguments
 from madrec.errors import MadrecError
 from madrec.io import content_digest, default_cache_dir, write_text_atomic
-from madrec.overrides import refuse_keys, split_words
+from madrec.overrides import refuse_keys
 
 # Keys of `madrec train` / `madrec evaluate` that the pipeline's steps set themselves.
 PIPELINE_KEYS = ("data_dir", "sid_data_path", "output_dir", "ckpt_path", "split")
@@ -51,9 +52,10 @@ def run_verb(argv: list[str], nproc: int = 1) -> None:
         raise SystemExit(f"madrec {argv[0]} failed with exit code {code} (its error is above)")
 
 
-def split_overrides(overrides: str) -> list[str]:
-    """`key=value key=value` (shell quoting allowed) -> list; refuses keys the pipeline sets."""
-    return refuse_keys(split_words(overrides), PIPELINE_KEYS, "the pipeline")
+def override_arguments(overrides: dict) -> list[str]:
+    """A step's typed overrides ({key: value}) -> `key=value` arguments of its verb; refuses
+    keys the pipeline sets."""
+    return refuse_keys(as_arguments(overrides or {}), PIPELINE_KEYS, "the pipeline")
 
 
 def scalar_metrics(values: dict, prefix: str = "") -> dict[str, float]:
@@ -105,7 +107,7 @@ def prepare_step(kind: str, source: str, items: str, min_item_count: int, datase
 
 
 def _publish_sids(out: Path, sids, report, metrics) -> None:
-    from madrec.sids import load_sids
+    from madrec.sids.format import load_sids
 
     _copy(out / "sids.pt", sids.path)
     _copy(out / "sid_report.html", report.path)
@@ -176,7 +178,7 @@ def build_sids_step(
     )
 
 
-def train_step(dataset, sids, experiment: str, overrides: str, num_gpus: int, model, metrics, run) -> None:
+def train_step(dataset, sids, experiment: str, overrides: dict, num_gpus: int, model, metrics, run) -> None:
     """`madrec train` (under torchrun when num_gpus > 1) writing its run folder into `run`
     (metrics.csv, summary.json, checkpoints/last.ckpt to resume from); a copy of the best
     checkpoint becomes the Model artifact."""
@@ -189,7 +191,7 @@ def train_step(dataset, sids, experiment: str, overrides: str, num_gpus: int, mo
         f"data_dir={dataset.path}",
         f"sid_data_path={sids.path}",
         f"output_dir={run_dir}",
-        *split_overrides(overrides),
+        *override_arguments(overrides),
     ]
     run_verb(argv, nproc=num_gpus)
     _copy(run_dir / "checkpoints" / "best.ckpt", model.path)
@@ -238,7 +240,11 @@ def summary_markdown(dataset_info: dict, model_meta: dict, split: str, values: d
             f"- data: `{source}` ({dataset_info['num_users']:,} users, {dataset_info['num_items']:,} items, "
             f"{dataset_info['num_interactions']:,} interactions)",
             f"- model: experiment `{model_meta.get('experiment', '?')}`"
-            + (f", overrides `{model_meta['overrides']}`" if model_meta.get("overrides") else ""),
+            + (
+                f", overrides `{' '.join(as_arguments(model_meta['overrides']))}`"
+                if model_meta.get("overrides")
+                else ""
+            ),
             "",
             metrics_table(values),
             "",
@@ -247,7 +253,7 @@ def summary_markdown(dataset_info: dict, model_meta: dict, split: str, values: d
 
 
 def evaluate_step(
-    model, dataset, split: str, overrides: str, num_gpus: int, metrics, report, predictions, summary
+    model, dataset, split: str, overrides: dict, num_gpus: int, metrics, report, predictions, summary
 ) -> dict[str, float]:
     """`madrec evaluate` of the checkpoint on `split`; metrics, report, predictions and summary."""
     with tempfile.TemporaryDirectory(prefix="madrec-eval-") as tmp:
@@ -259,7 +265,7 @@ def evaluate_step(
             f"split={split}",
             f"output_dir={out}",
             "predictions=true",
-            *split_overrides(overrides),
+            *override_arguments(overrides),
         ]
         run_verb(argv, nproc=num_gpus)
         values = publish_metrics(metrics, json.loads((out / "metrics.json").read_text()))

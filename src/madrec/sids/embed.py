@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from madrec.errors import MadrecError
-from madrec.rkmeans import resolve_device
+from madrec.sids.rkmeans import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         """Resume only from a local file, and load only tensors and plain types: a URL here would be
-        downloaded again by torch.hub and unpickled in full (madrec.train fetches and checks it first)."""
+        downloaded again by torch.hub and unpickled in full (madrec.train.run fetches and checks it first)."""
         if is_remote(str(path)):
             raise MadrecError(f"{path}: resume from a local checkpoint (madrec.io.fetch it first), not a URL")
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from madrec import report
-from madrec.evaluate import Predictions
+from madrec.evaluate.metrics import ranking_metrics
+from madrec.evaluate.run import Predictions
 from madrec.io import atomic_file
-from madrec.metrics import ranking_metrics
 
 
 def write_predictions(path, preds: Predictions, item_ids: list[str]) -> None:

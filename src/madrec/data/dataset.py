@@ -19,11 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from madrec.data.tfrecord import read_examples
 from madrec.errors import MadrecError
-from madrec.tfrecord import read_examples
 
 SPLITS = ("training", "evaluation", "testing")
 SPLIT_ALIASES = {"evaluation": ("evaluation", "validation")}
+# what a user may call a split (madrec evaluate split=...) -> its folder
+SPLIT_NAMES = {
+    "test": "testing",
+    "testing": "testing",
+    "val": "evaluation",
+    "validation": "evaluation",
+    "evaluation": "evaluation",
+}
 SEQUENCE_FEATURES = frozenset({"user_id", "sequence_data"})
 ITEM_FEATURES = frozenset({"id", "text"})
 SHARD_GLOB = "*.tfrecord.gz"

@@ -16,17 +16,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from madrec.decode import SIDIndex, beam_search, build_histories, history_window, max_next_items
 from madrec.dist import DEVICE_CHOICES, resolve_device
 from madrec.errors import MadrecError, quoted
-from madrec.evaluate import default_batch_size
-from madrec.tokens import SIDVocab
+from madrec.evaluate.decode import SIDIndex, beam_search, build_histories, history_window, max_next_items
+from madrec.evaluate.run import default_batch_size
+from madrec.models.tokens import SIDVocab
 
 log = logging.getLogger(__name__)
 
 
 class Recommender:
-    """Constrained beam decoding (madrec.decode) behind an id-in, id-out interface."""
+    """Constrained beam decoding (madrec.evaluate.decode) behind an id-in, id-out interface."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Data preparation (docs/architecture.md, "Data flow"): raw interactions -> leave-one-out GZIP TFRecord splits.
 
-Three input kinds, one output layout (see `madrec.data`):
+Three input kinds, one output layout (see `madrec.data.dataset`):
 
 - ``ml-1m``: the official GroupLens archive (``ml-1m.zip``, its extracted folder, or a URL);
 - ``sequences``: one line per user, ``user item item ...`` in chronological order, plus an
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from madrec.data.tfrecord import encode_example, write_records
 from madrec.errors import MadrecError, quoted
 from madrec.io import atomic_dir, fetch
-from madrec.tfrecord import encode_example, write_records
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ A row is a window of consecutive items of one user, ending at some item, at most
 - `windows`: consecutive non-overlapping windows from the most recent end, so long
   histories contribute every item once.
 
-Rows hold item indices; the model's tokenizer turns a batch into tokens (madrec.train).
+Rows hold item indices; the model's tokenizer turns a batch into tokens (madrec.train.run).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from madrec.config import ROW_MODES
 from madrec.errors import MadrecError
 
-ROW_MODES = ("truncate", "windows")
 PAD_ITEM = -1
 
 

@@ -1,9 +1,9 @@
 """The LightningModule that trains any `madrec.models` recommender on item rows and
-validates / tests it by decoding whole splits (madrec.evaluate).
+validates / tests it by decoding whole splits (madrec.evaluate.run).
 
 Each optimiser step re-seeds the RNG from (seed, step, rank) and normalises the loss over the
 whole global batch, so a resumed run continues exactly and any number of processes computes
-the same objective (madrec.train runs it).
+the same objective (madrec.train.run runs it).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from madrec import models
 from madrec.checkpoint import payload
 from madrec.config import Config
-from madrec.data import Split
-from madrec.evaluate import default_batch_size, evaluate_split
-from madrec.rows import step_seed
-from madrec.tokens import SIDVocab
+from madrec.data.dataset import Split
+from madrec.evaluate.run import default_batch_size, evaluate_split
+from madrec.models.tokens import SIDVocab
+from madrec.train.rows import step_seed
 
 
 def item_tokenizer(vocab: SIDVocab, sids: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""`madrec build-sids` and `madrec ingest-sids`: argument parsing around madrec.sid_build."""
+"""`madrec build-sids` and `madrec ingest-sids`: argument parsing around madrec.sids.build."""
 
 from __future__ import annotations
 
 import argparse
 
-from madrec.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
-from madrec.sid_build import build_sids, ingest_sids
+from madrec.sids.build import build_sids, ingest_sids
+from madrec.sids.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
 
 
 def _summary(out: str, report: dict) -> str:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from madrec.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
-from madrec.data import load_info, read_items
+from madrec.data.dataset import load_info, read_items
 from madrec.errors import MadrecError
 from madrec.io import atomic_dir
 from madrec.report import bar_chart, html_page, table_html
-from madrec.rkmeans import dedup_digit, residual_kmeans, resolve_device
-from madrec.sids import MAX_SID_LEN, check_collapse, load_sids, sid_report, validate_sids
+from madrec.sids.cooccur import DEFAULT_COLLABORATIVE_WEIGHT
+from madrec.sids.format import MAX_SID_LEN, check_collapse, load_sids, sid_report, validate_sids
+from madrec.sids.rkmeans import dedup_digit, residual_kmeans, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def build_sids(
     """Embed item texts (blended with co-occurrence vectors of the training sequences when
     `collaborative_weight` > 0), run RK-Means, add the de-dup digit; write OUT atomically;
     return the report."""
-    from madrec.embed import cached_embeddings, resolve_encoder, save_embeddings
+    from madrec.sids.embed import cached_embeddings, resolve_encoder, save_embeddings
 
     if not 1 <= levels <= MAX_SID_LEN - 1:
         raise MadrecError(f"--levels {levels}: must be 1..{MAX_SID_LEN - 1} (the de-dup digit adds one position)")
@@ -155,7 +155,7 @@ def build_sids(
             }
         )
         # codebooks live in the blended space: the first embedding_dim columns are the text part
-        # scaled by sqrt(1 - collaborative_weight) (madrec.cooccur.blend)
+        # scaled by sqrt(1 - collaborative_weight) (madrec.sids.cooccur.blend)
         torch.save({"codebooks": rk.codebooks, "encoder": spec.name, "seed": seed, **collab_meta}, tmp / "codebooks.pt")
         _write_outputs(tmp, sids, report, f"Semantic IDs: {data.name} ({spec.name}, {levels}x{codebook_size})")
     return report
@@ -164,8 +164,8 @@ def build_sids(
 def _blend_collaborative(text: torch.Tensor, data: Path, weight: float, seed: int) -> tuple[torch.Tensor, dict]:
     """Text embeddings joined with co-occurrence vectors of DATA's training sequences; text
     alone (and a warning) for a catalogue without a training split (items only)."""
-    from madrec.cooccur import COOCCURRENCE_DIM, COOCCURRENCE_WINDOW, blend, cooccurrence_embeddings
-    from madrec.data import load_dataset
+    from madrec.data.dataset import load_dataset
+    from madrec.sids.cooccur import COOCCURRENCE_DIM, COOCCURRENCE_WINDOW, blend, cooccurrence_embeddings
 
     if not (data / "training").is_dir():
         log.warning("%s has no training split: SIDs from item text only (collaborative weight %s unused)", data, weight)

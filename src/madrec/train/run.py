@@ -7,12 +7,12 @@
 Writes RUN/checkpoints/{best,last}.ckpt, RUN/metrics.csv, RUN/config.yaml, RUN/summary.json.
 
 Training is a stream of optimiser steps, not epochs: the global batch of step s is a fixed
-function of (seed, s) (a slice of a seeded per-epoch permutation, madrec.rows), split across
+function of (seed, s) (a slice of a seeded per-epoch permutation, madrec.train.rows), split across
 the ranks of a torchrun / Kubeflow Trainer job, and every step re-seeds the RNG from (seed, s,
-rank) (madrec.train_module). Together with Lightning's optimiser / scheduler / loop state this
+rank) (madrec.train.module). Together with Lightning's optimiser / scheduler / loop state this
 makes a resumed run continue exactly where the interrupted one stopped. This module assembles
 a run: config checks, data, SIDs, rows, the module, the Lightning Trainer and its callbacks
-(madrec.train_callbacks), then validation, test and RUN/summary.json.
+(madrec.train.callbacks), then validation, test and RUN/summary.json.
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ from torch.utils.data import DataLoader, Dataset
 from madrec import models
 from madrec.checkpoint import load_checkpoint, model_weights, read_checkpoint
 from madrec.config import Config, check_inputs, describe_keys, load_config
-from madrec.cooccur import code_vectors, cooccurrence_embeddings
-from madrec.data import PreparedDataset, Split, load_dataset
+from madrec.data.dataset import PreparedDataset, Split, load_dataset
 from madrec.dist import launch_layout
 from madrec.errors import MadrecError
 from madrec.io import fetch, write_text_atomic
-from madrec.rows import StepSampler, TrainingRows
-from madrec.sids import load_sids
-from madrec.train_callbacks import AtomicCheckpointIO, LastCheckpoint, MetricsCSV, StepProgressBar, WeightEMA
-from madrec.train_module import RecommenderModule
+from madrec.sids.cooccur import code_vectors, cooccurrence_embeddings
+from madrec.sids.format import load_sids
+from madrec.train.callbacks import AtomicCheckpointIO, LastCheckpoint, MetricsCSV, StepProgressBar, WeightEMA
+from madrec.train.module import RecommenderModule
+from madrec.train.rows import StepSampler, TrainingRows
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _build_module(cfg: Config, data: PreparedDataset, resume: dict | None) -> tu
 
 @torch.no_grad()
 def init_from_cooccurrence(model: torch.nn.Module, vocab, sids: torch.Tensor, sequences) -> None:
-    """Digit tokens start at their code's mean co-occurrence vector (madrec.cooccur), scaled to
+    """Digit tokens start at their code's mean co-occurrence vector (madrec.sids.cooccur), scaled to
     the random init's norm, plus a quarter of that random init so equal means stay apart; item-id
     embeddings (model.item_embedding) start at their item's own vector the same way."""
     weight = model.embed.weight

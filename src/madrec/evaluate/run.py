@@ -5,9 +5,9 @@
 
 Under torch.distributed each rank decodes every world_size-th user and the per-user results are
 all-gathered before averaging, so the numbers do not depend on the number of processes nor on
-the batch size. `madrec evaluate` (madrec.evaluate_cli) adds the most-popular baseline, the
+the batch size. `madrec evaluate` (madrec.evaluate.cli) adds the most-popular baseline, the
 unconstrained comparison, a sweep over decoding steps, metrics.json, predictions.parquet and
-report.html (madrec.evaluate_report).
+report.html (madrec.evaluate.report).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from madrec.data import Split
-from madrec.decode import SIDIndex, beam_search, build_histories
+from madrec.data.dataset import Split
 from madrec.dist import rank_and_world
 from madrec.errors import MadrecError
-from madrec.metrics import ranking_metrics
-from madrec.tokens import SIDVocab
+from madrec.evaluate.decode import SIDIndex, beam_search, build_histories
+from madrec.evaluate.metrics import ranking_metrics
+from madrec.models.tokens import SIDVocab
 
 
 @dataclass

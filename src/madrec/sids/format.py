@@ -6,8 +6,8 @@ columns are distinct; every digit is in [0, codebook size).
 
     sids = load_sids("OUT/sids.pt", num_items=12101, codebook_size=256)   # every consumer
 
-Making the files: madrec.sid_build (`build_sids` from item text, `ingest_sids` of GRID's);
-their verbs `madrec build-sids` / `madrec ingest-sids`: madrec.sid_cli.
+Making the files: madrec.sids.build (`build_sids` from item text, `ingest_sids` of GRID's);
+their verbs `madrec build-sids` / `madrec ingest-sids`: madrec.sids.cli.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from madrec.errors import MadrecError
 from madrec.io import fetch
-from madrec.rkmeans import dedup_digit
+from madrec.sids.rkmeans import dedup_digit
 from madrec.torchfile import load_torch_file
 
 MAX_SID_LEN = 8

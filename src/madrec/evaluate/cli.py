@@ -2,117 +2,28 @@
 
     madrec evaluate ckpt_path=RUN/checkpoints/best.ckpt data_dir=DATA split=test output_dir=EVAL
 
-Decodes the split with the checkpoint (madrec.evaluate, users sharded over the processes of a
+Decodes the split with the checkpoint (madrec.evaluate.run, users sharded over the processes of a
 torchrun launch), adds the most-popular baseline, unconstrained decoding and a sweep over the
 number of model calls per item on the split's first `compare_users` users, and writes
-metrics.json, report.html and, with predictions=true, predictions.parquet (madrec.evaluate_report).
+metrics.json, report.html and, with predictions=true, predictions.parquet (madrec.evaluate.report).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 
 import torch
 
-from madrec.data import Split
-from madrec.decode import ORDERS, SIDIndex, check_beam_width
+from madrec.config import EvaluateConfig, describe_keys, load_evaluate_config
+from madrec.data.dataset import SPLIT_NAMES, Split
 from madrec.dist import launch_layout, rank_and_world, resolve_device
 from madrec.errors import MadrecError
-from madrec.evaluate import Predictions, default_batch_size, predict_split, summarize
-from madrec.metrics import ranking_metrics
-from madrec.overrides import pairs, yaml_value
+from madrec.evaluate.decode import SIDIndex
+from madrec.evaluate.metrics import ranking_metrics
+from madrec.evaluate.run import Predictions, default_batch_size, predict_split, summarize
 
 log = logging.getLogger(__name__)
-
-SPLIT_NAMES = {
-    "test": "testing",
-    "testing": "testing",
-    "val": "evaluation",
-    "validation": "evaluation",
-    "evaluation": "evaluation",
-}
-
-
-def _opt(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
-@dataclass
-class EvaluateArgs:
-    """`madrec evaluate key=value ...`; required: ckpt_path, data_dir, output_dir."""
-
-    ckpt_path: str = _opt("", "checkpoint written by `madrec train` (local path, http(s) or gs://)")
-    data_dir: str = _opt("", "prepared dataset folder (`madrec prepare-data --out`)")
-    output_dir: str = _opt("", "gets metrics.json, report.html and, with predictions=true, predictions.parquet")
-    split: str = _opt("test", "test | val")
-    beam_size: int = _opt(10, "beam width; also the length of every top-K list")
-    ks: tuple = _opt((5, 10), "cut-offs K of Recall@K / NDCG@K, each <= beam_size, e.g. ks=[5,10]")
-    predictions: bool = _opt(False, "write predictions.parquet (user, rank, item_id, item, score)")
-    batch_size: int = _opt(0, "users per decoding batch per process; 0 = auto (256 on GPU, 16 on CPU)")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process)")
-    order: str = _opt("confidence", "unmasking order: confidence | left_to_right | random")
-    reveal_per_step: int = _opt(1, "SID positions revealed per model call")
-    sweep: bool = _opt(True, "also decode with fewer model calls per item (quality vs steps)")
-    compare_unconstrained: bool = _opt(True, "also decode without the catalogue constraint (invalid-SID rate)")
-    compare_users: int = _opt(2000, "users (the split's first) for the unconstrained comparison and the sweep; 0 = all")
-    seed: int = _opt(0, "seed of the random unmasking order")
-    amp: bool = _opt(True, "bf16 autocast on CUDA (scores stay fp32)")
-
-
-def parse_args(argv: list[str]) -> EvaluateArgs:
-    """key=value arguments -> EvaluateArgs; unknown keys and bad values are clear errors."""
-    args = EvaluateArgs()
-    fields = [f.name for f in dataclasses.fields(EvaluateArgs)]
-    for key, raw in pairs(argv, what="argument", example="beam_size=20"):
-        if key not in fields:
-            raise MadrecError(f"argument {key}={raw}: unknown key; valid keys: {', '.join(fields)}")
-        setattr(args, key, _typed(key, raw, getattr(EvaluateArgs, key)))
-    _check(args)
-    return args
-
-
-def _typed(key: str, raw: str, default):
-    """`raw` as the type of the key's default (bool, int, tuple of positive ints, or text)."""
-    value = yaml_value(raw)
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, tuple):
-        parts = value if isinstance(value, list) else str(value).strip("[]()").split(",")
-        try:
-            value = tuple(int(p) for p in parts)
-            ok = len(value) > 0 and min(value) > 0
-        except (TypeError, ValueError):
-            ok = False
-    else:
-        value, ok = raw, True
-    if not ok:
-        raise MadrecError(f"argument {key}={raw}: {key} expects {type(default).__name__}, e.g. {key}={default!r}")
-    return value
-
-
-def _check(args: EvaluateArgs) -> None:
-    missing = [k for k in ("ckpt_path", "data_dir", "output_dir") if not getattr(args, k)]
-    if missing:
-        raise MadrecError(
-            f"missing {', '.join(f'{k}=...' for k in missing)} "
-            "(e.g. madrec evaluate ckpt_path=RUN/checkpoints/best.ckpt data_dir=DATA split=test "
-            "output_dir=EVAL)"
-        )
-    if args.order not in ORDERS:
-        raise MadrecError(f"order={args.order}: expected one of {', '.join(ORDERS)}")
-    if args.split not in SPLIT_NAMES:
-        raise MadrecError(f"split={args.split}: expected one of {', '.join(SPLIT_NAMES)}")
-    for key in ("beam_size", "reveal_per_step"):
-        if getattr(args, key) < 1:
-            raise MadrecError(f"{key} must be >= 1, got {getattr(args, key)}")
-    check_beam_width(args.beam_size, max(args.ks), "max(ks)")
-    if args.batch_size < 0:
-        raise MadrecError(f"batch_size must be >= 0 (0 = auto), got {args.batch_size}")
 
 
 def _init_distributed(device: str) -> torch.device:
@@ -127,7 +38,7 @@ def _init_distributed(device: str) -> torch.device:
     return dev
 
 
-def evaluate_checkpoint(args: EvaluateArgs) -> dict[str, float]:
+def evaluate_checkpoint(args: EvaluateConfig) -> dict[str, float]:
     """Decode `args.split` with the checkpoint; write metrics.json, report.html (rank 0) and,
     when asked, predictions.parquet into `args.output_dir`; return the metrics."""
     device = _init_distributed(args.device)
@@ -154,10 +65,10 @@ def evaluate_checkpoint(args: EvaluateArgs) -> dict[str, float]:
     return metrics
 
 
-def _load(args: EvaluateArgs, device: torch.device):
+def _load(args: EvaluateConfig, device: torch.device):
     """The checkpoint, the prepared data and the split; refuses data of another catalogue."""
     from madrec.checkpoint import load_checkpoint
-    from madrec.data import load_dataset
+    from madrec.data.dataset import load_dataset
 
     loaded = load_checkpoint(args.ckpt_path, map_location=device)
     data = load_dataset(args.data_dir, splits=(SPLIT_NAMES[args.split],))
@@ -173,7 +84,7 @@ def _load(args: EvaluateArgs, device: torch.device):
 class _Decoder:
     """predict_split with the checkpoint and this run's decoding settings (one SID index)."""
 
-    def __init__(self, args: EvaluateArgs, loaded, device: torch.device):
+    def __init__(self, args: EvaluateConfig, loaded, device: torch.device):
         self.loaded, self.sids = loaded, loaded.sids.to(device)
         self.settings = dict(
             top_k=args.beam_size,
@@ -198,7 +109,7 @@ def _most_popular(
     split: Split, num_items: int, beam_size: int, main: Predictions, ks, prefix: str, metrics: dict
 ) -> torch.Tensor:
     """The most-popular baseline's lists (counted over the split's histories), into `metrics`."""
-    from madrec.metrics import most_popular
+    from madrec.evaluate.metrics import most_popular
 
     pop_items = most_popular(split.sequences, num_items, beam_size).expand(len(split), -1)
     for name, v in ranking_metrics(pop_items, main.targets, ks).items():
@@ -207,7 +118,7 @@ def _most_popular(
 
 
 def _comparisons(
-    args: EvaluateArgs, decoder: _Decoder, few: Split, main: Predictions, prefix: str, metrics: dict
+    args: EvaluateConfig, decoder: _Decoder, few: Split, main: Predictions, prefix: str, metrics: dict
 ) -> tuple[dict, dict]:
     """Unconstrained decoding, and the same decoder with fewer model calls per item (a causal
     model reveals one position per call, and a catalogue-head model ranks every item in one, so
@@ -242,7 +153,7 @@ def _take(preds: Predictions, n: int) -> Predictions:
 
 
 def _write_outputs(args, loaded, split, prefix, main, pop_items, compared, sweep, metrics) -> None:
-    from madrec.evaluate_report import build_report, write_predictions
+    from madrec.evaluate.report import build_report, write_predictions
     from madrec.io import atomic_dir, write_text_atomic
 
     with atomic_dir(args.output_dir) as out:
@@ -263,8 +174,7 @@ def cli(argv: list[str]) -> int:
     """`madrec evaluate ckpt_path=... data_dir=... split=test output_dir=... [key=value ...]`."""
     if any(a in ("-h", "--help") for a in argv):
         print(cli.__doc__)
-        for f in dataclasses.fields(EvaluateArgs):
-            print(f"  {f.name}={f.default!r}: {f.metadata['help']}")
+        print("keys (key=value):\n" + describe_keys(EvaluateConfig))
         return 0
-    evaluate_checkpoint(parse_args(argv))
+    evaluate_checkpoint(load_evaluate_config(argv))
     return 0

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from madrec.config import ORDERS, check_beam_width
 from madrec.errors import MadrecError
 from madrec.models import Network
-from madrec.tokens import SIDVocab
-
-ORDERS = ("confidence", "left_to_right", "random")
+from madrec.models.tokens import SIDVocab
 
 
 @dataclass
@@ -209,16 +208,6 @@ def _first_occurrence(keys: torch.Tensor) -> torch.Tensor:
     repeat = torch.zeros(B, M, dtype=torch.bool, device=keys.device)
     repeat[:, 1:] = (sk[:, 1:] == sk[:, :-1]).all(-1)
     return torch.empty_like(repeat).scatter_(1, perm, ~repeat)
-
-
-def check_beam_width(beam_size: int, top_k: int, what: str = "top_k") -> None:
-    """A beam search returns at most beam_size items: refuse a longer top-K list (or a larger
-    cut-off K of Recall@K). The one place this is checked, for every caller."""
-    if top_k > beam_size:
-        raise MadrecError(
-            f"{what}={top_k} exceeds beam_size={beam_size}: a beam search returns at most beam_size items; "
-            f"widen the beam (beam_size >= {top_k})"
-        )
 
 
 def _check_args(vocab, sids, histories, beam_size, top_k, order, reveal_per_step, next_items) -> None:
