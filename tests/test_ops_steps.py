@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from madrec.config import Config, _apply
+from madrec.config import Config
+from madrec.config.load import _apply
 from madrec.errors import MadrecError
 from madrec.ops import steps
 from madrec.ops.steps import metrics_table, override_arguments, publish_metrics, run_verb, scalar_metrics
