@@ -183,3 +183,25 @@ def test_a_saved_config_with_a_removed_option_at_its_neutral_value_still_loads()
     saved["diffusion"]["next_item_copies"] = 4
     with pytest.raises(MadrecError, match=r"old.ckpt: diffusion.next_item_copies=4 was removed"):
         config_from_dict(saved, "old.ckpt")
+
+
+def test_training_validation_and_madrec_evaluate_read_one_decoding_schema():
+    """The decoding keys are defined once (DecodeConfig) and checked once, whichever verb reads them."""
+    import dataclasses
+
+    from madrec.config import DecodeConfig, EvalConfig, EvaluateConfig, load_evaluate_config
+
+    shared = [f.name for f in dataclasses.fields(DecodeConfig)]
+    assert shared == ["beam_size", "ks", "batch_size"]
+    for schema in (EvalConfig, EvaluateConfig):
+        assert issubclass(schema, DecodeConfig)
+        assert [f.name for f in dataclasses.fields(schema)][: len(shared)] == shared
+    required = ["ckpt_path=c.ckpt", "data_dir=d", "output_dir=o"]
+    cfg = load_evaluate_config([*required, "ks=[1,5]", "beam_size=5", "sweep=false"])
+    assert (cfg.ks, cfg.beam_size, cfg.sweep) == ([1, 5], 5, False)
+    with pytest.raises(MadrecError, match=r"config key beam_size: max\(ks\)=20 exceeds beam_size=10"):
+        load_evaluate_config([*required, "ks=[5,20]"])
+    with pytest.raises(MadrecError, match=r"config key eval.beam_size: max\(eval.ks\)=20 exceeds beam_size=10"):
+        load_config(["experiment=tiny", "data_dir=d", "sid_data_path=s", "eval.ks=[5,20]", "eval.monitor=recall@5"])
+    with pytest.raises(MadrecError, match="command line: config key beam_size: expected int, got 'wide'"):
+        load_evaluate_config([*required, "beam_size=wide"])
