@@ -442,7 +442,7 @@ def _temporal_rows(raw: RawData, index: dict, cutoff: float) -> tuple[list[str],
     users, sequences = [], []
     dropped = {NO_TRAINING: 0, FEW_AFTER_CUTOFF: 0, "interactions_after_the_test_target": 0}
     for user, seq, ts in zip(raw.users, raw.sequences, raw.times):
-        kept = [(index[i], t < cutoff) for i, t in zip(seq, ts) if i in index]
+        kept = [(index[i], bool(t < cutoff)) for i, t in zip(seq, ts) if i in index]
         before = sum(b for _, b in kept)  # times are non-decreasing: these come first
         if before == 0:
             dropped[NO_TRAINING] += 1
