@@ -12,6 +12,8 @@ Every path goes through the same steps: keep items with at least ``min_item_coun
 interactions (one pass, items only), drop users left with fewer than 3 items (counted),
 index items in the order of their original ids (numeric when they are all numbers), split
 leave-one-out and write the shards into a temporary folder that replaces ``out`` at the end.
+``--split temporal`` (a global cut-off) and ``--holdout-items`` (a seeded share of items kept
+only as test targets) are the other protocols (docs/data.md, "Split protocols").
 """
 
 from __future__ import annotations
@@ -559,6 +561,15 @@ def check_protocol(dataset: str, split: str, cutoff, cutoff_quantile, holdout_it
         raise MadrecError(f"--cutoff must be a finite timestamp; got {cutoff}")
 
 
+def _protocol(split: str, cutoff, cutoff_quantile, holdout_items, seed: int) -> dict:
+    """The protocol as dataset.json records it (`split`; the temporal cut-off is filled in later)."""
+    if split == "temporal":
+        return {"kind": split, "cutoff": cutoff, "cutoff_quantile": cutoff_quantile}
+    if holdout_items is not None:
+        return {"kind": "holdout", "holdout_items": holdout_items, "seed": seed}
+    return {"kind": split}
+
+
 def _write_split(folder: Path, examples: list[bytes]) -> int:
     folder.mkdir(parents=True)
     shards = max(1, -(-len(examples) // RECORDS_PER_SHARD))
@@ -613,12 +624,7 @@ def prepare(
     if min_item_count < 1:
         raise MadrecError(f"--min-item-count must be >= 1, got {min_item_count}")
     check_protocol(dataset, split, cutoff, cutoff_quantile, holdout_items)
-    if split == "temporal":
-        protocol = {"kind": split, "cutoff": cutoff, "cutoff_quantile": cutoff_quantile}
-    elif holdout_items is not None:
-        protocol = {"kind": "holdout", "holdout_items": holdout_items, "seed": seed}
-    else:
-        protocol = {"kind": split}
+    protocol = _protocol(split, cutoff, cutoff_quantile, holdout_items, seed)
     start = time.perf_counter()
     if dataset == "ml-1m":
         source = source or ML1M_URL
@@ -655,7 +661,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--items", help="item texts: items.jsonl[.gz], movies.dat, or CSV/Parquet item_id,text")
     p.add_argument("--min-item-count", type=int, default=5, help="keep items with at least this many interactions")
     p.add_argument("--split", choices=SPLIT_KINDS, default="leave-one-out", help="hold-out protocol (docs/data.md)")
-    p.add_argument("--cutoff", type=float, help="temporal: the cut-off timestamp, in the unit of the input's")
+    p.add_argument("--cutoff", type=float, help="temporal: the cut-off, in the unit of the input's timestamps")
     p.add_argument("--cutoff-quantile", type=float, help="temporal: cut off at this quantile of all timestamps")
     p.add_argument("--holdout-items", type=float, help="leave-one-out: share of items kept only as test targets")
     p.add_argument("--seed", type=int, default=0, help="seed of the --holdout-items draw")
