@@ -8,6 +8,9 @@ Layout (docs/architecture.md, "Data flow"), written by `madrec prepare-data` or 
     DIR/evaluation/*.tfrecord.gz          ... (the prior system calls it validation/)
     DIR/testing/*.tfrecord.gz
 
+Every protocol prepare-data writes (leave-one-out, temporal, item hold-out; docs/data.md) nests
+the rows the same way, so one check serves all; dataset.json's `new_items` are checked too.
+
 TFRecords are decoded once into numpy arrays; nothing here is on a training hot path.
 """
 
@@ -150,6 +153,19 @@ def _read_split(root: str | Path, split: str, num_items: int) -> tuple[Split, li
 
 # (split, reference split, items the split drops from the end of the reference's row)
 _NESTING = (("evaluation", "testing", 1), ("training", "testing", 2), ("training", "evaluation", 1))
+# per protocol (dataset.json split.kind), how many items at the end of each split's rows are
+# targets, the only places a new item (dataset.json new_items) may occur
+_NEW_ITEM_TARGETS = {
+    "temporal": {"training": 0, "evaluation": 1, "testing": 2},
+    "holdout": {"training": 0, "evaluation": 0, "testing": 1},
+}
+
+
+def _where(origins: dict, name: str, k: int) -> str:
+    if name in origins:
+        path, rec = origins[name][k]
+        return f"{path}: record {rec}"
+    return f"{name}: row {k}"
 
 
 def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, int]]] | None = None) -> None:
@@ -159,10 +175,7 @@ def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, i
     origins = origins or {}
 
     def where(name: str, k: int) -> str:
-        if name in origins:
-            path, rec = origins[name][k]
-            return f"{path}: record {rec}"
-        return f"{name}: row {k}"
+        return _where(origins, name, k)
 
     index: dict[str, dict[int, int]] = {}
     for name, split in splits.items():
@@ -202,6 +215,29 @@ def check_splits(splits: dict[str, Split], origins: dict[str, list[tuple[Path, i
                 )
 
 
+def check_new_items(splits: dict[str, Split], info: dict, num_items: int, origins: dict | None = None) -> None:
+    """The items dataset.json records as new (`new_items`) occur in no history, only as the
+    targets the recorded protocol allows (temporal: validation and test; holdout: test)."""
+    kind = (info.get("split") or {}).get("kind")
+    if "new_items" not in info or kind not in _NEW_ITEM_TARGETS:
+        return
+    new = np.asarray(info["new_items"])
+    if new.size and (new.dtype.kind != "i" or new.ndim != 1 or new.min() < 0 or new.max() >= num_items):
+        raise MadrecError(f"dataset.json: new_items must be item indices in [0, {num_items}); re-run prepare-data")
+    is_new = np.zeros(num_items, dtype=bool)
+    is_new[new.astype(np.int64)] = True
+    for name, split in splits.items():
+        targets = _NEW_ITEM_TARGETS[kind].get(name, 0)
+        for k, seq in enumerate(split.sequences):
+            history = seq[: len(seq) - targets]
+            if is_new[history].any():
+                raise MadrecError(
+                    f"{_where(origins or {}, name, k)}: user {split.user_ids[k]}'s {name} history holds item "
+                    f"{int(history[is_new[history]][0])}, recorded as new in dataset.json ({kind} split); new "
+                    "items may only be targets, otherwise they leak into training"
+                )
+
+
 def _show(seq: np.ndarray, n: int = 8) -> str:
     items = seq.tolist()
     return "[" + ", ".join(map(str, items[:n])) + (", ..." if len(items) > n else "") + "]"
@@ -236,4 +272,5 @@ def load_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Prepared
     for split in splits:
         data.splits[split], origins[split] = _read_split(root, split, num_items)
     check_splits(data.splits, origins)
+    check_new_items(data.splits, info, num_items, origins)
     return data

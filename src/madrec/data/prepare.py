@@ -12,6 +12,8 @@ Every path goes through the same steps: keep items with at least ``min_item_coun
 interactions (one pass, items only), drop users left with fewer than 3 items (counted),
 index items in the order of their original ids (numeric when they are all numbers), split
 leave-one-out and write the shards into a temporary folder that replaces ``out`` at the end.
+``--split temporal`` (a global cut-off) and ``--holdout-items`` (a seeded share of items kept
+only as test targets) are the other protocols (docs/data.md, "Split protocols").
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 KNOWN_MD5 = {url: "c4d9eecfca2ab87c1945afe126590906" for url in (ML1M_URL, ML1M_URL.replace("https:", "http:"))}
 DATASETS = ("ml-1m", "sequences", "interactions")
 MIN_USER_ITEMS = 3  # one training item, the validation target and the test target
+SPLIT_KINDS = ("leave-one-out", "temporal")
+NO_TRAINING = "users_without_training_interactions"
+FEW_AFTER_CUTOFF = "users_with_fewer_than_2_interactions_after_cutoff"
 RECORDS_PER_SHARD = 10_000
 FORMAT = "madrec.prepared/1"
 
@@ -51,7 +56,8 @@ FORMAT = "madrec.prepared/1"
 class RawData:
     """Users' chronological item-id sequences and item texts, before filtering and indexing.
 
-    `origin[i]` tells where user i's sequence came from (``file:line``), for error messages.
+    `origin[i]` tells where user i's sequence came from (``file:line``), for error messages;
+    `times[i]` are its interactions' timestamps (non-decreasing), None for inputs without them.
     """
 
     users: list[str]
@@ -60,6 +66,7 @@ class RawData:
     texts: dict[str, str]
     items_source: str
     skipped: dict[str, int] = field(default_factory=dict)
+    times: list[np.ndarray] | None = None
 
 
 # --- small readers -------------------------------------------------------------------
@@ -260,9 +267,12 @@ def read_ml1m(source: str) -> RawData:
         first_line.setdefault(parts[0], lineno)
     users = sorted(per_user, key=id_sort_key(per_user))
     # list.sort is stable: ties keep the file order
-    sequences = [[item for _, item in sorted(per_user[u], key=lambda r: r[0])] for u in users]
+    rows = [sorted(per_user[u], key=lambda r: r[0]) for u in users]
+    sequences = [[item for _, item in r] for r in rows]
+    times = [np.array([t for t, _ in r], dtype=np.float64) for r in rows]
     texts = _parse_movies_dat(_lines_of(movies, "iso-8859-1", movies_name), movies_name)
-    return RawData(users, sequences, [f"{ratings_name}:{first_line[u]}" for u in users], texts, movies_name)
+    origin = [f"{ratings_name}:{first_line[u]}" for u in users]
+    return RawData(users, sequences, origin, texts, movies_name, times=times)
 
 
 def read_sequences(path: Path, items_path: Path) -> RawData:
@@ -341,10 +351,10 @@ def read_interactions(path: Path, items_path: Path) -> RawData:
     first_row = {}
     for row, u in enumerate(users_col):
         first_row.setdefault(u, row + 1)
-    sequences = [[items_col[r] for r in order[bounds[i] : bounds[i + 1]]] for i in range(len(uniq))]
-    return RawData(
-        uniq, sequences, [f"{path}: row {first_row[u]}" for u in uniq], read_item_texts(items_path), str(items_path)
-    )
+    rows = [order[bounds[i] : bounds[i + 1]] for i in range(len(uniq))]
+    sequences = [[items_col[r] for r in user_rows] for user_rows in rows]
+    origin = [f"{path}: row {first_row[u]}" for u in uniq]
+    return RawData(uniq, sequences, origin, read_item_texts(items_path), str(items_path), times=[ts[r] for r in rows])
 
 
 # --- filtering, indexing, splitting, writing ---------------------------------------
@@ -356,10 +366,9 @@ def _a_file(path: Path, flag: str, what: str) -> Path:
     return path
 
 
-def _filter_and_index(raw: RawData, min_item_count: int) -> tuple[list[str], list[str], list[np.ndarray], dict]:
-    """Apply the item filter, drop short users, index items; returns (item_ids, users, seqs, stats)."""
-    counts = Counter(i for seq in raw.sequences for i in seq)
-    kept = {i for i, c in counts.items() if c >= min_item_count}
+def _index_items(raw: RawData, counts: Counter, min_item_count: int, extra: frozenset = frozenset()) -> list[str]:
+    """Items with >= min_item_count counted interactions, plus `extra`, in id order; each needs a text."""
+    kept = {i for i, c in counts.items() if c >= min_item_count} | extra
     item_ids = sorted(kept, key=id_sort_key(kept))
     missing = [i for i in item_ids if i not in raw.texts]
     if missing:
@@ -368,6 +377,31 @@ def _filter_and_index(raw: RawData, min_item_count: int) -> tuple[list[str], lis
             f"{where}: item {missing[0]!r} has no text in {raw.items_source} ({len(missing)} such items); "
             "add the items to the items file or remove them from the interactions"
         )
+    return item_ids
+
+
+def _stats(raw: RawData, total: Counter, index: dict, dropped_users: dict) -> dict:
+    """Counts before filtering and what the filters dropped (`total`: interactions per item id)."""
+    gone = [c for i, c in total.items() if i not in index]
+    return {
+        "before_filter": {
+            "num_users": len(raw.users),
+            "num_items": len(total),
+            "num_interactions": int(sum(total.values())),
+        },
+        "dropped": {
+            "items_below_min_count": len(gone),
+            "interactions_of_dropped_items": int(sum(gone)),
+            **dropped_users,
+            **raw.skipped,
+        },
+    }
+
+
+def _filter_and_index(raw: RawData, min_item_count: int) -> tuple[list[str], list[str], list[np.ndarray], dict]:
+    """Apply the item filter, drop short users, index items; returns (item_ids, users, seqs, stats)."""
+    counts = Counter(i for seq in raw.sequences for i in seq)
+    item_ids = _index_items(raw, counts, min_item_count)
     index = {i: k for k, i in enumerate(item_ids)}
     users, sequences = [], []
     for user, seq in zip(raw.users, raw.sequences):
@@ -375,25 +409,13 @@ def _filter_and_index(raw: RawData, min_item_count: int) -> tuple[list[str], lis
         if len(kept_seq) >= MIN_USER_ITEMS:
             users.append(user)
             sequences.append(np.asarray(kept_seq, dtype=np.int64))
-    stats = {
-        "before_filter": {
-            "num_users": len(raw.users),
-            "num_items": len(counts),
-            "num_interactions": int(sum(counts.values())),
-        },
-        "dropped": {
-            "items_below_min_count": len(counts) - len(kept),
-            "interactions_of_dropped_items": int(sum(c for i, c in counts.items() if i not in kept)),
-            f"users_with_fewer_than_{MIN_USER_ITEMS}_items": len(raw.users) - len(users),
-            **raw.skipped,
-        },
-    }
+    short = {f"users_with_fewer_than_{MIN_USER_ITEMS}_items": len(raw.users) - len(users)}
     if not users:
         raise MadrecError(
             f"{raw.origin[0].split(':')[0]}: no user has {MIN_USER_ITEMS}+ items after keeping items with "
             f">= {min_item_count} interactions; lower --min-item-count"
         )
-    return item_ids, users, sequences, stats
+    return item_ids, users, sequences, _stats(raw, counts, index, short)
 
 
 def leave_one_out(sequences: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
@@ -405,6 +427,149 @@ def leave_one_out(sequences: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
     }
 
 
+# --- the temporal protocol and the item hold-out (docs/data.md, "Split protocols") -----
+
+
+def cutoff_of(raw: RawData, cutoff: float | None, quantile: float | None) -> float:
+    """`cutoff` as given, or the `quantile` of all input timestamps (numpy method "lower":
+    a timestamp that occurs in the data)."""
+    if cutoff is not None:
+        return float(cutoff)
+    return float(np.quantile(np.concatenate(raw.times), quantile, method="lower"))
+
+
+def _temporal_rows(raw: RawData, index: dict, cutoff: float) -> tuple[list[str], list[np.ndarray], dict]:
+    """Each user's kept items up to their second one at/after `cutoff`; users without an
+    interaction before it, or with fewer than 2 at/after it, are dropped and counted."""
+    users, sequences = [], []
+    dropped = {NO_TRAINING: 0, FEW_AFTER_CUTOFF: 0, "interactions_after_the_test_target": 0}
+    for user, seq, ts in zip(raw.users, raw.sequences, raw.times):
+        kept = [(index[i], bool(t < cutoff)) for i, t in zip(seq, ts) if i in index]
+        before = sum(b for _, b in kept)  # times are non-decreasing: these come first
+        if before == 0:
+            dropped[NO_TRAINING] += 1
+        elif len(kept) - before < 2:
+            dropped[FEW_AFTER_CUTOFF] += 1
+        else:
+            dropped["interactions_after_the_test_target"] += len(kept) - before - 2
+            users.append(user)
+            sequences.append(np.asarray([k for k, _ in kept[: before + 2]], dtype=np.int64))
+    return users, sequences, dropped
+
+
+def temporal_split(raw: RawData, min_item_count: int, cutoff: float) -> tuple[list[str], list[str], dict, dict, list]:
+    """Global temporal split at `cutoff`: (item_ids, users, splits, stats, new item indices).
+
+    The item filter counts only interactions before the cut-off; items first seen at/after it
+    are never filtered and become the new items."""
+    total, before = Counter(), Counter()
+    for seq, ts in zip(raw.sequences, raw.times):
+        total.update(seq)
+        before.update(i for i, t in zip(seq, ts) if t < cutoff)
+    new = frozenset(total.keys() - before.keys())
+    item_ids = _index_items(raw, before, min_item_count, new)
+    index = {i: k for k, i in enumerate(item_ids)}
+    users, sequences, dropped = _temporal_rows(raw, index, cutoff)
+    if not users:
+        span = np.concatenate(raw.times)
+        raise MadrecError(
+            f"{raw.origin[0].split(':')[0]}: no user has an interaction before the cut-off {_number(cutoff)} and 2 "
+            f"at/after it (timestamps span {_number(span.min())}..{_number(span.max())}); choose another cut-off"
+        )
+    stats = _stats(raw, total, index, dropped)
+    return item_ids, users, leave_one_out(sequences), stats, sorted(index[i] for i in new)
+
+
+def holdout_split(sequences: list[np.ndarray], num_items: int, fraction: float, seed: int):
+    """Hold out round(fraction * num_items) seeded items: removed from every history (all but a
+    user's last item), kept as test targets; users left with fewer than 2 history items are
+    dropped. Returns (held item indices, kept row numbers, rows)."""
+    n = round(fraction * num_items)
+    if n < 1:
+        raise MadrecError(f"--holdout-items {fraction} holds out no item of {num_items}; raise it")
+    held = np.sort(np.random.default_rng(seed).choice(num_items, size=n, replace=False))
+    is_held = np.zeros(num_items, dtype=bool)
+    is_held[held] = True
+    keep, rows = [], []
+    for k, seq in enumerate(sequences):
+        history = seq[:-1][~is_held[seq[:-1]]]
+        if len(history) >= MIN_USER_ITEMS - 1:
+            keep.append(k)
+            rows.append(np.append(history, seq[-1]))
+    return held.tolist(), keep, rows
+
+
+def _new_item_record(splits: dict, new_items: list[int]) -> dict:
+    """dataset.json's new-item fields: the items, how many, how many targets are new items."""
+    new = set(new_items)
+    return {
+        "num_new_items": len(new_items),
+        "new_item_validation_targets": sum(int(s[-1]) in new for s in splits["evaluation"]),
+        "new_item_test_targets": sum(int(s[-1]) in new for s in splits["testing"]),
+        "new_items": new_items,
+    }
+
+
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _split_data(raw: RawData, min_item_count: int, protocol: dict):
+    """(item_ids, users, splits, stats, dataset.json protocol fields) for `protocol`
+    (`kind`, and `cutoff` / `cutoff_quantile`, or `holdout_items` / `seed`)."""
+    if protocol["kind"] == "temporal":
+        protocol["cutoff"] = _number(cutoff_of(raw, protocol["cutoff"], protocol["cutoff_quantile"]))
+        item_ids, users, splits, stats, new_items = temporal_split(raw, min_item_count, protocol["cutoff"])
+        return item_ids, users, splits, stats, {"split": protocol, **_new_item_record(splits, new_items)}
+    item_ids, users, sequences, stats = _filter_and_index(raw, min_item_count)
+    if protocol.get("holdout_items") is None:
+        return item_ids, users, leave_one_out(sequences), stats, {}
+    held, keep, rows = holdout_split(sequences, len(item_ids), protocol["holdout_items"], protocol["seed"])
+    if not keep:
+        raise MadrecError(f"--holdout-items {protocol['holdout_items']} leaves no user with 2 history items")
+    stats["dropped"][f"users_with_fewer_than_{MIN_USER_ITEMS}_items_after_holdout"] = len(users) - len(keep)
+    stats["dropped"]["held_out_interactions"] = int(sum(len(sequences[k]) - len(r) for k, r in zip(keep, rows)))
+    splits = leave_one_out(rows)
+    return item_ids, [users[k] for k in keep], splits, stats, {"split": protocol, **_new_item_record(splits, held)}
+
+
+def check_protocol(dataset: str, split: str, cutoff, cutoff_quantile, holdout_items) -> None:
+    """Refuse option combinations the split protocols do not define."""
+    if split not in SPLIT_KINDS:
+        raise MadrecError(f"unknown --split {split!r}; choose one of {', '.join(SPLIT_KINDS)}")
+    if split == "leave-one-out":
+        if cutoff is not None or cutoff_quantile is not None:
+            raise MadrecError("--cutoff and --cutoff-quantile apply only with --split temporal; add it or drop them")
+        if holdout_items is not None and not 0 < holdout_items < 1:
+            raise MadrecError(f"--holdout-items must be a fraction in (0, 1), e.g. 0.05; got {holdout_items}")
+        return
+    if dataset == "sequences":
+        raise MadrecError(
+            "--split temporal needs timestamps and --dataset sequences has none; use --dataset interactions "
+            "(a user_id,item_id,timestamp table) or ml-1m, or the default --split leave-one-out"
+        )
+    if holdout_items is not None:
+        raise MadrecError(
+            "--holdout-items is for --split leave-one-out; with --split temporal the items first seen after "
+            "the cut-off are the new items: drop one of the two"
+        )
+    if (cutoff is None) == (cutoff_quantile is None):
+        raise MadrecError("--split temporal needs exactly one of --cutoff TIMESTAMP and --cutoff-quantile Q")
+    if cutoff_quantile is not None and not 0 < cutoff_quantile < 1:
+        raise MadrecError(f"--cutoff-quantile must be in (0, 1), e.g. 0.9; got {cutoff_quantile}")
+    if cutoff is not None and not np.isfinite(cutoff):
+        raise MadrecError(f"--cutoff must be a finite timestamp; got {cutoff}")
+
+
+def _protocol(split: str, cutoff, cutoff_quantile, holdout_items, seed: int) -> dict:
+    """The protocol as dataset.json records it (`split`; the temporal cut-off is filled in later)."""
+    if split == "temporal":
+        return {"kind": split, "cutoff": cutoff, "cutoff_quantile": cutoff_quantile}
+    if holdout_items is not None:
+        return {"kind": "holdout", "holdout_items": holdout_items, "seed": seed}
+    return {"kind": split}
+
+
 def _write_split(folder: Path, examples: list[bytes]) -> int:
     folder.mkdir(parents=True)
     shards = max(1, -(-len(examples) // RECORDS_PER_SHARD))
@@ -414,9 +579,10 @@ def _write_split(folder: Path, examples: list[bytes]) -> int:
     return shards
 
 
-def write_prepared(out: Path, item_ids, texts, users, sequences, info: dict) -> dict:
-    """Write items/, the three splits and dataset.json into `out` atomically."""
-    splits = leave_one_out(sequences)
+def write_prepared(out: Path, item_ids, texts, users, sequences, info: dict, splits: dict | None = None) -> dict:
+    """Write items/, the three splits (`splits`, or leave-one-out of `sequences`) and dataset.json
+    into `out` atomically."""
+    splits = splits or leave_one_out(sequences)
     with atomic_dir(out) as tmp:
         items = [encode_example({"id": [k], "text": [texts[i].encode("utf-8")]}) for k, i in enumerate(item_ids)]
         info["files"] = {"items": _write_split(tmp / "items", items)}
@@ -430,24 +596,40 @@ def write_prepared(out: Path, item_ids, texts, users, sequences, info: dict) -> 
     return info
 
 
+def _read(dataset: str, source: str, items: str | None) -> RawData:
+    if dataset == "ml-1m":
+        return read_ml1m(source)
+    if not source or not items:
+        raise MadrecError(f"--dataset {dataset} needs --source (the {dataset} file) and --items (item texts)")
+    reader = read_sequences if dataset == "sequences" else read_interactions
+    return reader(_a_file(fetch(source), "--source", dataset), _a_file(fetch(items), "--items", "item texts"))
+
+
 def prepare(
-    dataset: str, source: str | None, out: str | Path, items: str | None = None, min_item_count: int = 5
+    dataset: str,
+    source: str | None,
+    out: str | Path,
+    items: str | None = None,
+    min_item_count: int = 5,
+    *,
+    split: str = "leave-one-out",
+    cutoff: float | None = None,
+    cutoff_quantile: float | None = None,
+    holdout_items: float | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Prepare a dataset into `out`; returns the content of `out/dataset.json`."""
+    """Prepare a dataset into `out` with the `split` protocol; returns the content of `out/dataset.json`."""
     if dataset not in DATASETS:
         raise MadrecError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if min_item_count < 1:
         raise MadrecError(f"--min-item-count must be >= 1, got {min_item_count}")
+    check_protocol(dataset, split, cutoff, cutoff_quantile, holdout_items)
+    protocol = _protocol(split, cutoff, cutoff_quantile, holdout_items, seed)
     start = time.perf_counter()
     if dataset == "ml-1m":
         source = source or ML1M_URL
-        raw = read_ml1m(source)
-    else:
-        if not source or not items:
-            raise MadrecError(f"--dataset {dataset} needs --source (the {dataset} file) and --items (item texts)")
-        reader = read_sequences if dataset == "sequences" else read_interactions
-        raw = reader(_a_file(fetch(source), "--source", dataset), _a_file(fetch(items), "--items", "item texts"))
-    item_ids, users, sequences, stats = _filter_and_index(raw, min_item_count)
+    raw = _read(dataset, source, items)
+    item_ids, users, splits, stats, record = _split_data(raw, min_item_count, protocol)
     info = {
         "format": FORMAT,
         "dataset": dataset,
@@ -456,8 +638,9 @@ def prepare(
         "min_item_count": min_item_count,
         "num_users": len(users),
         "num_items": len(item_ids),
-        "num_interactions": int(sum(len(s) for s in sequences)),
+        "num_interactions": int(sum(len(s) for s in splits["testing"])),
         **stats,
+        **record,
     }
     log.info(
         "%s: %d users, %d items, %d interactions after filtering (%.1fs); writing %s",
@@ -468,7 +651,7 @@ def prepare(
         time.perf_counter() - start,
         out,
     )
-    return write_prepared(Path(out), item_ids, raw.texts, users, sequences, info)
+    return write_prepared(Path(out), item_ids, raw.texts, users, splits["testing"], info, splits)
 
 
 def cli(argv: list[str]) -> int:
@@ -477,11 +660,30 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--source", help=f"file, folder or URL (ml-1m default: {ML1M_URL})")
     p.add_argument("--items", help="item texts: items.jsonl[.gz], movies.dat, or CSV/Parquet item_id,text")
     p.add_argument("--min-item-count", type=int, default=5, help="keep items with at least this many interactions")
+    p.add_argument("--split", choices=SPLIT_KINDS, default="leave-one-out", help="hold-out protocol (docs/data.md)")
+    p.add_argument("--cutoff", type=float, help="temporal: the cut-off, in the unit of the input's timestamps")
+    p.add_argument("--cutoff-quantile", type=float, help="temporal: cut off at this quantile of all timestamps")
+    p.add_argument("--holdout-items", type=float, help="leave-one-out: share of items kept only as test targets")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --holdout-items draw")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
     args = p.parse_args(argv)
-    info = prepare(args.dataset, args.source, args.out, args.items, args.min_item_count)
+    info = prepare(
+        args.dataset,
+        args.source,
+        args.out,
+        args.items,
+        args.min_item_count,
+        split=args.split,
+        cutoff=args.cutoff,
+        cutoff_quantile=args.cutoff_quantile,
+        holdout_items=args.holdout_items,
+        seed=args.seed,
+    )
+    new = ""
+    if "new_items" in info:
+        new = f", {info['num_new_items']:,} new items ({info['new_item_test_targets']:,} test targets)"
     print(
         f"{args.out}: {info['num_users']:,} users, {info['num_items']:,} items, "
-        f"{info['num_interactions']:,} interactions; dropped {info['dropped']}"
+        f"{info['num_interactions']:,} interactions{new}; dropped {info['dropped']}"
     )
     return 0
