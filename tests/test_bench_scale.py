@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from madrec.sids import check_collapse, validate_sids
+from madrec.sids import check_collapse, sid_report, validate_sids
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "scale"
 RESULTS = ("results.md", "results.jsonl")
@@ -46,6 +46,14 @@ def test_sids_are_grid_shaped_unique_and_in_range(catalogue):
     assert int(sids.min()) >= 0 and int(sids[:3].max()) <= 255
     check_collapse(sids[:-1], 256, "catalogue")
     assert torch.unique(sids[0]).numel() > 200
+
+
+def test_dedup_digit_numbers_colliding_prefixes_by_item_index():
+    """Uneven clusters (many shared 3-digit prefixes): still unique, numbered as build-sids does."""
+    gen = _load("make_catalogue")
+    sids = torch.from_numpy(gen.make_sids(20000, np.random.default_rng(0), cluster_skew=0.05))
+    report = sid_report(validate_sids(sids, "skewed", codebook_size=256), 256)
+    assert report["collision_rate"] > 0.01 and report["dedup_digit_follows_rule"]
 
 
 def test_every_item_occurs_and_lengths_average_twelve(catalogue):
