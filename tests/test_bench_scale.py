@@ -120,3 +120,18 @@ def test_bench_scale_measures_every_stage_at_10k_items(tmp_path):
     table = (out / "results.md").read_text()
     assert "| 10,000 | tiny |" in table and "commit" in table and "load average" in table
     assert before == {name: (BENCH / name).read_bytes() if (BENCH / name).is_file() else None for name in RESULTS}
+
+
+@pytest.mark.slow
+def test_a_stage_over_its_limits_is_stopped_and_recorded(tmp_path):
+    """--max-rss-gb and --timeout kill the child and say why; a failing child keeps its error line."""
+    bench = _load("bench_scale")
+    grow = [sys.executable, "-c", "import time; b = b'x' * (400 << 20); time.sleep(30)"]
+    big = bench.run_stage(grow, tmp_path / "big.log", timeout_s=20, max_rss=256 << 20)
+    assert big["status"] == "stopped" and "over the 0.25 GiB limit" in big["reason"] and big["wall_s"] < 15
+    slow = bench.run_stage([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "slow.log", 1.0, 1 << 40)
+    assert slow["status"] == "stopped" and "timeout" in slow["reason"] and slow["wall_s"] < 10
+    fail = bench.run_stage([sys.executable, "-c", "raise ValueError('bad input')"], tmp_path / "f.log", 20, 1 << 40)
+    assert fail["status"] == "failed" and fail["rc"] == 1 and "ValueError: bad input" in fail["reason"]
+    ok = bench.run_stage(grow[:2] + ["b = b'x' * (300 << 20)"], tmp_path / "ok.log", 20, 1 << 40)
+    assert ok["status"] == "ok" and ok["peak_rss_mib"] > 300  # wait4's peak, however short-lived
