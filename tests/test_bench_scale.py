@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from madrec.sids import check_collapse, sid_report, validate_sids
+from madrec.sids.format import check_collapse, sid_report, validate_sids
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "scale"
 RESULTS = ("results.md", "results.jsonl")

@@ -191,7 +191,7 @@ def train_stage(args, experiment: str, data: Path, sids: Path, work: Path) -> di
 
 def eval_subset(data: Path, out: Path, users: int) -> Path:
     """A copy of the prepared folder whose testing split holds only its first `users` users."""
-    from madrec.tfrecord import read_records, write_records
+    from madrec.data.tfrecord import read_records, write_records
 
     shutil.rmtree(out, ignore_errors=True)
     (out / "testing").mkdir(parents=True)
