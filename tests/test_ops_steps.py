@@ -57,12 +57,19 @@ def test_override_arguments_read_back_to_the_same_typed_values():
     """A step's struct of overrides becomes its verb's arguments, and the verb's one config
     parser reads back exactly the values the struct held (KFP hands integers over as floats)."""
     assert override_arguments({}) == override_arguments(None) == []
-    overrides = {"trainer.max_steps": 5.0, "model.dropout": 0.1, "eval.ks": [5, 10], "experiment": "001"}
+    overrides = {
+        "trainer.max_steps": 5.0,
+        "model.dropout": 0.1,
+        "eval.ks": [5, 10],
+        "experiment": "001",
+        "trainer.max_minutes": 3.0,
+    }
     argv = override_arguments(overrides)
-    assert argv == ["trainer.max_steps=5.0", "model.dropout=0.1", "eval.ks=[5, 10]", "experiment=001"]
+    assert argv[:4] == ["trainer.max_steps=5", "model.dropout=0.1", "eval.ks=[5, 10]", "experiment=001"]
     cfg = Config()
     _apply(cfg, pairs(argv))
     assert (cfg.trainer.max_steps, cfg.model.dropout, cfg.eval.ks, cfg.experiment) == (5, 0.1, [5, 10], "001")
+    assert cfg.trainer.max_minutes == 3.0 and isinstance(cfg.trainer.max_minutes, float)
     with pytest.raises(MadrecError, match="the pipeline sets data_dir itself"):
         override_arguments({"batch_size": 8, "data_dir": "/elsewhere"})
 

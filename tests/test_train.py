@@ -261,3 +261,20 @@ def test_the_progress_bar_shows_the_budget_not_an_eta_for_max_steps(planted, tmp
         assert "step/s" in bar[-1] or "s/step" in bar[-1], bar[-1]
     else:
         assert "/30" in bar[-1], bar[-1]
+
+
+def test_test_false_never_reads_the_test_split(planted, tmp_path):
+    """The pipeline's train step runs test=false (evaluate owns the test split): testing/ is not
+    decoded at all, so a corrupt one stops only a run that tests (bench/scale: load time at 100k)."""
+    import shutil
+
+    data, sids = planted
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    for shard in (copy / "testing").iterdir():
+        shard.write_bytes(b"not a tfrecord")
+    base = [*ARGS, f"data_dir={copy}", f"sid_data_path={sids}", "trainer.max_steps=2", "trainer.val_every_n_steps=2"]
+    summary = run(load_config([*base, f"output_dir={tmp_path / 'a'}", "test=false"]))
+    assert summary["global_step"] == 2 and not any(k.startswith("test/") for k in summary)
+    with pytest.raises(MadrecError, match="testing"):
+        run(load_config([*base, f"output_dir={tmp_path / 'b'}", "test=true"]))

@@ -457,7 +457,7 @@ def test_component_body_runs_the_launcher(tmp_path, monkeypatch):
     launch({"trainer.max_steps": 5.0, "optim.optimizer.lr": 0.001}, "run")
     job = fake.created[0][1]
     assert job["spec"]["trainer"]["image"].endswith("/madrec-cuda:9.9")
-    assert job["spec"]["trainer"]["args"][-2:] == ["trainer.max_steps=5.0", "optim.optimizer.lr=0.001"]
+    assert job["spec"]["trainer"]["args"][-2:] == ["trainer.max_steps=5", "optim.optimizer.lr=0.001"]
     assert Path(model.path).read_bytes() == b"best-weights"
     assert json.loads(Path(metrics.path).read_text()) == {"test/recall@10": 0.09, "val/recall@10": 0.1}
     assert model.metadata["num_nodes"] == 2 and model.metadata["experiment"] == "tiny"

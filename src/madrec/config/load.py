@@ -259,8 +259,18 @@ def typed_overrides(values: dict, schema=Config, where: str = "overrides") -> di
 
 
 def as_arguments(values: dict) -> list[str]:
-    """Typed overrides -> `key=value` arguments that read back to the same values."""
-    return [f"{k}={v}" if isinstance(v, str) else f"{k}={json.dumps(v)}" for k, v in values.items()]
+    """Typed overrides -> `key=value` arguments that read back to the same values. A KFP struct
+    hands every number over as a float: a whole one is written as an integer (a float key reads
+    `3` as 3.0), so the step's log shows `trainer.max_steps=20000`, not `20000.0`."""
+
+    def text(v) -> str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return json.dumps(v)
+
+    return [f"{k}={text(v)}" for k, v in values.items()]
 
 
 def _apply(cfg, pairs: list[tuple[str, str]], where: str = "command line") -> None:

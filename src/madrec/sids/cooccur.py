@@ -61,7 +61,8 @@ def cooccurrence_embeddings(
     rank = min(dim, num_items)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # svd_lowrank draws a random projection
-        u, s, _ = torch.svd_lowrank(matrix, q=rank, niter=6)
+        # CSR: svd_lowrank's sparse @ dense products are ~3x faster than on COO (bench/scale)
+        u, s, _ = torch.svd_lowrank(matrix.to_sparse_csr(), q=rank, niter=6)
     vectors = u * s.clamp_min(0).sqrt()
     return F.normalize(vectors, dim=1)
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from madrec import models
 from madrec.checkpoint import load_checkpoint, model_weights, read_checkpoint
 from madrec.config import Config, check_inputs, describe_keys, load_config
-from madrec.data.dataset import PreparedDataset, Split, load_dataset
+from madrec.data.dataset import SPLITS, PreparedDataset, Split, load_dataset
 from madrec.dist import launch_layout
 from madrec.errors import MadrecError
 from madrec.io import fetch, write_text_atomic
@@ -244,7 +244,8 @@ def fit(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer, dict]:
     # handed on, so Lightning never fetches the URL again with its own, unchecked loader.
     resume_from = str(fetch(cfg.ckpt_path)) if cfg.ckpt_path else None
     resume = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None  # the cached copy: no second download
-    data = load_dataset(cfg.data_dir)
+    # test=false (the pipeline's evaluate step owns the test split): testing/ is not read at all
+    data = load_dataset(cfg.data_dir, splits=SPLITS if cfg.test else ("training", "evaluation"))
     cfg = resolve_dropout(cfg, data.splits["training"].sequences, data.num_items)
     if resume is not None:
         _check_resumable(cfg, resume)
