@@ -28,7 +28,9 @@ test:  ## run the whole test suite
 	$(BIN)/pytest -q
 
 test-shuffled:  ## the whole suite in a random order (the seed is printed; RANDOM_ORDER_SEED=N repeats one)
-	$(BIN)/pytest -q -p random_order --random-order $(if $(RANDOM_ORDER_SEED),--random-order-seed=$(RANDOM_ORDER_SEED))
+	@seed=$${RANDOM_ORDER_SEED:-$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')}; \
+	echo "random order seed $$seed (make test-shuffled RANDOM_ORDER_SEED=$$seed repeats this order)"; \
+	$(BIN)/pytest -q -p random_order --random-order-seed=$$seed
 
 test-fast:  ## the suite without tests marked slow
 	$(BIN)/pytest -q -m "not slow"
