@@ -135,3 +135,25 @@ def test_a_stage_over_its_limits_is_stopped_and_recorded(tmp_path):
     assert fail["status"] == "failed" and fail["rc"] == 1 and "ValueError: bad input" in fail["reason"]
     ok = bench.run_stage(grow[:2] + ["b = b'x' * (300 << 20)"], tmp_path / "ok.log", 20, 1 << 40)
     assert ok["status"] == "ok" and ok["peak_rss_mib"] > 300  # wait4's peak, however short-lived
+
+
+@pytest.mark.parametrize("width, exact", [(10**6, True), (4, False)])
+def test_the_sid_tree_beam_finds_the_best_items_of_an_additive_score(catalogue, width, exact):
+    """factored_decode.tree_beam on the generated catalogue: with a beam as wide as the tree it
+    returns exactly the top items of sum_k score[k, digit_k(i)] (found by scoring every item);
+    a narrow beam returns catalogue items only, best first, each scored by its true sum."""
+    fd = _load("factored_decode")
+    _, _, sids, _, _ = catalogue
+    tree = fd.PrefixTree(sids)
+    torch.manual_seed(0)
+    scores = torch.randn(6, sids.shape[0], 256)
+    items, got = fd.tree_beam(scores, tree, width)
+    every = scores[:, torch.arange(sids.shape[0])[:, None], sids].sum(1)  # (6, N)
+    if exact:
+        top = every.topk(10, dim=1)
+        assert torch.equal(items[:, :10], top.indices)
+        assert torch.allclose(got[:, :10], top.values)
+    else:
+        assert items.shape == (6, 4) and (items >= 0).all()
+        assert torch.allclose(got, every.gather(1, items))
+        assert (got[:, :-1] >= got[:, 1:]).all()
