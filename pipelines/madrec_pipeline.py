@@ -55,6 +55,13 @@ PARAMETERS = {
     "items": "Item texts for sequences / interactions: items.jsonl[.gz] (item_id, text), movies.dat, or a "
     "CSV / Parquet item_id,text table; empty for ml-1m.",
     "min_item_count": "Items with fewer interactions are removed before splitting.",
+    "split": "Hold-out protocol: `leave-one-out` (each user's last item tests) or `temporal` (a global "
+    "cut-off in time, RecBole's convention; ml-1m and interactions only). docs/data.md has the details.",
+    "cutoff": "temporal: the cut-off, in the unit of the input's timestamps; 0 = use cutoff_quantile.",
+    "cutoff_quantile": "temporal: cut off at this quantile of all timestamps, e.g. 0.8; 0 = use cutoff.",
+    "holdout_items": "leave-one-out: share of items removed from every training and validation history and "
+    "kept only as test targets (new items), e.g. 0.05; 0 = none.",
+    "holdout_seed": "Seed of the holdout_items draw.",
     "sid_uri": "A SID file made by GRID (path, gs:// or https://) to ingest; empty: build SIDs from the item "
     "texts with the sid_* settings.",
     "sid_encoder": "Text encoder for build-sids (Hugging Face name); empty: all-MiniLM-L6-v2.",
@@ -251,6 +258,11 @@ def madrec_pipeline(
     source: str = ML1M_URL,
     items: str = "",
     min_item_count: int = 5,
+    split: str = "leave-one-out",
+    cutoff: float = 0.0,
+    cutoff_quantile: float = 0.0,
+    holdout_items: float = 0.0,
+    holdout_seed: int = 0,
     sid_uri: str = "",
     sid_encoder: str = "",
     sid_levels: int = 3,
@@ -273,7 +285,17 @@ def madrec_pipeline(
     deploy_gpu: bool = False,
 ):
     """Prepare data, get semantic IDs, train, evaluate (and optionally deploy)."""
-    prepared = prepare_data(kind=dataset, source=source, items=items, min_item_count=min_item_count)
+    prepared = prepare_data(
+        kind=dataset,
+        source=source,
+        items=items,
+        min_item_count=min_item_count,
+        split=split,
+        cutoff=cutoff,
+        cutoff_quantile=cutoff_quantile,
+        holdout_items=holdout_items,
+        holdout_seed=holdout_seed,
+    )
     prepared.set_display_name("prepare-data")
     _requests(_use_image(prepared, "madrec", image_tag), CPU_STEP_RESOURCES)
     data = prepared.outputs["dataset"]

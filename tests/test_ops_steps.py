@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,28 @@ def test_run_verb_in_process_fails_the_step(tmp_path, capsys):
         run_verb(["prepare-data", "--dataset", "sequences", "--out", str(tmp_path / "out")])
     assert "needs --source" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_prepare_step_passes_the_split_protocol(tmp_path, monkeypatch):
+    """The pipeline's split parameters reach prepare-data (0 = unset, as a run parameter cannot be
+    empty): a temporal cut-off at a quantile, an item hold-out with its seed, and the default."""
+    from kfp import dsl
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from components.prepare_data import prepare_data
+
+    rows = ["user_id,item_id,timestamp"] + [f"{u},{(u + t) % 6},{100 * t + u}" for u in range(8) for t in range(6)]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "items.csv").write_text("item_id,text\n" + "".join(f"{i},item {i}\n" for i in range(6)))
+    args = dict(kind="interactions", source=str(tmp_path / "log.csv"), items=str(tmp_path / "items.csv"))
+
+    def info(name: str, **protocol) -> dict:
+        out = dsl.Dataset(uri=str(tmp_path / name))
+        prepare_data.python_func(**args, min_item_count=1, dataset=out, **protocol)
+        return json.loads((Path(out.path) / "dataset.json").read_text())
+
+    assert info("loo").get("split", {"kind": "leave-one-out"})["kind"] == "leave-one-out"
+    temporal = info("temporal", split="temporal", cutoff_quantile=0.5)["split"]
+    assert temporal["kind"] == "temporal" and temporal["cutoff_quantile"] == 0.5
+    held = info("held", holdout_items=0.34, holdout_seed=3)
+    assert held["split"] == {"kind": "holdout", "holdout_items": 0.34, "seed": 3} and held["num_new_items"] == 2

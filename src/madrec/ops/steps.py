@@ -93,9 +93,20 @@ def _copy(src: Path, dst: str) -> None:
     shutil.copyfile(src, dst)
 
 
-def prepare_step(kind: str, source: str, items: str, min_item_count: int, dataset) -> dict:
-    """`madrec prepare-data` into the Dataset artifact's folder; counts go into its metadata."""
+def prepare_step(
+    kind: str, source: str, items: str, min_item_count: int, dataset, protocol: dict | None = None, seed: int = 0
+) -> dict:
+    """`madrec prepare-data` into the Dataset artifact's folder; counts go into its metadata.
+    `protocol`: split (leave-one-out | temporal) and cutoff, cutoff_quantile, holdout_items, 0 = unset
+    (a run parameter cannot be empty)."""
     argv = ["prepare-data", "--dataset", kind, "--min-item-count", str(min_item_count), "--out", dataset.path]
+    protocol = protocol or {}
+    argv += ["--split", protocol.get("split") or "leave-one-out"]
+    for key in ("cutoff", "cutoff_quantile", "holdout_items"):
+        if protocol.get(key):
+            argv += [f"--{key.replace('_', '-')}", repr(float(protocol[key]))]
+    if protocol.get("holdout_items"):
+        argv += ["--seed", str(seed)]
     if source:
         argv += ["--source", source]
     if items:
