@@ -278,3 +278,15 @@ def test_test_false_never_reads_the_test_split(planted, tmp_path):
     assert summary["global_step"] == 2 and not any(k.startswith("test/") for k in summary)
     with pytest.raises(MadrecError, match="testing"):
         run(load_config([*base, f"output_dir={tmp_path / 'b'}", "test=true"]))
+
+
+def test_each_lightning_log_line_is_printed_once(planted, tmp_path):
+    """`madrec train` in a fresh interpreter: Lightning's own stderr handlers printed every one of
+    its lines a second time beside madrec's."""
+    data, sids = planted
+    argv = [*ARGS, f"data_dir={data}", f"sid_data_path={sids}", f"output_dir={tmp_path / 'run'}"]
+    argv += ["trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.progress_bar=false", "test=false"]
+    done = subprocess.run([sys.executable, "-m", "madrec.cli", "train", *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "GPU available" in line]
+    assert len(lines) == 1 and " INFO lightning.pytorch" in lines[0], lines

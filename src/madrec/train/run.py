@@ -374,9 +374,20 @@ def evaluate_only(cfg: Config, out: Path) -> tuple[RecommenderModule, L.Trainer,
     )
 
 
+def lightning_logs_once() -> None:
+    """Lightning's records through the root logger only, in madrec's format: its own stderr
+    handlers on `lightning` / `lightning.pytorch` printed every line a second time beside it."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def run(cfg: Config) -> dict:
     """Train (cfg.train) and/or evaluate; write RUN/summary.json; return the summary."""
     check_inputs(cfg)
+    lightning_logs_once()
     out = _output_dir(cfg)
     threads = torch.get_num_threads()
     if cfg.trainer.num_threads:
