@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -204,3 +205,22 @@ def test_evaluate_cli_rejects_bad_arguments(prepared, capsys):
     assert main(["evaluate", f"data_dir={prepared / 'data'}"]) == 2
     assert "missing ckpt_path=..., output_dir=..." in capsys.readouterr().err
     assert not (prepared / "x").exists()
+
+
+def test_evaluate_max_users_decodes_a_fixed_subset(prepared):
+    """max_users: a seeded random subset of the split, the same users on every run."""
+    from madrec.cli import main
+
+    def users(name: str, *extra: str) -> list[int]:
+        out = prepared / name
+        base = [f"ckpt_path={prepared / 'model.ckpt'}", f"data_dir={prepared / 'data'}", f"output_dir={out}"]
+        assert main(["evaluate", *base, "predictions=true", "sweep=false", "compare_unconstrained=false", *extra]) == 0
+        decoded = sorted(set(pq.read_table(out / "predictions.parquet").column("user").to_pylist()))
+        assert json.loads((out / "metrics.json").read_text())["test/num_users"] == len(decoded)
+        return decoded
+
+    every = users("all")
+    some = users("some", "max_users=12")
+    assert len(every) == 45 and len(some) == 12 and set(some) < set(every)
+    assert users("again", "max_users=12") == some
+    assert users("other", "max_users=12", "seed=1") != some

@@ -112,6 +112,7 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     _require(cfg.order in ORDERS, "order", f"{cfg.order!r} is not one of {', '.join(ORDERS)}")
     _require(cfg.split in SPLIT_NAMES, "split", f"{cfg.split!r} is not one of {', '.join(SPLIT_NAMES)}")
     _require(cfg.reveal_per_step >= 1, "reveal_per_step", f"must be >= 1, got {cfg.reveal_per_step}")
+    _require(cfg.max_users >= 0, "max_users", f"must be >= 0 (0 = all users), got {cfg.max_users}")
     _require(cfg.compare_users >= 0, "compare_users", f"must be >= 0 (0 = all users), got {cfg.compare_users}")
 
 

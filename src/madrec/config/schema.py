@@ -95,6 +95,7 @@ class EvaluateConfig(DecodeConfig):
     data_dir: str = _opt("", "prepared dataset folder (`madrec prepare-data --out`)")
     output_dir: str = _opt("", "gets metrics.json, report.html and, with predictions=true, predictions.parquet")
     split: str = _opt("test", "test | val")
+    max_users: int = _opt(0, "decode a fixed random subset of this many users (seeded by `seed`); 0 = all")
     predictions: bool = _opt(False, "write predictions.parquet (user, rank, item_id, item, score)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process)")
     order: str = _opt("confidence", f"unmasking order: {' | '.join(ORDERS)}")
@@ -102,7 +103,7 @@ class EvaluateConfig(DecodeConfig):
     sweep: bool = _opt(True, "also decode with fewer model calls per item (quality vs steps)")
     compare_unconstrained: bool = _opt(True, "also decode without the catalogue constraint (invalid-SID rate)")
     compare_users: int = _opt(2000, "users (the split's first) for the unconstrained comparison and the sweep; 0 = all")
-    seed: int = _opt(0, "seed of the random unmasking order")
+    seed: int = _opt(0, "seed of the random unmasking order and of max_users' subset")
     amp: bool = _opt(True, "bf16 autocast on CUDA (scores stay fp32)")
 
 

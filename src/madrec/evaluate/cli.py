@@ -78,7 +78,7 @@ def _load(args: EvaluateConfig, device: torch.device):
             f"{args.ckpt_path} was trained on ({loaded.sids.shape[1]} items); evaluate with the dataset it was "
             "trained on"
         )
-    return loaded, data, data.splits[SPLIT_NAMES[args.split]]
+    return loaded, data, data.splits[SPLIT_NAMES[args.split]].sample(args.max_users, args.seed)
 
 
 class _Decoder:
