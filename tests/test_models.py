@@ -141,6 +141,20 @@ def test_reference_objective_learns_the_planted_rule(planted, tmp_path):
     assert summary["val/recall@10"] >= 0.8, summary
 
 
+def test_maskgr_cpu_is_the_method_and_learns_the_planted_rule(planted, tmp_path):
+    """maskgr_cpu keeps the method's network and objective (docs/method.md): the bidirectional
+    MaskedDiffusionLM over every token, uniform masking, linear schedule, no catalogue head."""
+    steps = ["trainer.max_steps=1500", "trainer.val_every_n_steps=750", "trainer.checkpoint_every_n_steps=750"]
+    args = ["experiment=maskgr_cpu", "model.n_embd=64", "optim.optimizer.lr=5e-3", "trainer.ema_decay=0", *steps]
+    summary = train(planted, tmp_path / "run", args)
+    loaded = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    cfg = loaded.config
+    assert type(loaded.model).__name__ == "MaskedDiffusionLM" and not loaded.model.causal
+    assert (cfg.diffusion.masking, cfg.diffusion.schedule) == ("uniform", "linear")
+    assert not (cfg.model.pool_history or cfg.model.catalogue_head or cfg.model.item_embedding)
+    assert summary["val/recall@10"] >= 0.8, summary
+
+
 def test_next_items_needs_a_model_trained_on_several_masked_items(planted, tmp_path):
     args = ["experiment=tiny", "trainer.max_steps=60", "trainer.val_every_n_steps=60", "test=false"]
     args += ["trainer.checkpoint_every_n_steps=60"]
