@@ -410,3 +410,29 @@ def test_a_folder_where_a_file_is_expected_is_named(tmp_path, which, cli_stderr)
             f"madrec prepare-data: error: {tmp_path / 'folder'}: {which} is a folder; give the "
             + err[0].split("give the ", 1)[1]
         ]
+
+
+def test_ids_that_look_numeric_to_python_but_not_to_int_sort_as_text(tmp_path):
+    """'²' is str.isdigit() and '--1' survives lstrip('-'): neither is an integer id, so the
+    catalogue sorts as text instead of raising ValueError (found by tests/test_fuzz_prepare.py)."""
+    from madrec.data.prepare import id_sort_key
+
+    for ids in (["²", "2"], ["--1", "3"], ["٣", "1"]):
+        assert sorted(ids, key=id_sort_key(ids)) == sorted(ids)
+    assert sorted(["10", "9", "-1"], key=id_sort_key(["10", "9", "-1"])) == ["-1", "9", "10"]
+    (tmp_path / "log.csv").write_text("user_id,item_id,timestamp\n²,a,0\n²,b,1\n²,c,2\n")
+    (tmp_path / "items.jsonl").write_text("".join(f'{{"item_id": "{i}", "text": "{i}"}}\n' for i in "abc"))
+    info = prepare("interactions", str(tmp_path / "log.csv"), tmp_path / "out", items=str(tmp_path / "items.jsonl"),
+                   min_item_count=1)  # fmt: skip
+    assert info["num_users"] == 1
+
+
+def test_a_monitor_or_world_size_with_a_non_ascii_digit_is_a_named_error(monkeypatch):
+    from madrec.config import load_config
+    from madrec.dist import launch_layout
+
+    with pytest.raises(MadrecError, match="eval.monitor"):
+        load_config(["experiment=tiny", "data_dir=d", "sid_data_path=s", "eval.monitor=recall@²"])
+    monkeypatch.setenv("WORLD_SIZE", "²")
+    with pytest.raises(MadrecError, match="WORLD_SIZE"):
+        launch_layout()

@@ -33,7 +33,7 @@ def launch_layout(environ: Mapping[str, str] | None = None) -> Layout:
         text = env.get(name, "").strip()
         if not text:
             return default
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # "²".isdigit(), but int() refuses it
             raise MadrecError(f"{name}={text!r}: expected a whole number (set by torchrun)")
         return int(text)
 

@@ -73,7 +73,7 @@ def validate(cfg: Config) -> None:
     _check_decoding(e, "eval.")
     metric, _, k = e.monitor.partition("@")
     _require(
-        metric in ("recall", "ndcg") and k.isdigit() and int(k) in e.ks,
+        metric in ("recall", "ndcg") and k.isascii() and k.isdigit() and int(k) in e.ks,
         "eval.monitor",
         f"expected recall@K or ndcg@K with K in eval.ks={e.ks}, got {e.monitor!r}",
     )

@@ -23,6 +23,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import time
 import zipfile
 import zlib
@@ -95,8 +96,13 @@ def _open_text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int,
         ) from exc
 
 
+_INT = re.compile(r"-?[0-9]+")
+
+
 def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    """ASCII digits with an optional minus: '²' and '٣' are str.isdigit() but not ids int() reads
+    the same way, '--1' is no number (all found by tests/test_fuzz_prepare.py)."""
+    return _INT.fullmatch(text) is not None
 
 
 def id_sort_key(ids: Iterable[str]):
