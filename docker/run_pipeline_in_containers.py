@@ -90,9 +90,8 @@ def run(args) -> Path:
 
     docker_task_handler.run_docker_container = run_container  # looked up there at each step
 
-    from madrec.config import Config, typed_overrides
     from madrec.ops.local_run import PIPELINE_FILE, collect_results, link_results, parse_params, pipeline_inputs
-    from madrec.overrides import pairs
+    from madrec.ops.pipeline_params import train_overrides_from
 
     pipeline_file = args.pipeline_file or PIPELINE_FILE
     out = args.out.resolve()
@@ -113,7 +112,7 @@ def run(args) -> Path:
         "dataset": "sequences",
         **staged,
         "experiment": args.experiment,
-        "train_overrides": typed_overrides(dict(pairs(args.overrides)), Config, "training overrides"),
+        "train_overrides": train_overrides_from(args.overrides, "training overrides"),
         "num_gpus": 0,
         "image_tag": args.image_tag,
     }

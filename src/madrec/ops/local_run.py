@@ -20,12 +20,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from madrec.config import Config, typed_overrides
 from madrec.data.prepare import ML1M_URL
 from madrec.errors import MadrecError
 from madrec.io import content_digest, is_remote
-from madrec.ops.pipeline_params import PIPELINE_FILE, REPO, add_param_option, parse_params, pipeline_inputs
-from madrec.overrides import pairs
+from madrec.ops.pipeline_params import (
+    PIPELINE_FILE,
+    REPO,
+    add_param_option,
+    parse_params,
+    pipeline_inputs,
+    train_overrides_from,
+)
 
 # Items files next to sequences or an interactions table (prepare-data --items reads them all).
 ITEM_PATTERNS = ("*.jsonl", "*.jsonl.gz", "movies.dat", "items.csv", "items.csv.gz", "items.parquet")
@@ -387,7 +392,7 @@ def cli(argv: list[str]) -> int:
         "items": stage_input(spec.items, store),
         "sid_uri": stage_input(args.sid_uri, store),
         "experiment": args.experiment,
-        "train_overrides": typed_overrides(dict(pairs(args.overrides)), Config, "madrec run-local"),
+        "train_overrides": train_overrides_from(args.overrides, "madrec run-local"),
         "num_gpus": 0,
         **({"min_item_count": args.min_item_count} if args.min_item_count is not None else {}),
     }

@@ -42,6 +42,11 @@ def pipeline_inputs(pipeline_file: Path) -> dict[str, dict]:
     return spec["root"]["inputDefinitions"]["parameters"]
 
 
+def train_overrides_from(items: list[str], where: str) -> dict:
+    """A verb's positional `KEY=VALUE` training overrides -> the typed `train_overrides` struct."""
+    return typed_overrides(dict(pairs(items)), Config, where)
+
+
 def add_param_option(parser, example: str) -> None:
     """The `--param KEY=VALUE` option of run-local and submit (parsed by `parse_params`)."""
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help=example)
