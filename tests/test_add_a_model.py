@@ -39,9 +39,6 @@ class LastItemLM(nn.Module):
         logits[:, -self.sid_len :] = self.out(h).view(b, self.sid_len, self.vocab_size)
         return logits if select is None else logits[select]
 
-    def item_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
 
 class LastItemLoss:
     """Cross-entropy of each row's last item, all its digits masked."""

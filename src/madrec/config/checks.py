@@ -41,6 +41,8 @@ def validate(cfg: Config) -> None:
         "model.n_embd",
         "model.n_head",
         "model.d_ff",
+        "model.head_candidates",
+        "model.tree_width",
         "batch_size",
         "codebook_size",
         "trainer.max_steps",

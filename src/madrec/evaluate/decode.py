@@ -284,14 +284,12 @@ def beam_search(
 
 def _catalogue_top_k(model: Network, vocab: SIDVocab, histories: torch.Tensor, top_k: int) -> DecodeResult:
     """The top_k items of a catalogue-head model's distribution over the masked slot's clean
-    item: one model call, every catalogue item scored by its joint log-probability (the beam
-    search over its digits would approximate this ranking; measured below it)."""
-    slot = torch.full((histories.shape[0], vocab.sid_len), vocab.mask_id, device=histories.device)
-    log_q = model.item_log_probs(torch.cat([histories, slot], 1)).float()
-    scores, items = log_q.topk(min(top_k, log_q.shape[1]), dim=1)
+    item, in one model call (`top_items`: every item scored by its joint log-probability, or
+    the best leaves of the SID tree on a catalogue too large for that, model.tree_width)."""
+    items, scores = model.top_items(histories, top_k)
     missing = top_k - items.shape[1]  # a catalogue smaller than the list: -1 items scored -inf
     items = torch.nn.functional.pad(items, (0, missing), value=-1)
-    return DecodeResult(items, torch.nn.functional.pad(scores, (0, missing), value=float("-inf")))
+    return DecodeResult(items, torch.nn.functional.pad(scores.float(), (0, missing), value=float("-inf")))
 
 
 @dataclass

@@ -35,13 +35,13 @@ class Network(Protocol):
 
     causal: bool  # reveals a slot's positions left to right, one per call (else in any order)
     max_next_items: int | None  # the most future items decoded jointly; None: as many as the row holds
-    ranks_catalogue: bool  # item_log_probs gives the slot's distribution over every catalogue item
+    ranks_catalogue: bool  # top_items ranks the catalogue for the next item in one call
 
     def forward(self, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) rows ending in the masked slot -> logits (B, L, vocab), or (M, vocab) at `select`."""
 
-    def item_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) rows ending in the slot -> (B, N) log q(item), when `ranks_catalogue`."""
+    def top_items(self, histories: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) left-padded histories -> (B, top_k) next items and their scores, when `ranks_catalogue`."""
 
 
 class Objective(Protocol):

@@ -65,6 +65,14 @@ class ModelConfig:
     # before it (the history's last item when decoding), as a causal model's position carries its
     # own item into its prediction; attention alone brings it to a MASK token only faintly
     slot_reads_previous: bool = False
+    # with catalogue_head: the most catalogue items a training step scores (beyond it, the
+    # batch's targets plus popularity-sampled items, logQ-corrected); also the catalogue size
+    # beyond which item_embedding updates only the rows a step touches (docs/method.md,
+    # "Catalogue scale"); 8192 keeps a 1M-item step within 0.8x of a 12k one (bench/scale)
+    head_candidates: int = 8192
+    # leaves the SID-tree beam keeps when decoding a catalogue larger than tree_width x the
+    # tree's widest fan-out (smaller ones are ranked exactly); 64: ~1,260 users/s at 1M items
+    tree_width: int = 64
 
 
 class Rotary(nn.Module):
@@ -189,7 +197,8 @@ def rows_of_keys(sorted_keys: torch.Tensor, rows: torch.Tensor, key: torch.Tenso
 class ItemIds(nn.Module):
     """Learned item-id embeddings looked up from each item's SID tokens (index 0: no item)."""
 
-    def __init__(self, item_tokens: torch.Tensor, vocab_size: int, n_embd: int):
+    def __init__(self, item_tokens: torch.Tensor, vocab_size: int, n_embd: int, sparse: bool = False):
+        """sparse: gradients only for the rows a step looks up (a catalogue too large for dense updates)."""
         super().__init__()
         self.base = vocab_size  # a token id is one digit of the key in this base
         if vocab_size ** item_tokens.shape[-1] >= 2**63:
@@ -198,7 +207,7 @@ class ItemIds(nn.Module):
         order = torch.argsort(keys)
         self.register_buffer("sorted_keys", keys[order])
         self.register_buffer("item_of_key", order)
-        self.embed = nn.Embedding(len(keys) + 1, n_embd, padding_idx=0)
+        self.embed = nn.Embedding(len(keys) + 1, n_embd, padding_idx=0, sparse=sparse)
         nn.init.normal_(self.embed.weight, mean=0.0, std=1.0)
         with torch.no_grad():
             self.embed.weight[0].zero_()
@@ -267,7 +276,11 @@ class TokenTransformer(nn.Module):
         self.sid_len = sid_len
         self.embed = nn.Embedding(vocab_size, cfg.n_embd)
         self.slot = nn.Embedding(sid_len, cfg.n_embd) if cfg.slot_embedding else None
-        self.item = ItemIds(item_tokens, vocab_size, cfg.n_embd) if cfg.item_embedding else None
+        self.item = (
+            ItemIds(item_tokens, vocab_size, cfg.n_embd, sparse=len(item_tokens) > cfg.head_candidates)
+            if cfg.item_embedding
+            else None
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)

@@ -24,9 +24,9 @@ from madrec.models.blocks import (
     as_items,
     block_causal_mask,
     refuse_pooled_options,
-    rows_of_keys,
     tokens_from_end,
 )
+from madrec.models.catalogue import CatalogueHead, SIDTree
 from madrec.models.diffusion import MaskedDiffusion
 
 
@@ -80,9 +80,6 @@ class MaskedDiffusionLM(TokenTransformer):
         keep = keep | ~keep.any(dim=1, keepdim=True)
         return keep[:, None, None, :]
 
-    def item_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("MaskedDiffusionLM has no catalogue head")
-
 
 class BlockDiffusionLM(TokenTransformer):
     """Block diffusion over pooled items (`model.pool_history` with `diffusion.masking=every_item`):
@@ -120,7 +117,10 @@ class BlockDiffusionLM(TokenTransformer):
             raise ValueError("catalogue_head needs the catalogue's SID table and the MASK token id")
         if cfg.pool_slot and not cfg.catalogue_head:
             raise ValueError("pool_slot needs catalogue_head: one token per noised item has no per-digit states")
-        self.head = CatalogueHead(item_tokens, vocab_size, mask_id) if cfg.catalogue_head else None
+        self.head = (
+            CatalogueHead(item_tokens, vocab_size, mask_id, cfg.head_candidates) if cfg.catalogue_head else None
+        )
+        self._tree: SIDTree | None = None  # built at the first decoding that needs it
 
     @property
     def ranks_catalogue(self) -> bool:
@@ -161,8 +161,8 @@ class BlockDiffusionLM(TokenTransformer):
         items, noisy, chosen = (self._as_items(x, from_end) for x in (clean, tokens, select))
         if chosen[:, 0].any():
             raise ValueError("a row's first item has no history: it cannot be a target")
-        targets = items[:, 1:] if item_nll else None
-        return self._slot_logits(self._item_states(items, noisy[:, 1:]), noisy[:, 1:], chosen[:, 1:], targets)
+        targets = items[:, 1:] if self.head is not None else None
+        return self._slot_logits(self._item_states(items, noisy[:, 1:]), noisy[:, 1:], chosen[:, 1:], targets, item_nll)
 
     def _slot_logits(
         self,
@@ -170,29 +170,31 @@ class BlockDiffusionLM(TokenTransformer):
         slots: torch.Tensor,
         select: torch.Tensor | None,
         targets: torch.Tensor | None = None,
+        item_nll: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of slot states (B, n, H, C) whose noised tokens are `slots` (B, n, H): (M, vocab)
-        at `select` ((B, n, H) bool), else (B * n * H, vocab). With `targets` ((B, n, H) the slots'
-        clean items; catalogue head only) also (M,): each selected token's share of its slot's
-        -log q(clean item), so the shares of a slot sum to its item loss."""
+        at `select` ((B, n, H) bool), else (B * n * H, vocab). `targets` ((B, n, H) the slots'
+        clean items; catalogue head only, training): the head scores them and a sample of the
+        rest of the catalogue (CatalogueHead.candidates); with `item_nll` also (M,): each
+        selected token's share of its slot's -log q(clean item), so the shares of a slot sum to
+        its item loss."""
         if select is None:
             select = torch.ones_like(slots, dtype=torch.bool)
         if self.head is None:
-            if targets is not None:
+            if item_nll:
                 raise ValueError("an item loss needs model.catalogue_head")
             return self.ln_f(states[select]) / math.sqrt(self.cfg.n_embd) @ self.embed.weight.t()
         asked = select.any(-1)  # slots with a position asked for
         chosen = select[asked]
-        out = self.head(
-            self._slot_vector(states[asked]),
-            slots[asked],
-            self._catalogue(),
-            None if targets is None else targets[asked],
-        )
-        if targets is None:
-            return out[chosen]
-        log_marginals, item_nll = out
-        shares = (item_nll / chosen.sum(1))[:, None].expand_as(chosen)
+        wanted = None if targets is None else targets[asked]
+        rows, correction = None, None
+        if wanted is not None and self.head.samples:
+            rows, correction = self.head.candidates(self.head.index_of(wanted))
+        h, noised = self._slot_vector(states[asked]), slots[asked]
+        if not item_nll:
+            return self.head(h, noised, self._catalogue(rows), None, rows, correction)[chosen]
+        log_marginals, nll = self.head(h, noised, self._catalogue(rows), wanted, rows, correction)
+        shares = (nll / chosen.sum(1))[:, None].expand_as(chosen)
         return log_marginals[chosen], shares[chosen]
 
     def _slot_vector(self, states: torch.Tensor) -> torch.Tensor:
@@ -200,9 +202,11 @@ class BlockDiffusionLM(TokenTransformer):
         per slot, the mean of its positions'."""
         return self.ln_f(states.mean(1)) / math.sqrt(self.cfg.n_embd)
 
-    def _catalogue(self) -> torch.Tensor:
-        """(N, C) every catalogue item's vector: what it is as a pooled history item."""
-        return self._pool(self.head.item_tokens[None])[0]
+    def _catalogue(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, C) the vectors of catalogue rows `rows` (None: every item): what each is as a
+        pooled history item."""
+        tokens = self.head.item_tokens if rows is None else self.head.item_tokens[rows]
+        return self._pool(tokens[None])[0]
 
     def item_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) rows ending in the slot (H tokens, some or all MASK) -> (B, N) log q(item) of the
@@ -213,6 +217,26 @@ class BlockDiffusionLM(TokenTransformer):
         slots = tokens[tail].view(tokens.shape[0], 1, self.sid_len)
         h = self._slot_vector(self._slot_states(tokens, slots)[:, 0])
         return self.head.item_log_probs(h, slots[:, 0], self._catalogue())
+
+    def top_items(self, histories: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) left-padded histories -> (B, top_k) the best next items and their log q: exact
+        over the catalogue while scoring it costs no more than the SID-tree beam would (the
+        catalogue is within `model.tree_width` x the tree's widest fan-out), else the beam's
+        `model.tree_width` leaves re-ranked by the full score (q normalised over those leaves)."""
+        slot = torch.full((histories.shape[0], self.sid_len), self.head.mask_id, device=histories.device)
+        tokens = torch.cat([histories, slot], 1)
+        if self._tree is None:
+            self._tree = SIDTree(self.head.item_tokens, self.vocab_size)
+        if self.head.num_items <= self.cfg.tree_width * max(self._tree.fanout):
+            scores, items = self.item_log_probs(tokens).float().topk(min(top_k, self.head.num_items), dim=1)
+            return items, scores
+        h = self._slot_vector(self._slot_states(tokens, slot[:, None])[:, 0])
+        # the SID part of h . e_i is the mean of h . E[token] over i's tokens (`_pool`)
+        leaves = self._tree.beam((h @ self.embed.weight.t()).float() / self.sid_len, self.cfg.tree_width)
+        vectors = self._pool(self.head.item_tokens[leaves.clamp_min(0)])  # (B, W, C)
+        full = (h[:, None, :] * vectors).sum(-1).float().masked_fill(leaves < 0, float("-inf"))
+        scores, at = full.log_softmax(1).topk(min(top_k, full.shape[1]), dim=1)
+        return leaves.gather(1, at), scores
 
     def _slot_states(self, tokens: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, C) final states of the slot ((B, 1, 1, C) with pool_slot) after the pooled
@@ -298,62 +322,3 @@ def history_and_slot_mask(real: torch.Tensor, sid_len: int) -> torch.Tensor:
     bottom = torch.cat([real[:, None, :].expand(-1, sid_len, -1), real.new_ones(b, sid_len, sid_len)], 2)
     keep = torch.cat([top, bottom], 1) | torch.eye(n + sid_len, dtype=torch.bool, device=real.device)
     return keep[:, None]
-
-
-class CatalogueHead(nn.Module):
-    """The slot's clean item as a distribution over the catalogue; its digits' log-probabilities
-    as that distribution's marginals.
-
-    One state h per slot scores item i as h . e_i (e_i: the item's vector) if i's tokens agree
-    with every revealed token of the slot, else -inf; p(token at position k) is the softmax mass
-    of the items whose k-th token it is. The true item always agrees with its own revealed
-    digits, so no training target is impossible; a token no agreeing item has gets
-    log p = log(1e-30) (finite, so its gradient stays 0, not NaN).
-    """
-
-    def __init__(self, item_tokens: torch.Tensor, vocab_size: int, mask_id: int):
-        super().__init__()
-        n, h = item_tokens.shape
-        if vocab_size**h >= 2**63:
-            raise ValueError(f"catalogue_head: SIDs of {h} tokens are too long for int64 keys")
-        self.vocab_size, self.mask_id = vocab_size, mask_id
-        self.register_buffer("item_tokens", item_tokens.long(), persistent=False)  # (N, H)
-        self.register_buffer("powers", vocab_size ** torch.arange(h), persistent=False)
-        # keys[r, i]: item i's tokens at the positions in bit pattern r as one number, 0 elsewhere,
-        # so "agrees with a slot whose revealed positions are r" is one comparison
-        bits = (torch.arange(2**h)[:, None] >> torch.arange(h)) & 1
-        self.register_buffer("keys", (self.item_tokens[None] * self.powers * bits[:, None]).sum(-1), persistent=False)
-        # keys[-1] (every position) sorted, to find a clean item's index by binary search
-        whole, rows = self.keys[-1].sort()
-        self.register_buffer("whole_keys", whole, persistent=False)
-        self.register_buffer("whole_rows", rows, persistent=False)
-
-    def item_log_probs(self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, N) log q(item)."""
-        revealed = slots != self.mask_id
-        pattern = (revealed.long() << torch.arange(slots.shape[1], device=slots.device)).sum(1)
-        agree = self.keys[pattern] == (slots * revealed * self.powers).sum(1, keepdim=True)
-        return (h @ items.t()).float().masked_fill(~agree, float("-inf")).log_softmax(1)
-
-    def forward(
-        self, h: torch.Tensor, slots: torch.Tensor, items: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """h (S, C) scaled slot states, slots (S, H) their tokens, items (N, C) -> (S, H, vocab) log p;
-        with `targets` ((S, H) the slots' clean items) also (S,) -log q(target item)."""
-        log_q = self.item_log_probs(h, slots, items)  # (S, N)
-        q = log_q.exp()
-        marginals = [
-            q.new_zeros(len(q), self.vocab_size).index_add(1, self.item_tokens[:, k], q)
-            for k in range(self.item_tokens.shape[1])
-        ]
-        log_marginals = torch.stack(marginals, 1).clamp_min(1e-30).log()
-        if targets is None:
-            return log_marginals
-        return log_marginals, -log_q.gather(1, self.index_of(targets)[:, None])[:, 0]
-
-    def index_of(self, items: torch.Tensor) -> torch.Tensor:
-        """(S, H) tokens of catalogue items -> (S,) their rows of the catalogue."""
-        rows = rows_of_keys(self.whole_keys, self.whole_rows, (items * self.powers).sum(1))
-        if (rows < 0).any():  # a host sync per step on a GPU: the price of a clear error
-            raise ValueError("catalogue_head: a target item is not in the catalogue")
-        return rows

@@ -75,9 +75,6 @@ class CausalLM(TokenTransformer):
         """(B, L) tokens -> (B, L, vocab) logits, or (M, vocab) at `select`; position i from state i - 1."""
         return self.logits(tokens, self.attention_mask(tokens), None, select)
 
-    def item_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("CausalLM has no catalogue head")
-
     def item_ids(self, tokens: torch.Tensor) -> torch.Tensor:
         """Item ids at each complete item's last token only: an earlier token of the item predicts
         the item's next digit, which its id would give away."""

@@ -21,6 +21,7 @@ from madrec.config import Config
 from madrec.data.dataset import Split
 from madrec.evaluate.run import default_batch_size, evaluate_split
 from madrec.models.tokens import SIDVocab
+from madrec.train.optim import LazyAdamW, clip_grad_norm
 from madrec.train.rows import step_seed
 
 
@@ -132,7 +133,7 @@ class RecommenderModule(L.LightningModule):
         ]
         # Lightning clips gradients itself under mixed precision, which a fused AdamW does not allow
         fused = (self.device.type == "cuda" and not self.cfg.optim.grad_clip) or None
-        optimizer = torch.optim.AdamW(
+        optimizer = LazyAdamW(
             groups, lr=o.optimizer.lr, betas=tuple(o.optimizer.betas), eps=o.optimizer.eps, fused=fused
         )
         warmup, min_ratio = o.scheduler.warmup_steps, o.scheduler.min_lr_ratio
@@ -146,6 +147,18 @@ class RecommenderModule(L.LightningModule):
             )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        ids = getattr(self.model, "item", None)
+        if ids is not None and self.trainer.world_size > 1:
+            ids.embed.sparse = False  # DDP over NCCL reduces dense gradients only
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if gradient_clip_val and any(p.grad is not None and p.grad.is_sparse for p in params):
+            clip_grad_norm(params, gradient_clip_val)  # Lightning's clipping refuses sparse gradients
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_validation_start(self) -> None:
         self._tokens_since, self._time_since = 0.0, None  # tokens/s measures training only

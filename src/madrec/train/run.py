@@ -286,6 +286,10 @@ def _build_module(cfg: Config, data: PreparedDataset, resume: dict | None) -> tu
     module = RecommenderModule(cfg, vocab, sids, data.item_ids, max_len, _eval_splits(cfg, data))
     if cfg.model.embedding_init == "cooccurrence" and resume is None:
         init_from_cooccurrence(module.model, vocab, sids, training)
+    head = getattr(module.model, "head", None)
+    if head is not None:  # the catalogue head samples candidates by training popularity
+        counts = np.bincount(np.concatenate(training), minlength=data.num_items) if training else np.zeros(data.num_items)
+        head.set_popularity(torch.as_tensor(counts[: data.num_items]))
     return module, rows
 
 
