@@ -138,11 +138,14 @@ def _rows(path, columns):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ema_decay, dropout", [(0.0, "0.2"), (0.9, "auto")])
-def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay, dropout):
+@pytest.mark.parametrize("ema_decay, dropout, candidates", [(0.0, "0.2", 8192), (0.9, "auto", 8192), (0.9, "0", 16)])
+def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay, dropout, candidates):
+    """candidates 16 < the 40 items: a sampled head, a sparse item table, lazy optimiser rows and
+    weight average resume exactly too."""
     data, sids = planted
     args = [
         *ARGS,
+        f"model.head_candidates={candidates}",
         f"trainer.ema_decay={ema_decay}",
         f"data_dir={data}",
         f"sid_data_path={sids}",
@@ -203,7 +206,7 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay, 
 
 
 def test_ema_forgets_the_first_weights_then_averages_at_the_configured_decay():
-    from madrec.train.callbacks import ema_update
+    from madrec.train.ema import ema_update
 
     avg, cur = torch.zeros(3), torch.ones(3)
     first = ema_update(avg, cur, torch.tensor(1), decay=0.999)  # decay (1 + 1) / (10 + 1)

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from madrec.errors import MadrecError
 from madrec.io import atomic_file, is_remote, write_text_atomic
+from madrec.train.ema import RowLazyEMA
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -55,20 +56,46 @@ class LastCheckpoint(Checkpoint):
             trainer.save_checkpoint(self.path, weights_only=False)
 
 
-def ema_update(average: torch.Tensor, current: torch.Tensor, updates: torch.Tensor, decay: float) -> torch.Tensor:
-    """One EMA step. The decay ramps up as (1 + n) / (10 + n) over the first updates, so the
-    average soon forgets the early weights (as TensorFlow's ExponentialMovingAverage does)."""
-    d = torch.clamp((1 + updates) / (10 + updates), max=decay).to(average.dtype)
-    return average * d + current * (1 - d)
-
-
 class WeightEMA(WeightAveraging):
     """trainer.ema_decay: validation, checkpoints (their state_dict; the raw weights ride along
     for resuming) and test use an exponential moving average of the weights, updated after
-    every optimiser step. Buffers are constants in these models and are not averaged."""
+    every optimiser step (train.ema: a sparse item table row by row, where steps touch it).
+    Buffers are constants in these models and are not averaged."""
 
     def __init__(self, decay: float):
-        super().__init__(use_buffers=False, avg_fn=lambda avg, cur, n: ema_update(avg, cur, n, decay))
+        super().__init__(use_buffers=False)
+        self.ema = RowLazyEMA(decay)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._average_model is not None:
+            self.ema.before_step(pl_module, self._average_model.module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._average_model is not None and trainer.global_step > self._latest_update_step:
+            self.ema.update(pl_module, self._average_model.module)
+            self._average_model.n_averaged += 1
+            self._latest_update_step = trainer.global_step
+
+    def _read(self, pl_module) -> None:
+        if self._average_model is not None:
+            self.ema.flush(pl_module, self._average_model.module)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._read(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._read(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._read(pl_module)
+        super().on_train_end(trainer, pl_module)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # a checkpoint holds every row up to date (on_save_checkpoint): only the count carries on
+        self.ema.updates = int(self._average_model.n_averaged) if self._average_model is not None else 0
 
 
 class StepProgressBar(TQDMProgressBar):
