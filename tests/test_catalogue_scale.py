@@ -154,7 +154,7 @@ def test_lazy_adamw_is_adamw_on_touched_rows_and_leaves_the_others_alone():
 
 def test_row_lazy_ema_equals_averaging_every_row_every_step():
     sparse, _, lazy, _ = _table_and_optimizers()
-    average = nn.Embedding(30, 4)
+    average, dense_average = nn.Embedding(30, 4), None
     ema = RowLazyEMA(decay=0.9)
     g = torch.Generator().manual_seed(1)
     for step in range(25):
@@ -184,9 +184,10 @@ class LargestAllocations(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         schema, name = func._schema, func.__name__.split(".")[0]
-        written = [a for a, arg in zip(args, schema.arguments) if arg.alias_info is not None and arg.alias_info.is_write]
+        pairs = list(zip(args, schema.arguments))
+        written = [a for a, arg in pairs if arg.alias_info is not None and arg.alias_info.is_write]
         if name in self.INDEXED:
-            written = [args[-1] if name.startswith("index_put") or name == "_index_put_impl_" else args[-1]]
+            written = [a for a, arg in pairs if arg.name in ("values", "source", "src")]
         elif not written and not any(r.alias_info is not None for r in schema.returns):
             written = list(out) if isinstance(out, (tuple, list)) else [out]
         for t in written:

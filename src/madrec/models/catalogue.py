@@ -112,9 +112,7 @@ class CatalogueHead(nn.Module):
         log_q = self.item_log_probs(h, slots, items, rows, correction)  # (S, K)
         q = log_q.exp()
         tokens = self.item_tokens if rows is None else self.item_tokens[rows]
-        marginals = [
-            q.new_zeros(len(q), self.vocab_size).index_add(1, tokens[:, k], q) for k in range(tokens.shape[1])
-        ]
+        marginals = [q.new_zeros(len(q), self.vocab_size).index_add(1, tokens[:, k], q) for k in range(tokens.shape[1])]
         log_marginals = torch.stack(marginals, 1).clamp_min(1e-30).log()
         if targets is None:
             return log_marginals

@@ -117,9 +117,7 @@ class BlockDiffusionLM(TokenTransformer):
             raise ValueError("catalogue_head needs the catalogue's SID table and the MASK token id")
         if cfg.pool_slot and not cfg.catalogue_head:
             raise ValueError("pool_slot needs catalogue_head: one token per noised item has no per-digit states")
-        self.head = (
-            CatalogueHead(item_tokens, vocab_size, mask_id, cfg.head_candidates) if cfg.catalogue_head else None
-        )
+        self.head = CatalogueHead(item_tokens, vocab_size, mask_id, cfg.head_candidates) if cfg.catalogue_head else None
         self._tree: SIDTree | None = None  # built at the first decoding that needs it
 
     @property

@@ -86,4 +86,3 @@ class RowLazyEMA:
         p, avg = p.detach(), avg.detach()
         avg[at] = avg[at] * keep + p[at] * (1 - keep)
         synced[at] = self.log_p
-

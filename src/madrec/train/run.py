@@ -288,8 +288,8 @@ def _build_module(cfg: Config, data: PreparedDataset, resume: dict | None) -> tu
         init_from_cooccurrence(module.model, vocab, sids, training)
     head = getattr(module.model, "head", None)
     if head is not None:  # the catalogue head samples candidates by training popularity
-        counts = np.bincount(np.concatenate(training), minlength=data.num_items) if training else np.zeros(data.num_items)
-        head.set_popularity(torch.as_tensor(counts[: data.num_items]))
+        counts = np.bincount(np.concatenate(training), minlength=data.num_items) if training else None
+        head.set_popularity(torch.as_tensor(counts[: data.num_items] if training else np.zeros(data.num_items)))
     return module, rows
 
 
