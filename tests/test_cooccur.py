@@ -134,3 +134,20 @@ def test_item_id_embeddings_start_at_their_items_cooccurrence_vectors():
     a, b = slice(0, 20), slice(20, 40)  # the two communities of two_communities()
     assert cos[a, a].mean() > 0.4 and cos[b, b].mean() > 0.4 and cos[a, b].abs().mean() < 0.2
     assert torch.equal(model.item.embed.weight[0], before[0])
+
+
+def test_counting_in_row_blocks_gives_the_pair_counts_of_every_sequence():
+    """Counted a few rows at a time (block = 7 pair occurrences) or at once, the counts are the
+    brute-force ones: sequences of 1..12 items over 30 items, repeats and self-pairs included."""
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(0, 30, size=rng.integers(1, 13)) for _ in range(60)]
+    want = np.zeros((30, 30))
+    for seq in sequences:
+        for i in range(len(seq)):
+            for j in range(i + 1, min(i + 3, len(seq) - 1) + 1):
+                want[seq[i], seq[j]] += 1
+                want[seq[j], seq[i]] += 1
+    for block in (7, 10**9):
+        got = cooccurrence_counts(sequences, 30, window=3, block=block)
+        assert got.layout == torch.sparse_csr
+        np.testing.assert_array_equal(got.to_dense().numpy(), want)

@@ -24,28 +24,70 @@ COOCCURRENCE_DIM = 64  # SVD rank of the PPMI matrix
 DEFAULT_COLLABORATIVE_WEIGHT = 0.5
 
 
-def cooccurrence_counts(sequences: Sequence[np.ndarray], num_items: int, window: int) -> torch.Tensor:
-    """(N, N) sparse, coalesced, symmetric float64 counts of item pairs <= `window` positions apart."""
-    rows, cols = [], []
-    for seq in sequences:
-        seq = np.asarray(seq, dtype=np.int64)
-        for k in range(1, min(window, len(seq) - 1) + 1):
-            rows.append(seq[:-k])
-            cols.append(seq[k:])
-    r = torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(0, dtype=torch.long)
-    c = torch.from_numpy(np.concatenate(cols)) if cols else torch.zeros(0, dtype=torch.long)
-    index = torch.stack([torch.cat([r, c]), torch.cat([c, r])])
-    values = torch.ones(index.shape[1], dtype=torch.float64)
-    return torch.sparse_coo_tensor(index, values, (num_items, num_items), check_invariants=True).coalesce()
+PAIR_BLOCK = 1 << 27  # item pairs held at once while counting (~3 GB of working memory at most)
+
+
+def cooccurrence_counts(
+    sequences: Sequence[np.ndarray], num_items: int, window: int, block: int = PAIR_BLOCK
+) -> torch.Tensor:
+    """(N, N) sparse CSR symmetric float64 counts of item pairs <= `window` positions apart.
+
+    Counted one range of rows at a time, each range holding about `block` pair occurrences, so
+    memory holds the distinct pairs and one block, not every occurrence (6 per interaction at
+    window 3): 100M interactions fit on a 24 GB machine."""
+    flat, user = _flatten(sequences)
+    per_row = np.zeros(num_items, dtype=np.int64)  # pair occurrences starting at each item
+    for r, c in _pairs(flat, user, window):
+        per_row += np.bincount(r, minlength=num_items) + np.bincount(c, minlength=num_items)
+    bounds = np.searchsorted(np.cumsum(per_row), np.arange(block, int(per_row.sum()), block), side="right")
+    cols, values, counts_per_row = [], [], np.zeros(num_items, dtype=np.int64)
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, num_items]):
+        keys = []
+        for first, second in _pairs(flat, user, window):
+            for r, c in ((first, second), (second, first)):
+                inside = (r >= lo) & (r < hi)
+                keys.append((r[inside] - lo) * num_items + c[inside])
+        unique, n = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
+        counts_per_row[lo:hi] = np.bincount(unique // num_items, minlength=hi - lo)
+        cols.append(unique % num_items)
+        values.append(n.astype(np.float64))
+    crow = np.r_[0, np.cumsum(counts_per_row)]
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(crow),
+        torch.from_numpy(np.concatenate(cols)),
+        torch.from_numpy(np.concatenate(values)),
+        (num_items, num_items),
+        check_invariants=False,  # built sorted and in range above; the check would cost a pass over it
+    )
+
+
+def _flatten(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every position's item and its sequence's number."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] or [np.zeros(0, np.int64)])
+    return flat, np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+
+
+def _pairs(flat: np.ndarray, user: np.ndarray, window: int, chunk: int = 1 << 24):
+    """(first, second) items of each pair k <= window positions apart in one sequence, a chunk of
+    positions at a time."""
+    for k in range(1, window + 1):
+        for start in range(0, max(0, len(flat) - k), chunk):
+            end = min(start + chunk, len(flat) - k)
+            same = user[start:end] == user[start + k : end + k]
+            yield flat[start:end][same], flat[start + k : end + k][same]
 
 
 def ppmi(counts: torch.Tensor) -> torch.Tensor:
-    """Positive PMI of a sparse symmetric count matrix: max(0, log(n_ij * n / (n_i * n_j)))."""
-    index, n_ij = counts.indices(), counts.values()
-    n_i = torch.zeros(counts.shape[0], dtype=torch.float64).index_add_(0, index[0], n_ij)
-    pmi = torch.log(n_ij * n_ij.sum() / (n_i[index[0]] * n_i[index[1]]))
+    """Positive PMI of a sparse CSR symmetric count matrix: max(0, log(n_ij * n / (n_i * n_j)))."""
+    crow, col, n_ij = counts.crow_indices(), counts.col_indices(), counts.values()
+    row = torch.repeat_interleave(torch.arange(counts.shape[0]), crow.diff())
+    n_i = torch.zeros(counts.shape[0], dtype=torch.float64).index_add_(0, row, n_ij)
+    pmi = torch.log(n_ij * n_ij.sum() / (n_i[row] * n_i[col]))
     keep = pmi > 0
-    return torch.sparse_coo_tensor(index[:, keep], pmi[keep], counts.shape, check_invariants=True).coalesce()
+    kept = torch.bincount(row[keep], minlength=counts.shape[0])
+    crow = torch.cat([crow.new_zeros(1), kept.cumsum(0)])
+    return torch.sparse_csr_tensor(crow, col[keep], pmi[keep], counts.shape, check_invariants=False)
 
 
 def cooccurrence_embeddings(
@@ -62,7 +104,7 @@ def cooccurrence_embeddings(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # svd_lowrank draws a random projection
         # CSR: svd_lowrank's sparse @ dense products are ~3x faster than on COO (bench/scale)
-        u, s, _ = torch.svd_lowrank(matrix.to_sparse_csr(), q=rank, niter=6)
+        u, s, _ = torch.svd_lowrank(matrix, q=rank, niter=6)
     vectors = u * s.clamp_min(0).sqrt()
     return F.normalize(vectors, dim=1)
 
