@@ -36,28 +36,24 @@ class TrainingRows:
             raise MadrecError(f"config key rows: {mode!r} is not one of {', '.join(ROW_MODES)}")
         if items_per_row < 1:
             raise MadrecError(f"rows of {items_per_row} items cannot hold an item")
-        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         self.items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] + [np.zeros(0, np.int64)])
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
         self.items_per_row, self.mode = items_per_row, mode
-        ends = [self._ends(n) for n in lengths]
-        counts = np.array([len(e) for e in ends], dtype=np.int64)
+        # windows: ends n, n - w, n - 2w, ... > 0; truncate: n alone (vectorised: 10M users are one pass)
+        counts = (lengths + items_per_row - 1) // items_per_row if mode == "windows" else (lengths > 0).astype(np.int64)
         self.row_user = np.repeat(np.arange(len(lengths)), counts)
-        self.row_end = np.concatenate(ends + [np.zeros(0, np.int64)])  # exclusive, within the user
         # rows of each user are contiguous: user u owns rows first[u] .. first[u] + counts[u] - 1
-        self.users_with_rows = np.flatnonzero(counts)
         self.first_row = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else counts
+        within = np.arange(len(self.row_user)) - self.first_row[self.row_user]  # 0 = the most recent row
+        self.row_end = lengths[self.row_user] - within * items_per_row  # exclusive, within the user
+        self.users_with_rows = np.flatnonzero(counts)
         self.row_count = counts
         if len(self.row_end) == 0:
             raise MadrecError(
                 "the training split holds no rows to train on (every user's training sequence "
                 f"is too short for rows={mode})"
             )
-
-    def _ends(self, n: int) -> np.ndarray:
-        if self.mode == "truncate":
-            return np.array([n] if n else [], dtype=np.int64)
-        return np.arange(n, 0, -self.items_per_row, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.row_end)
