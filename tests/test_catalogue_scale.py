@@ -110,7 +110,7 @@ def test_top_items_beyond_the_exact_size_ranks_tree_leaves_by_the_full_score():
     tokens = catalogue(200)
     cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     cfg.item_embedding = cfg.catalogue_head = cfg.pool_slot = True
-    cfg.head_candidates, cfg.tree_width = 64, 4  # 200 items > 4 x the widest fan-out (6): the tree
+    cfg.head_candidates, cfg.tree_width = 64, 4  # 200 items > 4 x 5 codes: a large catalogue, the tree
     model = BlockDiffusionLM(cfg, VOCAB, VOCAB - 1, H, tokens, MASK).eval()
     histories = tokens[torch.randint(0, 200, (5, 4))].flatten(1)
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_top_items_beyond_the_exact_size_ranks_tree_leaves_by_the_full_score():
         full = model.item_log_probs(torch.cat([histories, slot], 1))  # (5, N) over every item
     assert items.shape == (5, 3) and (scores[:, :-1] >= scores[:, 1:]).all()
     assert torch.equal(full.gather(1, items).argsort(1, descending=True), torch.arange(3).expand(5, 3))
-    model.cfg.tree_width = 64  # 200 <= 64 x 6: every item ranked exactly
+    model.large_catalogue = False  # as within 64 x 5 codes: every item ranked exactly
     with torch.no_grad():
         assert torch.equal(model.top_items(histories, 3)[0], full.topk(3, dim=1).indices)
 
@@ -230,7 +230,13 @@ def _one_step_allocations(tmp_path, monkeypatch, experiment: str, num_items: int
 
     monkeypatch.setattr(train_run, "make_trainer", with_probe)
     data, sids = planted_dataset(tmp_path / str(num_items), num_items=num_items, codebook_size=32, num_users=200)
-    args = [f"experiment={experiment}", *TRAIN_ARGS, "codebook_size=32", "model.head_candidates=256"]
+    args = [
+        f"experiment={experiment}",
+        *TRAIN_ARGS,
+        "codebook_size=32",
+        "model.head_candidates=256",
+        "model.tree_width=4",
+    ]  # large past 4 x 32 items
     args += [f"data_dir={data}", f"sid_data_path={sids}", f"output_dir={tmp_path / f'run{num_items}'}"]
     args += ["trainer.max_steps=5", "trainer.val_every_n_steps=5", "eval.val_max_users=20", "test=false"]
     train_run.run(load_config(args))
@@ -248,3 +254,18 @@ def test_a_default_experiments_training_step_does_not_grow_with_the_catalogue(tm
     grown = {op: (small.by_op.get(op, 0), n) for op, n in large.by_op.items() if n > 1.3 * small.by_op.get(op, 0) + 1e5}
     assert large.total < 1.3 * small.total, (small.total, large.total, grown)
     assert large.largest < 1.3 * small.largest, (small.largest, large.largest, grown)
+
+
+def test_catalogues_within_tree_width_times_the_codebook_train_and_decode_exactly():
+    """At 256 codes and the default tree_width 64, Beauty's 12,101 items keep the exact head and a
+    dense item table; 20,000 items sample candidates, update item rows sparsely, decode by tree."""
+    from madrec.models.tokens import SIDVocab
+
+    vocab = SIDVocab(sid_len=4, codebook_size=256)
+    cfg = ModelConfig(n_layer=1, n_embd=8, n_head=2, d_ff=16, dropout=0.0, slot_embedding=True, pool_history=True)
+    cfg.item_embedding = cfg.catalogue_head = cfg.pool_slot = True
+    for n, large in ((12_101, False), (16_384, False), (20_000, True)):
+        codes = torch.randperm(256**3)[:n]
+        sids = torch.stack([codes // 65536, codes // 256 % 256, codes % 256, torch.zeros_like(codes)])
+        model = BlockDiffusionLM(cfg, vocab.size, vocab.pad_id, 4, vocab.item_tokens(sids), vocab.mask_id)
+        assert model.large_catalogue == large == model.head.samples == model.item.embed.sparse

@@ -65,14 +65,23 @@ class ModelConfig:
     # before it (the history's last item when decoding), as a causal model's position carries its
     # own item into its prediction; attention alone brings it to a MASK token only faintly
     slot_reads_previous: bool = False
-    # with catalogue_head: the most catalogue items a training step scores (beyond it, the
-    # batch's targets plus popularity-sampled items, logQ-corrected); also the catalogue size
-    # beyond which item_embedding updates only the rows a step touches (docs/method.md,
-    # "Catalogue scale"); 8192 keeps a 1M-item step within 0.8x of a 12k one (bench/scale)
+    # A catalogue of more than tree_width x codebook_size items (16,384 at 64 x 256) is large
+    # (`is_large_catalogue`): a catalogue-head step scores head_candidates of its items (the
+    # batch's targets plus popularity-sampled ones, logQ-corrected), decoding beams over the SID
+    # tree keeping tree_width leaves, and item_embedding rows update only where a step touches
+    # them. Within it, every item is scored and updated, as measured on Beauty, Toys and ML-1M
+    # (docs/method.md, "Catalogue scale"). 8192 keeps a 1M-item step within 1.4x of a 12k one;
+    # width 64 decodes ~900 users/s at 1M items with tiny (bench/scale).
     head_candidates: int = 8192
-    # leaves the SID-tree beam keeps when decoding a catalogue larger than tree_width x the
-    # tree's widest fan-out (smaller ones are ranked exactly); 64: ~1,260 users/s at 1M items
     tree_width: int = 64
+
+
+def is_large_catalogue(cfg: ModelConfig, num_items: int, vocab_size: int, sid_len: int) -> bool:
+    """More items than cfg.tree_width x the codebook size (models.tokens layout: vocab = H blocks of
+    codebook_size + 1, then MASK and PAD): beyond it a step or a decoded user costs the same
+    whatever the catalogue's size (ModelConfig.head_candidates)."""
+    codebook_size = (vocab_size - 2) // sid_len - 1
+    return num_items > cfg.tree_width * codebook_size
 
 
 class Rotary(nn.Module):
@@ -276,11 +285,10 @@ class TokenTransformer(nn.Module):
         self.sid_len = sid_len
         self.embed = nn.Embedding(vocab_size, cfg.n_embd)
         self.slot = nn.Embedding(sid_len, cfg.n_embd) if cfg.slot_embedding else None
-        self.item = (
-            ItemIds(item_tokens, vocab_size, cfg.n_embd, sparse=len(item_tokens) > cfg.head_candidates)
-            if cfg.item_embedding
-            else None
-        )
+        self.item = None
+        if cfg.item_embedding:
+            sparse = is_large_catalogue(cfg, len(item_tokens), vocab_size, sid_len)
+            self.item = ItemIds(item_tokens, vocab_size, cfg.n_embd, sparse=sparse)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)

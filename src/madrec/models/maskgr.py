@@ -23,6 +23,7 @@ from madrec.models.blocks import (
     TokenTransformer,
     as_items,
     block_causal_mask,
+    is_large_catalogue,
     refuse_pooled_options,
     tokens_from_end,
 )
@@ -117,7 +118,11 @@ class BlockDiffusionLM(TokenTransformer):
             raise ValueError("catalogue_head needs the catalogue's SID table and the MASK token id")
         if cfg.pool_slot and not cfg.catalogue_head:
             raise ValueError("pool_slot needs catalogue_head: one token per noised item has no per-digit states")
-        self.head = CatalogueHead(item_tokens, vocab_size, mask_id, cfg.head_candidates) if cfg.catalogue_head else None
+        self.large_catalogue = item_tokens is not None and is_large_catalogue(
+            cfg, len(item_tokens), vocab_size, sid_len
+        )
+        candidates = cfg.head_candidates if self.large_catalogue else 0  # 0: every item
+        self.head = CatalogueHead(item_tokens, vocab_size, mask_id, candidates) if cfg.catalogue_head else None
         self._tree: SIDTree | None = None  # built at the first decoding that needs it
 
     @property
@@ -218,17 +223,17 @@ class BlockDiffusionLM(TokenTransformer):
 
     def top_items(self, histories: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) left-padded histories -> (B, top_k) the best next items and their log q: exact
-        over the catalogue while scoring it costs no more than the SID-tree beam would (the
-        catalogue is within `model.tree_width` x the tree's widest fan-out), else the beam's
-        `model.tree_width` leaves re-ranked by the full score (q normalised over those leaves)."""
+        over the catalogue unless it is large (blocks.is_large_catalogue: scoring every item would
+        cost more than the SID-tree beam), else the beam's `model.tree_width` leaves re-ranked by
+        the full score (q normalised over those leaves)."""
         slot = torch.full((histories.shape[0], self.sid_len), self.head.mask_id, device=histories.device)
         tokens = torch.cat([histories, slot], 1)
-        if self._tree is None:
-            self._tree = SIDTree(self.head.item_tokens, self.vocab_size)
-        if self.head.num_items <= self.cfg.tree_width * max(self._tree.fanout):
+        if not self.large_catalogue:
             scores, items = self.item_log_probs(tokens).float().topk(min(top_k, self.head.num_items), dim=1)
             return items, scores
         h = self._slot_vector(self._slot_states(tokens, slot[:, None])[:, 0])
+        if self._tree is None:
+            self._tree = SIDTree(self.head.item_tokens, self.vocab_size)
         # the SID part of h . e_i is the mean of h . E[token] over i's tokens (`_pool`)
         leaves = self._tree.beam((h @ self.embed.weight.t()).float() / self.sid_len, self.cfg.tree_width)
         vectors = self._pool(self.head.item_tokens[leaves.clamp_min(0)])  # (B, W, C)
