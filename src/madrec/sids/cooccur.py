@@ -24,7 +24,7 @@ COOCCURRENCE_DIM = 64  # SVD rank of the PPMI matrix
 DEFAULT_COLLABORATIVE_WEIGHT = 0.5
 
 
-PAIR_BLOCK = 1 << 27  # item pairs held at once while counting (~3 GB of working memory at most)
+PAIR_BLOCK = 1 << 24  # pair occurrences held at once while counting (~0.5 GB of working memory)
 
 
 def cooccurrence_counts(
