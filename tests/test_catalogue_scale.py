@@ -101,6 +101,9 @@ def test_sid_tree_beam_is_exact_when_it_keeps_every_node_and_only_returns_catalo
     assert narrow.shape == (4, 8) and (narrow >= 0).all() and (narrow < 150).all()
     assert all(len(row.unique()) == 8 for row in narrow)
     assert (exact.gather(1, narrow[:, :1]) >= exact.topk(20, dim=1).values[:, -1:]).all()  # best leaf near the top
+    assert any(d is not None for d in tree.dense)
+    tree.dense = [None] * H  # the range expansion alone: the same beam
+    assert torch.equal(tree.beam(scores, width=8), narrow) and torch.equal(tree.beam(scores, width=150), wide)
     few = SIDTree(tokens[:3], VOCAB).beam(scores, width=8)  # fewer items than the width: -1 pads
     assert ((few >= 0).sum(1) == 3).all() and (few[:, 3:] == -1).all()
 

@@ -132,12 +132,14 @@ class CatalogueHead(nn.Module):
 class SIDTree:
     """The catalogue's SID tree, level by level: the nodes of depth k are the distinct prefixes of
     k + 1 tokens in lexicographic order, so a parent's children are one contiguous range
-    (`start[p]` to `start[p + 1]`); the leaves are the items."""
+    (`start[p]` to `start[p + 1]`); the leaves are the items. A level whose parents hold nearly
+    every token (the first levels of a large catalogue) is also kept as a dense (parents, vocab)
+    table of child nodes (-1: none), which the beam expands with broadcasts instead of gathers."""
 
     def __init__(self, item_tokens: torch.Tensor, vocab_size: int):
         tokens = item_tokens.long()
-        self.depth = tokens.shape[1]
-        self.token, self.start, self.fanout = [], [], []  # per level
+        self.depth, self.vocab_size = tokens.shape[1], vocab_size
+        self.token, self.start, self.fanout, self.dense = [], [], [], []  # per level
         key = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
         parents = torch.zeros(1, dtype=torch.long, device=tokens.device)  # the root's key
         for k in range(self.depth):
@@ -148,10 +150,22 @@ class SIDTree:
             self.token.append(nodes % vocab_size)
             self.start.append(start)
             self.fanout.append(int((start[1:] - start[:-1]).max()))
+            self.dense.append(self._dense_children(parent, self.token[k], len(parents)))
             parents = nodes
         self.item_of_leaf = torch.empty_like(key).scatter_(
             0, torch.searchsorted(parents, key), torch.arange(len(key), device=key.device)
         )
+
+    def _dense_children(self, parent: torch.Tensor, token: torch.Tensor, parents: int):
+        """(first token, (parents, span) child node per token of the level's span, -1: none) for a
+        level where a parent has on average at least a quarter of the span and the table stays
+        small; else None."""
+        low, span = int(token.min()), int(token.max()) - int(token.min()) + 1
+        if len(token) * 4 < parents * span or parents * span > 1 << 22:
+            return None
+        table = torch.full((parents, span), -1, dtype=torch.long, device=token.device)
+        table[parent, token - low] = torch.arange(len(token), device=token.device)
+        return low, table
 
     def beam(self, token_scores: torch.Tensor, width: int) -> torch.Tensor:
         """(B, vocab) each token's score -> (B, width) items (-1 pad): the `width` best nodes per
@@ -161,12 +175,18 @@ class SIDTree:
         nodes = torch.zeros(b, 1, dtype=torch.long, device=token_scores.device)  # the root
         scores = torch.zeros(b, 1, device=token_scores.device)
         for k in range(self.depth):
-            first, last = self.start[k][nodes], self.start[k][nodes + 1]  # (B, W) child ranges
-            child = first[..., None] + torch.arange(self.fanout[k], device=nodes.device)
-            real = (child < last[..., None]) & (scores > float("-inf"))[..., None]
-            child = child.clamp_max(len(self.token[k]) - 1)
-            gain = token_scores.gather(1, self.token[k][child].flatten(1)).view_as(child)
-            total = (scores[..., None] + gain).masked_fill(~real, float("-inf")).flatten(1)
-            top = total.topk(min(width, total.shape[1]), dim=1)
-            nodes, scores = child.flatten(1).gather(1, top.indices), top.values
+            if self.dense[k] is not None:
+                low, table = self.dense[k]
+                child = table[nodes]  # (B, W, span)
+                gain = token_scores[:, None, low : low + table.shape[1]]
+                total = (scores[..., None] + gain).masked_fill(child < 0, float("-inf"))
+            else:
+                first, last = self.start[k][nodes], self.start[k][nodes + 1]  # (B, W) child ranges
+                child = first[..., None] + torch.arange(self.fanout[k], device=nodes.device)
+                real = child < last[..., None]
+                child = child.clamp_max(len(self.token[k]) - 1)
+                gain = token_scores.gather(1, self.token[k][child].flatten(1)).view_as(child)
+                total = (scores[..., None] + gain).masked_fill(~real, float("-inf"))
+            top = total.flatten(1).topk(min(width, total[0].numel()), dim=1)  # -inf parents stay -inf
+            nodes, scores = child.flatten(1).gather(1, top.indices).clamp_min(0), top.values
         return torch.where(scores > float("-inf"), self.item_of_leaf[nodes], -1)
