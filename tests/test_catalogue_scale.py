@@ -93,19 +93,23 @@ def test_sid_tree_beam_is_exact_when_it_keeps_every_node_and_only_returns_catalo
     torch.manual_seed(0)
     tokens = catalogue(150)
     tree = SIDTree(tokens, VOCAB)
-    scores = torch.randn(4, VOCAB)
-    exact = scores.gather(1, tokens.t().reshape(1, -1).expand(4, -1)).view(4, H, -1).sum(1)  # (4, N)
-    wide = tree.beam(scores, width=150)
+    vectors, h = torch.randn(150, 8), torch.randn(4, 8)
+    centroids = tree.centroids(vectors)
+    group = vectors[tokens[:, 0] == tokens[0, 0]].mean(0)  # item 0's first-digit group
+    assert torch.allclose(centroids[0][tree.node_of_item[0][0]], group)
+    exact = h @ vectors.t()  # (4, N): at the last level a node is one item
+    wide = tree.beam(h, centroids, width=150)
     assert torch.equal(wide[:, :10], exact.topk(10, dim=1).indices)
-    narrow = tree.beam(scores, width=8)
+    narrow = tree.beam(h, centroids, width=8)
     assert narrow.shape == (4, 8) and (narrow >= 0).all() and (narrow < 150).all()
     assert all(len(row.unique()) == 8 for row in narrow)
-    assert (exact.gather(1, narrow[:, :1]) >= exact.topk(20, dim=1).values[:, -1:]).all()  # best leaf near the top
     assert any(d is not None for d in tree.dense)
     tree.dense = [None] * H  # the range expansion alone: the same beam
-    assert torch.equal(tree.beam(scores, width=8), narrow) and torch.equal(tree.beam(scores, width=150), wide)
-    few = SIDTree(tokens[:3], VOCAB).beam(scores, width=8)  # fewer items than the width: -1 pads
-    assert ((few >= 0).sum(1) == 3).all() and (few[:, 3:] == -1).all()
+    assert torch.equal(tree.beam(h, centroids, width=8), narrow)
+    assert torch.equal(tree.beam(h, centroids, width=150), wide)
+    few = SIDTree(tokens[:3], VOCAB)  # fewer items than the width: -1 pads
+    picked = few.beam(h, few.centroids(vectors[:3]), width=8)
+    assert ((picked >= 0).sum(1) == 3).all() and (picked[:, 3:] == -1).all()
 
 
 def test_top_items_beyond_the_exact_size_ranks_tree_leaves_by_the_full_score():
@@ -113,7 +117,7 @@ def test_top_items_beyond_the_exact_size_ranks_tree_leaves_by_the_full_score():
     tokens = catalogue(200)
     cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, dropout=0.0, slot_embedding=True, pool_history=True)
     cfg.item_embedding = cfg.catalogue_head = cfg.pool_slot = True
-    cfg.head_candidates, cfg.tree_width = 64, 4  # 200 items > 4 x 5 codes: a large catalogue, the tree
+    cfg.head_candidates, cfg.tree_width = 64, 4  # 200 items > 2 x 64: a large catalogue, the tree
     model = BlockDiffusionLM(cfg, VOCAB, VOCAB - 1, H, tokens, MASK).eval()
     histories = tokens[torch.randint(0, 200, (5, 4))].flatten(1)
     with torch.no_grad():
@@ -122,7 +126,7 @@ def test_top_items_beyond_the_exact_size_ranks_tree_leaves_by_the_full_score():
         full = model.item_log_probs(torch.cat([histories, slot], 1))  # (5, N) over every item
     assert items.shape == (5, 3) and (scores[:, :-1] >= scores[:, 1:]).all()
     assert torch.equal(full.gather(1, items).argsort(1, descending=True), torch.arange(3).expand(5, 3))
-    model.large_catalogue = False  # as within 64 x 5 codes: every item ranked exactly
+    model.large_catalogue = False  # as within 2 x head_candidates: every item ranked exactly
     with torch.no_grad():
         assert torch.equal(model.top_items(histories, 3)[0], full.topk(3, dim=1).indices)
 
@@ -259,9 +263,9 @@ def test_a_default_experiments_training_step_does_not_grow_with_the_catalogue(tm
     assert large.largest < 1.3 * small.largest, (small.largest, large.largest, grown)
 
 
-def test_catalogues_within_tree_width_times_the_codebook_train_and_decode_exactly():
-    """At 256 codes and the default tree_width 64, Beauty's 12,101 items keep the exact head and a
-    dense item table; 20,000 items sample candidates, update item rows sparsely, decode by tree."""
+def test_catalogues_within_twice_the_candidates_train_and_decode_exactly():
+    """At the default 8,192 candidates, Beauty's 12,101 items keep the exact head and a dense item
+    table; 20,000 items sample candidates, update item rows sparsely, decode by tree."""
     from madrec.models.tokens import SIDVocab
 
     vocab = SIDVocab(sid_len=4, codebook_size=256)

@@ -140,13 +140,12 @@ def _rows(path, columns):
 @pytest.mark.slow
 @pytest.mark.parametrize("ema_decay, dropout, candidates", [(0.0, "0.2", 64), (0.9, "auto", 64), (0.9, "0", 16)])
 def test_resume_after_kill_gives_the_same_weights(planted, tmp_path, ema_decay, dropout, candidates):
-    """candidates 16 < the 40 items: a sampled head, a sparse item table, lazy optimiser rows and
+    """candidates 16 (the 40 items > 2 x 16): a sampled head, a sparse item table, lazy optimiser rows and
     weight average resume exactly too."""
     data, sids = planted
     args = [
         *ARGS,
         f"model.head_candidates={candidates}",
-        f"model.tree_width={2 if candidates < 40 else 64}",  # 2: the 40 items are a large catalogue (> 2 x 8 codes)
         f"trainer.ema_decay={ema_decay}",
         f"data_dir={data}",
         f"sid_data_path={sids}",

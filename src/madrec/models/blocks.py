@@ -65,23 +65,22 @@ class ModelConfig:
     # before it (the history's last item when decoding), as a causal model's position carries its
     # own item into its prediction; attention alone brings it to a MASK token only faintly
     slot_reads_previous: bool = False
-    # A catalogue of more than tree_width x codebook_size items (16,384 at 64 x 256) is large
-    # (`is_large_catalogue`): a catalogue-head step scores head_candidates of its items (the
-    # batch's targets plus popularity-sampled ones, logQ-corrected), decoding beams over the SID
-    # tree keeping tree_width leaves, and item_embedding rows update only where a step touches
-    # them. Within it, every item is scored and updated, as measured on Beauty, Toys and ML-1M
-    # (docs/method.md, "Catalogue scale"). 8192 keeps a 1M-item step within 1.4x of a 12k one;
-    # width 64 decodes ~900 users/s at 1M items with tiny (bench/scale).
+    # A catalogue of more than 2 x head_candidates items (16,384) is large (`is_large_catalogue`:
+    # a sample would leave out more than half of it): a catalogue-head step then scores
+    # head_candidates of its items (the batch's targets plus popularity-sampled ones,
+    # logQ-corrected), decoding beams over the SID tree keeping tree_width nodes per level, and
+    # item_embedding rows update only where a step touches them. Within it every item is scored
+    # and updated, as measured on Beauty, Toys and ML-1M (docs/method.md, "Catalogue scale").
+    # 8192 keeps a 1M-item step at or below a 12k one; width 16 finds 94% of the exact top-10's
+    # hits at 1M items, ~1,100 users/s with tiny (bench/scale/README.md)
     head_candidates: int = 8192
-    tree_width: int = 64
+    tree_width: int = 16
 
 
-def is_large_catalogue(cfg: ModelConfig, num_items: int, vocab_size: int, sid_len: int) -> bool:
-    """More items than cfg.tree_width x the codebook size (models.tokens layout: vocab = H blocks of
-    codebook_size + 1, then MASK and PAD): beyond it a step or a decoded user costs the same
-    whatever the catalogue's size (ModelConfig.head_candidates)."""
-    codebook_size = (vocab_size - 2) // sid_len - 1
-    return num_items > cfg.tree_width * codebook_size
+def is_large_catalogue(cfg: ModelConfig, num_items: int) -> bool:
+    """More than 2 x cfg.head_candidates items: a training step's candidates, the SID-tree beam and
+    lazy item rows from here on (ModelConfig.head_candidates)."""
+    return num_items > 2 * cfg.head_candidates
 
 
 class Rotary(nn.Module):
@@ -287,7 +286,7 @@ class TokenTransformer(nn.Module):
         self.slot = nn.Embedding(sid_len, cfg.n_embd) if cfg.slot_embedding else None
         self.item = None
         if cfg.item_embedding:
-            sparse = is_large_catalogue(cfg, len(item_tokens), vocab_size, sid_len)
+            sparse = is_large_catalogue(cfg, len(item_tokens))
             self.item = ItemIds(item_tokens, vocab_size, cfg.n_embd, sparse=sparse)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))

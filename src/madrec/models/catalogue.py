@@ -6,9 +6,8 @@ distribution's marginals, at a cost that does not grow with the catalogue.
   fits, else the batch's target items plus items drawn by training popularity, each logit
   corrected by the log of its chance to be among the candidates (sampled softmax with logQ
   correction, Bengio & Senécal 2008; Yi et al. 2019).
-- Decoding ranks the whole catalogue while that costs no more than a beam over the SID tree
-  would, else beams over the tree (`SIDTree`) on the score's SID part, which is a sum over
-  digits, and re-ranks the `model.tree_width` leaves by the full score.
+- Decoding a large catalogue beams over its SID tree (`SIDTree`), scoring each node by the slot
+  state against the mean vector of the items under it, and re-ranks the leaves by the full score.
 """
 
 from __future__ import annotations
@@ -139,7 +138,7 @@ class SIDTree:
     def __init__(self, item_tokens: torch.Tensor, vocab_size: int):
         tokens = item_tokens.long()
         self.depth, self.vocab_size = tokens.shape[1], vocab_size
-        self.token, self.start, self.fanout, self.dense = [], [], [], []  # per level
+        self.token, self.start, self.fanout, self.dense, self.node_of_item = [], [], [], [], []  # per level
         key = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
         parents = torch.zeros(1, dtype=torch.long, device=tokens.device)  # the root's key
         for k in range(self.depth):
@@ -151,6 +150,7 @@ class SIDTree:
             self.start.append(start)
             self.fanout.append(int((start[1:] - start[:-1]).max()))
             self.dense.append(self._dense_children(parent, self.token[k], len(parents)))
+            self.node_of_item.append(torch.searchsorted(nodes, key))
             parents = nodes
         self.item_of_leaf = torch.empty_like(key).scatter_(
             0, torch.searchsorted(parents, key), torch.arange(len(key), device=key.device)
@@ -167,26 +167,37 @@ class SIDTree:
         table[parent, token - low] = torch.arange(len(token), device=token.device)
         return low, table
 
-    def beam(self, token_scores: torch.Tensor, width: int) -> torch.Tensor:
-        """(B, vocab) each token's score -> (B, width) items (-1 pad): the `width` best nodes per
-        depth by the sum of their tokens' scores, expanding only children the catalogue has
-        (cost per user: width x the widest fan-out per level, whatever the catalogue's size)."""
-        b = token_scores.shape[0]
-        nodes = torch.zeros(b, 1, dtype=torch.long, device=token_scores.device)  # the root
-        scores = torch.zeros(b, 1, device=token_scores.device)
+    def centroids(self, vectors: torch.Tensor) -> list[torch.Tensor]:
+        """(N, C) item vectors -> per level, (nodes, C) the mean vector of the items under each node
+        (the last level: the items' own vectors, in leaf order)."""
+        out = []
+        for node in self.node_of_item:
+            count = torch.zeros(int(node.max()) + 1, device=vectors.device).index_add_(
+                0, node, torch.ones_like(node, dtype=torch.float)
+            )
+            total = torch.zeros(len(count), vectors.shape[1], device=vectors.device, dtype=vectors.dtype)
+            out.append(total.index_add_(0, node, vectors) / count[:, None])
+        return out
+
+    def beam(self, h: torch.Tensor, centroids: list[torch.Tensor], width: int) -> torch.Tensor:
+        """h (B, C) slot states -> (B, width) items (-1 pad): the `width` best nodes per depth by
+        h . (the mean vector of the items under the node), expanding only children the catalogue
+        has (cost per user: width x the widest fan-out x C per level, whatever the catalogue's
+        size); at the last level that is each item's own score."""
+        b = h.shape[0]
+        nodes = torch.zeros(b, 1, dtype=torch.long, device=h.device)  # the root
+        scores = torch.zeros(b, 1, device=h.device)
         for k in range(self.depth):
             if self.dense[k] is not None:
-                low, table = self.dense[k]
-                child = table[nodes]  # (B, W, span)
-                gain = token_scores[:, None, low : low + table.shape[1]]
-                total = (scores[..., None] + gain).masked_fill(child < 0, float("-inf"))
+                child = self.dense[k][1][nodes]  # (B, W, span), -1: no such child
+                real = child >= 0
             else:
                 first, last = self.start[k][nodes], self.start[k][nodes + 1]  # (B, W) child ranges
                 child = first[..., None] + torch.arange(self.fanout[k], device=nodes.device)
                 real = child < last[..., None]
-                child = child.clamp_max(len(self.token[k]) - 1)
-                gain = token_scores.gather(1, self.token[k][child].flatten(1)).view_as(child)
-                total = (scores[..., None] + gain).masked_fill(~real, float("-inf"))
-            top = total.flatten(1).topk(min(width, total[0].numel()), dim=1)  # -inf parents stay -inf
-            nodes, scores = child.flatten(1).gather(1, top.indices).clamp_min(0), top.values
+            real = real & (scores > float("-inf"))[..., None]
+            child = child.clamp(0, len(self.token[k]) - 1)
+            total = torch.einsum("bc,bwfc->bwf", h.float(), centroids[k][child].float())
+            top = total.masked_fill(~real, float("-inf")).flatten(1).topk(min(width, real[0].numel()), dim=1)
+            nodes, scores = child.flatten(1).gather(1, top.indices), top.values
         return torch.where(scores > float("-inf"), self.item_of_leaf[nodes], -1)

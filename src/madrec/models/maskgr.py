@@ -118,12 +118,11 @@ class BlockDiffusionLM(TokenTransformer):
             raise ValueError("catalogue_head needs the catalogue's SID table and the MASK token id")
         if cfg.pool_slot and not cfg.catalogue_head:
             raise ValueError("pool_slot needs catalogue_head: one token per noised item has no per-digit states")
-        self.large_catalogue = item_tokens is not None and is_large_catalogue(
-            cfg, len(item_tokens), vocab_size, sid_len
-        )
+        self.large_catalogue = item_tokens is not None and is_large_catalogue(cfg, len(item_tokens))
         candidates = cfg.head_candidates if self.large_catalogue else 0  # 0: every item
         self.head = CatalogueHead(item_tokens, vocab_size, mask_id, candidates) if cfg.catalogue_head else None
         self._tree: SIDTree | None = None  # built at the first decoding that needs it
+        self._centroids: tuple | None = None  # (weights' versions, the tree's node vectors)
 
     @property
     def ranks_catalogue(self) -> bool:
@@ -223,23 +222,33 @@ class BlockDiffusionLM(TokenTransformer):
 
     def top_items(self, histories: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) left-padded histories -> (B, top_k) the best next items and their log q: exact
-        over the catalogue unless it is large (blocks.is_large_catalogue: scoring every item would
-        cost more than the SID-tree beam), else the beam's `model.tree_width` leaves re-ranked by
-        the full score (q normalised over those leaves)."""
+        over the catalogue unless it is large (blocks.is_large_catalogue), else the SID-tree beam's
+        leaves (`model.tree_width` nodes per level, each scored by the mean vector of its items)
+        re-ranked by the full score (q normalised over those leaves)."""
         slot = torch.full((histories.shape[0], self.sid_len), self.head.mask_id, device=histories.device)
         tokens = torch.cat([histories, slot], 1)
         if not self.large_catalogue:
             scores, items = self.item_log_probs(tokens).float().topk(min(top_k, self.head.num_items), dim=1)
             return items, scores
         h = self._slot_vector(self._slot_states(tokens, slot[:, None])[:, 0])
-        if self._tree is None:
-            self._tree = SIDTree(self.head.item_tokens, self.vocab_size)
-        # the SID part of h . e_i is the mean of h . E[token] over i's tokens (`_pool`)
-        leaves = self._tree.beam((h @ self.embed.weight.t()).float() / self.sid_len, self.cfg.tree_width)
+        centroids = self._tree_centroids()
+        chunks = torch.split(torch.arange(len(h), device=h.device), 16)  # bounds the (B, W, fan-out, C) gather
+        leaves = torch.cat([self._tree.beam(h[c], centroids, self.cfg.tree_width) for c in chunks])
         vectors = self._pool(self.head.item_tokens[leaves.clamp_min(0)])  # (B, W, C)
         full = (h[:, None, :] * vectors).sum(-1).float().masked_fill(leaves < 0, float("-inf"))
         scores, at = full.log_softmax(1).topk(min(top_k, full.shape[1]), dim=1)
         return leaves.gather(1, at), scores
+
+    def _tree_centroids(self) -> list[torch.Tensor]:
+        """The SID tree's node vectors for the current weights (recomputed after an optimiser
+        step changes the token or item embeddings: their in-place version counters)."""
+        if self._tree is None:
+            self._tree = SIDTree(self.head.item_tokens, self.vocab_size)
+        weights = [self.embed.weight] + ([] if self.item is None else [self.item.embed.weight])
+        version = tuple((w.data_ptr(), w._version) for w in weights)
+        if self._centroids is None or self._centroids[0] != version:
+            self._centroids = (version, self._tree.centroids(self._catalogue()))
+        return self._centroids[1]
 
     def _slot_states(self, tokens: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, C) final states of the slot ((B, 1, 1, C) with pool_slot) after the pooled
