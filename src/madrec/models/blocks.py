@@ -71,8 +71,8 @@ class ModelConfig:
     # logQ-corrected), decoding beams over the SID tree keeping tree_width nodes per level, and
     # item_embedding rows update only where a step touches them. Within it every item is scored
     # and updated, as measured on Beauty, Toys and ML-1M (docs/method.md, "Catalogue scale").
-    # 8192 keeps a 1M-item step at or below a 12k one; width 16 finds 94% of the exact top-10's
-    # hits at 1M items, ~1,100 users/s with tiny (bench/scale/README.md)
+    # 8192 keeps a 1M-item step within 1.1x of a 12k one; width 16 finds 94% of the exact top-10's
+    # hits at 1M items, ~960 users/s with tiny (bench/scale/README.md)
     head_candidates: int = 8192
     tree_width: int = 16
 
