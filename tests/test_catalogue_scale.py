@@ -98,17 +98,18 @@ def test_sid_tree_beam_is_exact_when_it_keeps_every_node_and_only_returns_catalo
     group = vectors[tokens[:, 0] == tokens[0, 0]].mean(0)  # item 0's first-digit group
     assert torch.allclose(centroids[0][tree.node_of_item[0][0]], group)
     exact = h @ vectors.t()  # (4, N): at the last level a node is one item
-    wide = tree.beam(h, centroids, width=150)
+    wide, wide_scores = tree.beam(h, centroids, width=150)
+    torch.testing.assert_close(wide_scores, exact.gather(1, wide))  # a leaf's score is its item's own
     assert torch.equal(wide[:, :10], exact.topk(10, dim=1).indices)
-    narrow = tree.beam(h, centroids, width=8)
+    narrow = tree.beam(h, centroids, width=8)[0]
     assert narrow.shape == (4, 8) and (narrow >= 0).all() and (narrow < 150).all()
     assert all(len(row.unique()) == 8 for row in narrow)
     assert any(d is not None for d in tree.dense)
     tree.dense = [None] * H  # the range expansion alone: the same beam
-    assert torch.equal(tree.beam(h, centroids, width=8), narrow)
-    assert torch.equal(tree.beam(h, centroids, width=150), wide)
+    assert torch.equal(tree.beam(h, centroids, width=8)[0], narrow)
+    assert torch.equal(tree.beam(h, centroids, width=150)[0], wide)
     few = SIDTree(tokens[:3], VOCAB)  # fewer items than the width: -1 pads
-    picked = few.beam(h, few.centroids(vectors[:3]), width=8)
+    picked = few.beam(h, few.centroids(vectors[:3]), width=8)[0]
     assert ((picked >= 0).sum(1) == 3).all() and (picked[:, 3:] == -1).all()
 
 

@@ -131,13 +131,13 @@ class CatalogueHead(nn.Module):
 class SIDTree:
     """The catalogue's SID tree, level by level: the nodes of depth k are the distinct prefixes of
     k + 1 tokens in lexicographic order, so a parent's children are one contiguous range
-    (`start[p]` to `start[p + 1]`); the leaves are the items. A level whose parents hold nearly
-    every token (the first levels of a large catalogue) is also kept as a dense (parents, vocab)
-    table of child nodes (-1: none), which the beam expands with broadcasts instead of gathers."""
+    (`start[p]` to `start[p + 1]`); the leaves are the items. A level whose parents hold most of
+    its tokens (the first levels of a large catalogue) is also kept as a dense (parents, span)
+    table of child nodes (-1: none), which the beam indexes instead of padding every range."""
 
     def __init__(self, item_tokens: torch.Tensor, vocab_size: int):
         tokens = item_tokens.long()
-        self.depth, self.vocab_size = tokens.shape[1], vocab_size
+        self.depth = tokens.shape[1]
         self.token, self.start, self.fanout, self.dense, self.node_of_item = [], [], [], [], []  # per level
         key = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
         parents = torch.zeros(1, dtype=torch.long, device=tokens.device)  # the root's key
@@ -172,18 +172,17 @@ class SIDTree:
         (the last level: the items' own vectors, in leaf order)."""
         out = []
         for node in self.node_of_item:
-            count = torch.zeros(int(node.max()) + 1, device=vectors.device).index_add_(
-                0, node, torch.ones_like(node, dtype=torch.float)
-            )
+            count = torch.bincount(node).to(vectors.dtype)
             total = torch.zeros(len(count), vectors.shape[1], device=vectors.device, dtype=vectors.dtype)
             out.append(total.index_add_(0, node, vectors) / count[:, None])
         return out
 
-    def beam(self, h: torch.Tensor, centroids: list[torch.Tensor], width: int) -> torch.Tensor:
-        """h (B, C) slot states -> (B, width) items (-1 pad): the `width` best nodes per depth by
-        h . (the mean vector of the items under the node), expanding only children the catalogue
-        has (cost per user: width x the widest fan-out x C per level, whatever the catalogue's
-        size); at the last level that is each item's own score."""
+    def beam(self, h: torch.Tensor, centroids: list[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, C) slot states -> (B, width) items (-1 pad) and their scores: the `width` best
+        nodes per depth by h . (the mean vector of the items under the node), expanding only
+        children the catalogue has (cost per user: width x the widest fan-out x C per level,
+        whatever the catalogue's size); at the last level a node is one item, so the scores are
+        the items' own h . e_i."""
         b = h.shape[0]
         nodes = torch.zeros(b, 1, dtype=torch.long, device=h.device)  # the root
         scores = torch.zeros(b, 1, device=h.device)
@@ -200,4 +199,4 @@ class SIDTree:
             total = torch.einsum("bc,bwfc->bwf", h.float(), centroids[k][child].float())
             top = total.masked_fill(~real, float("-inf")).flatten(1).topk(min(width, real[0].numel()), dim=1)
             nodes, scores = child.flatten(1).gather(1, top.indices), top.values
-        return torch.where(scores > float("-inf"), self.item_of_leaf[nodes], -1)
+        return torch.where(scores > float("-inf"), self.item_of_leaf[nodes], -1), scores

@@ -223,8 +223,8 @@ class BlockDiffusionLM(TokenTransformer):
     def top_items(self, histories: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) left-padded histories -> (B, top_k) the best next items and their log q: exact
         over the catalogue unless it is large (blocks.is_large_catalogue), else the SID-tree beam's
-        leaves (`model.tree_width` nodes per level, each scored by the mean vector of its items)
-        re-ranked by the full score (q normalised over those leaves)."""
+        leaves (`model.tree_width` nodes per level, each scored by the mean vector of its items;
+        a leaf by its own) ranked by q normalised over those leaves."""
         slot = torch.full((histories.shape[0], self.sid_len), self.head.mask_id, device=histories.device)
         tokens = torch.cat([histories, slot], 1)
         if not self.large_catalogue:
@@ -233,9 +233,8 @@ class BlockDiffusionLM(TokenTransformer):
         h = self._slot_vector(self._slot_states(tokens, slot[:, None])[:, 0])
         centroids = self._tree_centroids()
         chunks = torch.split(torch.arange(len(h), device=h.device), 16)  # bounds the (B, W, fan-out, C) gather
-        leaves = torch.cat([self._tree.beam(h[c], centroids, self.cfg.tree_width) for c in chunks])
-        vectors = self._pool(self.head.item_tokens[leaves.clamp_min(0)])  # (B, W, C)
-        full = (h[:, None, :] * vectors).sum(-1).float().masked_fill(leaves < 0, float("-inf"))
+        beams = [self._tree.beam(h[c], centroids, self.cfg.tree_width) for c in chunks]
+        leaves, full = torch.cat([b[0] for b in beams]), torch.cat([b[1] for b in beams])
         scores, at = full.log_softmax(1).topk(min(top_k, full.shape[1]), dim=1)
         return leaves.gather(1, at), scores
 
